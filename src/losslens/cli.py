@@ -1,0 +1,58 @@
+"""The ``losslens`` command line.
+
+Sub-commands live in the module of their concern and are loaded lazily, so
+``losslens --help`` stays fast and a missing optional dependency only affects
+the command that needs it:
+
+==========  =====================================  =========================================
+command     module                                 what it does
+==========  =====================================  =========================================
+demo        losslens.demo:demo                     train a small net on scikit-learn digits, diagnose it
+runs        losslens.report.cli:runs               list the runs in a store
+report      losslens.report.cli:report             rebuild the report of a stored run
+diagnose    losslens.importers.cli:diagnose        diagnose existing logs (TensorBoard, CSV, JSON)
+audit       losslens.audit.cli:audit               audit a train/validation split
+==========  =====================================  =========================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+_COMMANDS = {
+    "demo": "losslens.demo:demo",
+    "runs": "losslens.report.cli:runs",
+    "report": "losslens.report.cli:report",
+    "diagnose": "losslens.importers.cli:diagnose",
+    "audit": "losslens.audit.cli:audit",
+}
+
+
+class _LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = _COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:  # pragma: no cover - depends on the installation
+            @click.command(name=name, help=f"(unavailable: {exc})")
+            def _unavailable(**_: Any) -> None:
+                raise click.ClickException(f"'losslens {name}' is unavailable in this installation: {exc}")
+
+            return _unavailable
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="losslens")
+def main() -> None:
+    """losslens: what your loss curves really mean."""

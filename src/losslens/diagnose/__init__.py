@@ -1,0 +1,80 @@
+"""Diagnosis: pure functions from a :class:`~losslens.record.Run` to findings.
+
+One module per family: :mod:`.gap` (the gap decomposition), :mod:`.regime`
+(under/over/good fit), :mod:`.stability` (non-finite losses, divergence).
+No deep-learning framework is imported.
+
+>>> from losslens.diagnose import diagnose          # doctest: +SKIP
+>>> result = diagnose(run)
+>>> [f.code for f in result.findings]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..record import Run
+from .findings import Z_NOISE, Evidence, Finding
+from .gap import EpochDecomposition, Term, decompose, gap_findings
+from .regime import regime_findings
+from .stability import stability_findings
+
+__all__ = ["Diagnosis", "diagnose", "decompose", "Finding", "Evidence", "EpochDecomposition", "Term", "Z_NOISE"]
+
+
+@dataclass
+class Diagnosis:
+    """The result of :func:`diagnose`.
+
+    Attributes
+    ----------
+    run : Run
+        The diagnosed run.
+    findings : list of Finding
+        Ordered: stability first, then fit regime, then the gap.
+    decomposition : list of EpochDecomposition
+        Per-epoch gap decomposition (epochs with a validation loss).
+    """
+
+    run: Run
+    findings: list[Finding] = field(default_factory=list)
+    decomposition: list[EpochDecomposition] = field(default_factory=list)
+
+    def codes(self) -> list[str]:
+        """The finding codes, in order."""
+        return [f.code for f in self.findings]
+
+    def get(self, code: str) -> Finding | None:
+        """The first finding with ``code``, or None."""
+        return next((f for f in self.findings if f.code == code), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (the run without per-sample arrays)."""
+        return {
+            "run": self.run.to_dict(),
+            "findings": [f.to_dict() for f in self.findings],
+            "decomposition": [
+                {"epoch": d.epoch, "reported": d.reported, "validation": d.validation,
+                 "terms": {n: {"value": t.value, "se": t.se, "status": t.status} for n, t in d.terms.items()}}
+                for d in self.decomposition
+            ],
+        }
+
+
+def diagnose(run: Run) -> Diagnosis:
+    """Diagnose a run.
+
+    Parameters
+    ----------
+    run : Run
+        A recorded or imported run; may be empty or contain non-finite losses
+        (reported as findings, never raised).
+
+    Returns
+    -------
+    Diagnosis
+    """
+    dec = decompose(run)
+    findings = stability_findings(run) + regime_findings(run) + gap_findings(run, dec)
+    return Diagnosis(run, findings, dec)

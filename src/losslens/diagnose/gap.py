@@ -1,0 +1,260 @@
+"""The gap decomposition and "why is validation loss below training loss?".
+
+At the end of epoch e (DESIGN.md, "The measurement protocol"), with R the
+reported training loss (data part), Ω the penalty in the reported loss, T/A/C
+the probe passes and V the validation loss::
+
+    (R + Ω) − V = Ω + (R − T) + (T − A) + (A − C) + (C − V)
+                  penalty  timing  train_mode augmentation generalization
+
+The identity is exact by construction (a telescoping sum). A pass that cannot
+differ from the next is skipped and its term is 0: without augmentation A = C,
+without dropout or batch norm T = A.
+
+Standard errors (all from per-sample losses):
+
+* ``penalty``: 0 (computed exactly from the weights).
+* ``timing`` (R − T): R is a mean over every training step of the epoch, T a
+  mean over the probe subset, so the uncertainty is T's: sd(t) / sqrt(n).
+  No finite-population correction is applied (conservative).
+* ``train_mode`` (T − A) and ``augmentation`` (A − C): paired differences over
+  the same probe samples: sd(t_i − a_i) / sqrt(n).
+* ``generalization`` (C − V, i.e. minus the generalization gap): independent
+  samples: sqrt(se(C)² + se(V)²).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..record import EVAL_AUGMENTED, EVAL_CLEAN, MEASUREMENT_LABELS, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run
+from .findings import Z_NOISE, Evidence, Finding
+
+__all__ = ["Term", "EpochDecomposition", "decompose", "decompose_epoch", "paired_difference", "TERM_LABELS",
+           "gap_findings"]
+
+TERMS = ("penalty", "timing", "train_mode", "augmentation", "generalization")
+
+#: What each term means, for reports.
+TERM_LABELS = {
+    "penalty": "regularization penalty in the reported loss (Ω)",
+    "timing": "within-epoch averaging: reported mean taken while the model improved (R − T)",
+    "train_mode": "train-mode layers: dropout, batch-norm batch statistics (T − A)",
+    "augmentation": "augmented vs clean inputs (A − C)",
+    "generalization": "minus the generalization gap: eval-mode training loss − validation loss (C − V)",
+    "unmeasured": "not decomposed: no probe measurements (R − V)",
+}
+
+MEASURED, SKIPPED, NOT_MEASURED = "measured", "skipped", "not measured"
+
+
+@dataclass
+class Term:
+    """One term of the decomposition (loss per sample).
+
+    ``status`` is ``"measured"``, ``"skipped"`` (the passes cannot differ, so
+    the term is exactly 0) or ``"not measured"``.
+    """
+
+    name: str
+    value: float
+    se: float
+    status: str = MEASURED
+
+    @property
+    def z(self) -> float:
+        """value / se (inf when se is 0 and value is not)."""
+        if self.se > 0:
+            return self.value / self.se
+        return 0.0 if self.value == 0 else math.copysign(math.inf, self.value)
+
+    @property
+    def significant(self) -> bool:
+        """True when the term is beyond noise (|z| > Z_NOISE)."""
+        return self.status == MEASURED and math.isfinite(self.value) and abs(self.z) > Z_NOISE
+
+
+@dataclass
+class EpochDecomposition:
+    """The decomposition of one epoch.
+
+    Attributes
+    ----------
+    epoch : int
+        0-based epoch.
+    reported : float
+        R + Ω, the training loss the framework shows.
+    validation : float
+        V.
+    terms : dict of str -> Term
+        In the order penalty, timing, train_mode, augmentation, generalization
+        (or penalty, unmeasured when the run has no probe measurements).
+    """
+
+    epoch: int
+    reported: float
+    validation: float
+    terms: dict[str, Term] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        """Sum of the terms; equals ``reported − validation`` up to float rounding."""
+        return float(sum(t.value for t in self.terms.values()))
+
+    @property
+    def generalization_gap(self) -> Term | None:
+        """V − C with its standard error, or None when C was not measured."""
+        g = self.terms.get("generalization")
+        if g is None or g.status != MEASURED:
+            return None
+        return Term("generalization_gap", -g.value, g.se)
+
+
+def _sem(values: np.ndarray) -> float:
+    v = values[np.isfinite(values)]
+    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+
+
+def paired_difference(a: Measurement, b: Measurement) -> tuple[float, float]:
+    """Mean difference a − b and its paired standard error.
+
+    Paired over per-sample losses when both measurements carry values of the
+    same length (the same samples in the same order); otherwise the
+    independent-samples error sqrt(se_a² + se_b²).
+
+    Returns
+    -------
+    diff, se : float
+    """
+    diff = a.mean - b.mean
+    if a.values is not None and b.values is not None and a.values.size == b.values.size and a.values.size > 1:
+        d = a.values.astype(np.float64) - b.values.astype(np.float64)
+        return diff, _sem(d)
+    return diff, math.sqrt(a.sem ** 2 + b.sem ** 2) if math.isfinite(a.sem) and math.isfinite(b.sem) else math.nan
+
+
+def decompose_epoch(epoch: Epoch) -> EpochDecomposition | None:
+    """Decompose one epoch; None when the epoch has no validation loss or no training loss."""
+    v = epoch.get(VALIDATION)
+    if v is None or math.isnan(epoch.train_loss):
+        return None
+    terms: dict[str, Term] = {"penalty": Term("penalty", float(epoch.penalty), 0.0)}
+    c = epoch.get(EVAL_CLEAN)
+    if c is None:
+        terms["unmeasured"] = Term("unmeasured", epoch.train_loss - v.mean, v.sem, NOT_MEASURED)
+        return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms)
+    a = epoch.get(EVAL_AUGMENTED)
+    t = epoch.get(TRAIN_MODE)
+    a_eff = a if a is not None else c
+    t_eff = t if t is not None else a_eff
+    terms["timing"] = Term("timing", epoch.train_loss - t_eff.mean, t_eff.sem)
+    if t is None:
+        terms["train_mode"] = Term("train_mode", 0.0, 0.0, SKIPPED)
+    else:
+        terms["train_mode"] = Term("train_mode", *paired_difference(t, a_eff))
+    if a is None:
+        terms["augmentation"] = Term("augmentation", 0.0, 0.0, SKIPPED)
+    else:
+        terms["augmentation"] = Term("augmentation", *paired_difference(a, c))
+    se_cv = math.sqrt(c.sem ** 2 + v.sem ** 2) if math.isfinite(c.sem) and math.isfinite(v.sem) else math.nan
+    terms["generalization"] = Term("generalization", c.mean - v.mean, se_cv)
+    return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms)
+
+
+def decompose(run: Run) -> list[EpochDecomposition]:
+    """Decompose every epoch of ``run`` that has a training and a validation loss."""
+    out = []
+    for e in run.epochs:
+        d = decompose_epoch(e)
+        if d is not None:
+            out.append(d)
+    return out
+
+
+def _fmt(x: float, se: float) -> str:
+    if math.isfinite(se):
+        return f"{x:+.4g} ± {se:.2g}"
+    return f"{x:+.4g}"
+
+
+def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None) -> list[Finding]:
+    """Findings of the gap family, judged at the last decomposable epoch.
+
+    * ``gap.decomposition`` (info): the split of reported − validation into
+      measured parts, largest first.
+    * ``gap.val_below_train`` (info): validation loss below the reported
+      training loss beyond noise, with the measured causes ranked by size.
+    * ``gap.val_easier`` (warning): V < C beyond noise (the eval-mode training
+      loss is above the validation loss): the data, not the training
+      procedure, makes validation easier; audit the split.
+    * ``gap.not_measured`` (info): no probe passes, so the gap cannot be split.
+    """
+    dec = decomposition if decomposition is not None else decompose(run)
+    dec = [d for d in dec if all(math.isfinite(t.value) for t in d.terms.values())]
+    if not dec:
+        return []
+    d = dec[-1]
+    findings: list[Finding] = []
+    ev = [Evidence(TERM_LABELS[n], t.value, t.se, (d.epoch,)) for n, t in d.terms.items()]
+    diff = d.reported - d.validation
+    if "unmeasured" in d.terms:
+        findings.append(Finding(
+            "gap.not_measured", "info", "The gap between training and validation loss cannot be split",
+            f"At epoch {d.epoch} the reported training loss is {d.reported:.4g} and the validation loss "
+            f"{d.validation:.4g} (difference {diff:+.4g}); without probe passes the parts of this difference "
+            "(timing, dropout/batch norm, augmentation, generalization) are not measured.",
+            "Record the run with a losslens adapter (e.g. `lens = Lens(model, loss_fn, probe=train_ds, val=val_ds)` "
+            "and `lens.step(loss, batch_size=len(y))` / `lens.end_epoch()`) to measure them.",
+            ev, (d.epoch,)))
+        return findings
+    ranked = sorted((t for t in d.terms.values() if t.status == MEASURED), key=lambda t: -abs(t.value))
+    parts = "; ".join(f"{n}: {_fmt(t.value, t.se)}" for n, t in d.terms.items())
+    findings.append(Finding(
+        "gap.decomposition", "info",
+        f"Reported training loss − validation loss = {diff:+.4g} at epoch {d.epoch}, split into measured parts",
+        f"{parts} (loss per sample; terms sum to {d.total:+.4g}).", "", ev, (d.epoch,),
+        {"epoch": d.epoch, **{f"term_{n}": t.value for n, t in d.terms.items()}}))
+    se_diff = d.terms["timing"].se
+    if diff > 0 and (se_diff == 0 or not math.isfinite(se_diff) or diff > Z_NOISE * se_diff):
+        causes = [t for t in ranked if t.value > 0 and (t.significant or (t.name == "penalty" and t.value > 0))]
+        if causes:
+            lines = ", ".join(f"{t.name} {t.value:+.4g} ({100 * t.value / diff:.0f} %)" for t in causes)
+            msg = (f"The validation loss ({d.validation:.4g}) is below the reported training loss ({d.reported:.4g}) "
+                   f"at epoch {d.epoch}. Measured causes, largest first: {lines}.")
+        else:
+            msg = (f"The validation loss is below the reported training loss at epoch {d.epoch}, but no single "
+                   "measured part is beyond noise.")
+        rec = _RECOMMEND.get(causes[0].name, "") if causes else ""
+        findings.append(Finding(
+            "gap.val_below_train", "info", "Why the validation loss is below the training loss", msg, rec,
+            [Evidence(TERM_LABELS[t.name], t.value, t.se, (d.epoch,)) for t in causes], (d.epoch,),
+            {"causes": [t.name for t in causes]}))
+    g = d.terms["generalization"]
+    if g.value > 0 and g.significant:
+        n_ep = sum(1 for x in dec if x.terms["generalization"].significant and x.terms["generalization"].value > 0)
+        findings.append(Finding(
+            "gap.val_easier", "warning", "The validation set is easier than the training data",
+            f"With the same end-of-epoch weights in eval mode on clean inputs, the training probe loss "
+            f"({d.validation + g.value:.4g}) is above the validation loss ({d.validation:.4g}) by "
+            f"{_fmt(g.value, g.se)} at epoch {d.epoch} (beyond noise in {n_ep} of {len(dec)} epochs). "
+            "Dropout, timing and augmentation cannot cause this: the data does.",
+            "Audit the split: duplicates or leaks between training and validation, label noise or corrupted "
+            "samples in the training set, or a validation set drawn from an easier distribution.",
+            [Evidence(TERM_LABELS["generalization"], g.value, g.se, (d.epoch,))], (d.epoch,),
+            {"epochs_beyond_noise": n_ep}))
+    return findings
+
+
+_RECOMMEND = {
+    "timing": "Nothing is wrong: the reported loss is an average over an epoch in which the model improved. "
+              "Compare curves at the same time (losslens places every series at its real time) or use the "
+              "eval-mode training loss.",
+    "train_mode": "Expected with dropout or batch norm; compare the eval-mode training loss with the validation "
+                  "loss to judge generalization. If the training loss stays high too, reduce dropout.",
+    "augmentation": "Expected with augmentation: the training inputs are harder than the clean validation "
+                    "inputs. Judge generalization on clean inputs (eval-mode training loss vs validation).",
+    "penalty": "The reported loss includes the regularization penalty; validation does not. Compare data losses.",
+}

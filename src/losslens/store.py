@@ -1,0 +1,333 @@
+"""SQLite store: one file, many runs, crash-safe.
+
+The file is opened in WAL mode; every finished epoch (its steps, its end-of-epoch
+measurements and its summary row) is written in one transaction, so a process
+killed at any moment leaves a readable store holding every epoch committed
+before the kill. Per-sample and per-step arrays are stored as little-endian
+binary blobs (float32 per-sample losses, float64 step columns), so reading a
+run back gives the same numbers bit for bit.
+
+Example
+-------
+>>> from losslens.store import Store
+>>> with Store("losslens.db") as store:            # doctest: +SKIP
+...     for row in store.list_runs():
+...         print(row["id"], row["name"], row["n_epochs"])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .record import Epoch, Measurement, Run, Steps, _jsonable
+
+__all__ = ["Store", "StoreError", "SCHEMA_VERSION"]
+
+#: Version of the on-disk schema; bumped on every incompatible change.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS losslens_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    experiment TEXT,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    meta TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_name ON runs(name);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    train_loss REAL,
+    penalty REAL,
+    n_steps INTEGER NOT NULL,
+    n_samples INTEGER NOT NULL,
+    position REAL,
+    seconds REAL,
+    probe_seconds REAL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    mean REAL,
+    sem REAL,
+    n INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    per_sample BLOB,
+    PRIMARY KEY (run_id, epoch, kind)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    chunk INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, epoch, chunk)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """A store file cannot be used (wrong schema, not a losslens store, unknown run)."""
+
+
+def _real(x: Any) -> float:
+    """SQLite stores NaN as NULL: map it back."""
+    return math.nan if x is None else float(x)
+
+
+def _steps_blob(steps: Steps) -> bytes:
+    cols = np.vstack([steps.position, steps.loss, steps.batch_size, steps.penalty, steps.span]).astype("<f8")
+    return cols.tobytes()
+
+
+def _steps_from_blob(epoch: int, n: int, blob: bytes) -> Steps:
+    cols = np.frombuffer(blob, dtype="<f8").reshape(5, n).astype(np.float64)
+    return Steps(np.full(n, epoch, dtype=np.int64), cols[0], cols[1], cols[2], cols[3], cols[4])
+
+
+class Store:
+    """A losslens store in one SQLite file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File to open or create. Its parent directory must exist.
+
+    Raises
+    ------
+    StoreError
+        If the file exists but is not a losslens store, or was written by a
+        newer schema version than this losslens reads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.parent.exists():
+            raise StoreError(f"store {str(self.path)!r}: directory {str(self.path.parent)!r} does not exist")
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"store {str(self.path)!r} is not a usable SQLite file: {exc}") from exc
+
+    # -- housekeeping -------------------------------------------------------------------
+    def _init_schema(self) -> None:
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "losslens_info" not in tables:
+            raise StoreError(f"store {str(self.path)!r} is an SQLite file but not a losslens store")
+        if not tables:
+            self._conn.executescript(_SCHEMA)
+        with self._tx():
+            row = self._conn.execute("SELECT value FROM losslens_info WHERE key='schema_version'").fetchone()
+            if row is None:
+                self._conn.execute(
+                    "INSERT INTO losslens_info(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {str(self.path)!r} has schema version {row[0]}, newer than this losslens "
+                    f"reads ({SCHEMA_VERSION}); upgrade losslens"
+                )
+
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self._conn)
+
+    def close(self) -> None:
+        """Close the connection (committed data stays on disk)."""
+        self._conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+    def create_run(self, name: str, meta: dict[str, Any] | None = None, experiment: str | None = None,
+                   status: str = "running") -> int:
+        """Insert a new run and return its id. Names may repeat; ids do not."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"run name must be a non-empty string, got {name!r}")
+        now = time.time()
+        with self._tx():
+            cur = self._conn.execute(
+                "INSERT INTO runs(name, experiment, status, created, updated, meta) VALUES (?,?,?,?,?,?)",
+                (name, experiment, status, now, now, json.dumps(_jsonable(meta or {}))),
+            )
+            return int(cur.lastrowid)
+
+    def update_meta(self, run_id: int, meta: dict[str, Any]) -> None:
+        """Replace a run's metadata."""
+        with self._tx():
+            self._conn.execute(
+                "UPDATE runs SET meta=?, updated=? WHERE id=?", (json.dumps(_jsonable(meta)), time.time(), run_id)
+            )
+
+    def set_status(self, run_id: int, status: str) -> None:
+        """Set a run's status (``running``, ``finished``, ``imported``)."""
+        with self._tx():
+            self._conn.execute("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))
+
+    def append_epoch(self, run_id: int, epoch: Epoch, steps: Steps | None = None) -> None:
+        """Commit one finished epoch, its measurements and its steps in one transaction.
+
+        Writing the same epoch twice replaces it.
+        """
+        with self._tx():
+            self._write_epoch(run_id, epoch, steps)
+            self._conn.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+
+    def _write_epoch(self, run_id: int, epoch: Epoch, steps: Steps | None) -> None:
+        c = self._conn
+        c.execute(
+            "INSERT OR REPLACE INTO epochs(run_id, epoch, train_loss, penalty, n_steps, n_samples, position,"
+            " seconds, probe_seconds, metrics) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (run_id, epoch.index, epoch.train_loss, epoch.penalty, int(epoch.n_steps), int(epoch.n_samples),
+             epoch.position, epoch.seconds, epoch.probe_seconds, json.dumps(epoch.metrics)),
+        )
+        c.execute("DELETE FROM measurements WHERE run_id=? AND epoch=?", (run_id, epoch.index))
+        for m in epoch.measurements.values():
+            blob = None if m.values is None else np.asarray(m.values, dtype="<f4").tobytes()
+            c.execute(
+                "INSERT INTO measurements(run_id, epoch, kind, mean, sem, n, source, per_sample)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, epoch.index, m.kind, m.mean, m.sem, int(m.n), m.source, blob),
+            )
+        if steps is not None and len(steps):
+            c.execute("DELETE FROM steps WHERE run_id=? AND epoch=?", (run_id, epoch.index))
+            c.execute(
+                "INSERT INTO steps(run_id, epoch, chunk, n, data) VALUES (?,?,?,?,?)",
+                (run_id, epoch.index, 0, len(steps), _steps_blob(steps)),
+            )
+
+    def save_run(self, run: Run) -> int:
+        """Write a whole run (e.g. an imported log) in one transaction; sets ``run.id``."""
+        run.id = self.create_run(run.name, run.meta, run.experiment, status=run.status)
+        with self._tx():
+            for e in run.epochs:
+                self._write_epoch(run.id, e, run.steps.for_epoch(e.index))
+            # steps of epochs without an Epoch row (e.g. a partial last epoch)
+            known = {e.index for e in run.epochs}
+            for ep in np.unique(run.steps.epoch):
+                if int(ep) not in known:
+                    part = run.steps.for_epoch(int(ep))
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO steps(run_id, epoch, chunk, n, data) VALUES (?,?,?,?,?)",
+                        (run.id, int(ep), 0, len(part), _steps_blob(part)),
+                    )
+        return run.id
+
+    def delete_run(self, run_id: int) -> None:
+        """Remove a run and everything recorded for it."""
+        with self._tx():
+            for table in ("measurements", "epochs", "steps"):
+                self._conn.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+            self._conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    # -- reading ---------------------------------------------------------------------------
+    def list_runs(self) -> list[dict[str, Any]]:
+        """One dict per run: id, name, experiment, status, created, n_epochs, last validation loss."""
+        rows = self._conn.execute(
+            "SELECT r.id, r.name, r.experiment, r.status, r.created, "
+            " (SELECT COUNT(*) FROM epochs e WHERE e.run_id=r.id),"
+            " (SELECT m.mean FROM measurements m WHERE m.run_id=r.id AND m.kind='validation'"
+            "  ORDER BY m.epoch DESC LIMIT 1)"
+            " FROM runs r ORDER BY r.id"
+        ).fetchall()
+        return [
+            {"id": r[0], "name": r[1], "experiment": r[2], "status": r[3], "created": r[4], "n_epochs": r[5],
+             "last_val_loss": _real(r[6])}
+            for r in rows
+        ]
+
+    def resolve(self, ref: int | str) -> int:
+        """Run id for ``ref``: an id, or a name (the newest run of that name).
+
+        Raises
+        ------
+        StoreError
+            If no run matches; the message lists the runs in the store.
+        """
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            row = self._conn.execute("SELECT id FROM runs WHERE id=?", (int(ref),)).fetchone()
+            if row:
+                return int(row[0])
+        if isinstance(ref, str):
+            row = self._conn.execute("SELECT id FROM runs WHERE name=? ORDER BY id DESC LIMIT 1", (ref,)).fetchone()
+            if row:
+                return int(row[0])
+        names = ", ".join(f"{r['id']}:{r['name']}" for r in self.list_runs()) or "none"
+        raise StoreError(f"no run {ref!r} in store {str(self.path)!r} (runs: {names})")
+
+    def load_run(self, ref: int | str) -> Run:
+        """Read a run back (by id or name) with every committed epoch, measurement and step."""
+        run_id = self.resolve(ref)
+        name, experiment, status, meta = self._conn.execute(
+            "SELECT name, experiment, status, meta FROM runs WHERE id=?", (run_id,)
+        ).fetchone()
+        measurements: dict[int, dict[str, Measurement]] = {}
+        for ep, kind, mean, sem, n, source, blob in self._conn.execute(
+            "SELECT epoch, kind, mean, sem, n, source, per_sample FROM measurements WHERE run_id=? ORDER BY epoch",
+            (run_id,),
+        ):
+            values = None if blob is None else np.frombuffer(blob, dtype="<f4").astype(np.float32)
+            measurements.setdefault(ep, {})[kind] = Measurement(kind, _real(mean), _real(sem), int(n), values, source)
+        epochs = []
+        for row in self._conn.execute(
+            "SELECT epoch, train_loss, penalty, n_steps, n_samples, position, seconds, probe_seconds, metrics"
+            " FROM epochs WHERE run_id=? ORDER BY epoch",
+            (run_id,),
+        ):
+            ep = int(row[0])
+            epochs.append(
+                Epoch(index=ep, train_loss=_real(row[1]), penalty=_real(row[2]), n_steps=int(row[3]),
+                      n_samples=int(row[4]), position=_real(row[5]), measurements=measurements.get(ep, {}),
+                      metrics=json.loads(row[8]), seconds=_real(row[6]), probe_seconds=_real(row[7]))
+            )
+        parts = [
+            _steps_from_blob(int(ep), int(n), blob)
+            for ep, n, blob in self._conn.execute(
+                "SELECT epoch, n, data FROM steps WHERE run_id=? ORDER BY epoch, chunk", (run_id,)
+            )
+        ]
+        return Run(name=name, epochs=epochs, steps=Steps.concat(parts), meta=json.loads(meta), id=run_id,
+                   status=status, experiment=experiment)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error (autocommit connection)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.depth_owner = False
+
+    def __enter__(self) -> None:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.depth_owner = True
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if not self.depth_owner:
+            return
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
