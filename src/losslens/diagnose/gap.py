@@ -45,7 +45,7 @@ TERM_LABELS = {
     "train_mode": "train-mode layers: dropout, batch-norm batch statistics (T − A)",
     "augmentation": "augmented vs clean inputs (A − C)",
     "generalization": "minus the generalization gap: eval-mode training loss − validation loss (C − V)",
-    "unmeasured": "not decomposed: no probe measurements (R − V)",
+    "unmeasured": "not decomposed without probe passes (end-of-epoch training loss − V)",
 }
 
 MEASURED, SKIPPED, NOT_MEASURED = "measured", "skipped", "not measured"
@@ -74,7 +74,7 @@ class Term:
     @property
     def significant(self) -> bool:
         """True when the term is beyond noise (|z| > Z_NOISE)."""
-        return self.status == MEASURED and math.isfinite(self.value) and abs(self.z) > Z_NOISE
+        return self.status in (MEASURED, "estimated") and math.isfinite(self.value) and abs(self.z) > Z_NOISE
 
 
 @dataclass
@@ -143,11 +143,19 @@ def decompose_epoch(epoch: Epoch) -> EpochDecomposition | None:
         return None
     terms: dict[str, Term] = {"penalty": Term("penalty", float(epoch.penalty), 0.0)}
     c = epoch.get(EVAL_CLEAN)
-    if c is None:
-        terms["unmeasured"] = Term("unmeasured", epoch.train_loss - v.mean, v.sem, NOT_MEASURED)
-        return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms)
     a = epoch.get(EVAL_AUGMENTED)
     t = epoch.get(TRAIN_MODE)
+    if c is None:
+        # Imported logs: an end-of-epoch training loss estimated from the within-epoch trend
+        # (a TRAIN_MODE measurement with source "estimated") still separates the timing term.
+        rest = epoch.train_loss
+        if t is not None and math.isfinite(t.mean):
+            terms["timing"] = Term("timing", epoch.train_loss - t.mean, t.sem,
+                                   MEASURED if t.source == "measured" else "estimated")
+            rest = t.mean
+        se = v.sem if t is None else math.hypot(t.sem, v.sem)
+        terms["unmeasured"] = Term("unmeasured", rest - v.mean, se, NOT_MEASURED)
+        return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms)
     a_eff = a if a is not None else c
     t_eff = t if t is not None else a_eff
     terms["timing"] = Term("timing", epoch.train_loss - t_eff.mean, t_eff.sem)
