@@ -163,8 +163,9 @@ class Measurement:
             raise ValueError(f"per-sample losses for {kind!r} must be 1-D, got shape {v.shape}")
         n = int(v.size)
         v64 = v.astype(np.float64)
-        mean = float(v64.mean()) if n else math.nan
-        sem = float(v64.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        with np.errstate(invalid="ignore", over="ignore"):
+            mean = float(v64.mean()) if n else math.nan
+            sem = float(v64.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
         return cls(kind=kind, mean=mean, sem=sem, n=n, values=v, source=source)
 
 

@@ -1,0 +1,245 @@
+"""Fit regime: overfitting, still improving, under-fitting, good fit.
+
+Judged on the validation loss V (end-of-epoch weights, eval mode) and the
+eval-mode training loss C (or, without probes, the reported training loss R),
+against measured noise (:mod:`._noise`): paired per-sample errors of the fixed
+validation set and the curve's epoch-to-epoch scatter. "Beyond noise" means
+more than :data:`~.findings.Z_NOISE` standard errors.
+
+Decision order (one regime finding per run):
+
+1. fewer than :data:`MIN_EPOCHS` epochs with a validation loss → ``regime.too_few_epochs``;
+2. the last validation loss is above the minimum beyond noise → ``regime.overfitting``
+   (best epoch, worsening, a suggested early-stopping patience);
+3. the validation loss still falls beyond noise over the last epochs → ``regime.still_improving``;
+4. plateau: the training loss relative to the baseline loss (the best constant
+   predictor) decides between ``regime.good_fit`` and under-fitting, which is
+   ``regime.over_regularized`` when the measured regularization cost (train-mode
+   term + penalty) exceeds the generalization gap beyond noise, else
+   ``regime.underfit_capacity``; without a baseline, ``regime.plateau``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Measurement, Run
+from ._noise import epoch_diff_se, scatter_sigma, trend
+from .findings import Z_NOISE, Evidence, Finding
+from .gap import paired_difference
+
+__all__ = ["regime_findings", "suggest_patience", "MIN_EPOCHS", "MIN_SKILL"]
+
+#: Fewest epochs with a validation loss before a regime is judged: a trend and
+#: its scatter need at least four points (two second differences).
+MIN_EPOCHS = 4
+
+#: Skill ``1 − loss / baseline`` below which a plateaued training loss counts as
+#: high. 0.5 is the point where the model removes only half of the loss of the
+#: best constant predictor (for MSE, R² = 0.5; skill score as in Murphy 1988,
+#: "Skill scores based on the mean square error", Mon. Weather Rev. 116).
+MIN_SKILL = 0.5
+
+
+def _curve(run: Run, kind: str) -> tuple[list[int], np.ndarray, list[Measurement]]:
+    idx, pos, ms = [], [], []
+    for e in run.epochs:
+        m = e.measurements.get(kind)
+        if m is not None and math.isfinite(m.mean):
+            idx.append(e.index)
+            pos.append(e.position)
+            ms.append(m)
+    return idx, np.asarray(pos, dtype=np.float64), ms
+
+
+def _train_curve(run: Run) -> tuple[list[int], np.ndarray, list[Measurement], str]:
+    """Eval-mode training loss C when measured, else the reported data loss R at epoch centres."""
+    idx, pos, ms = _curve(run, EVAL_CLEAN)
+    if len(ms) >= 2:
+        return idx, pos, ms, "eval-mode training loss"
+    idx, pos, ms = [], [], []
+    for e in run.epochs:
+        if math.isfinite(e.train_loss):
+            idx.append(e.index)
+            pos.append(e.index + 0.5)
+            ms.append(Measurement(EVAL_CLEAN, e.train_loss, source="imported"))
+    return idx, np.asarray(pos, dtype=np.float64), ms, "reported training loss"
+
+
+def suggest_patience(values: np.ndarray, acceptable: np.ndarray) -> tuple[int, int] | None:
+    """Smallest early-stopping patience that stops at an acceptable epoch.
+
+    Simulates Keras/Lightning ``EarlyStopping(patience=p, min_delta=0,
+    restore_best_weights=True)`` on the curve for p = 1, 2, ...: the run stops
+    after p epochs without a new minimum, and the restored epoch is the best
+    so far. A patience is acceptable when the restored epoch's loss is within
+    noise of the overall minimum (``acceptable[restored]`` is true).
+
+    Parameters
+    ----------
+    values : numpy.ndarray, shape (n_epochs,)
+        Validation loss per epoch.
+    acceptable : numpy.ndarray of bool, shape (n_epochs,)
+        Epochs whose loss is not worse than the minimum beyond noise.
+
+    Returns
+    -------
+    (patience, stop_index) or None
+        ``stop_index`` is the position in ``values`` where training would have
+        stopped (the last epoch when it would not have stopped). None when no
+        patience below ``n_epochs`` works.
+    """
+    n = values.size
+    for p in range(1, n):
+        best, best_i, wait, stop = math.inf, -1, 0, n - 1
+        for i, v in enumerate(values):
+            if v < best:
+                best, best_i, wait = v, i, 0
+            else:
+                wait += 1
+                if wait >= p:
+                    stop = i
+                    break
+        if acceptable[best_i]:
+            return p, stop
+    return None
+
+
+def regime_findings(run: Run) -> list[Finding]:
+    """The fit-regime finding of a run (a list of zero or one :class:`Finding`)."""
+    idx, pos, vms = _curve(run, VALIDATION)
+    if not run.epochs:
+        return []
+    if not vms:
+        return [Finding(
+            "regime.no_validation", "info", "No validation loss: the fit regime cannot be judged",
+            "Overfitting and generalization need a loss on data the model does not train on.",
+            "Pass a validation set (`val=` in losslens, `validation_data=` in Keras).")]
+    if len(vms) < MIN_EPOCHS:
+        return [Finding(
+            "regime.too_few_epochs", "info", "Not enough epochs to tell the fit regime",
+            f"{len(vms)} epoch(s) with a validation loss; a trend judged against its own noise needs at least "
+            f"{MIN_EPOCHS}.", "Train for more epochs (or record more of them) before judging the regime.",
+            [Evidence("validation loss", vms[-1].mean, vms[-1].sem, (idx[-1],))], tuple(idx))]
+
+    v = np.array([m.mean for m in vms])
+    sigma_v = scatter_sigma(v)
+    b = int(np.argmin(v))
+    last = len(vms) - 1
+
+    # 2. overfitting: the last validation loss is worse than the minimum beyond noise.
+    if b < last:
+        rise = v[last] - v[b]
+        se_rise = epoch_diff_se(vms[last], vms[b], sigma_v)
+        if rise > Z_NOISE * se_rise:
+            se_to_best = np.array([epoch_diff_se(m, vms[b], sigma_v) for m in vms])
+            acceptable = (v - v[b]) <= Z_NOISE * se_to_best
+            first_bad = next(i for i in range(b + 1, last + 1) if not acceptable[i])
+            sug = suggest_patience(v, acceptable)
+            data = {"best_epoch": idx[b], "best_val_loss": float(v[b]), "worsening": float(rise),
+                    "worsening_se": float(se_rise), "worsening_relative": float(rise / v[b]) if v[b] else math.nan,
+                    "first_epoch_worse": idx[first_bad]}
+            rec = (f"Stop at epoch {idx[b]} (keep its weights): early stopping on the validation loss with "
+                   "restore_best_weights=True")
+            if sug is not None:
+                data["patience"], data["stop_epoch"] = sug[0], idx[sug[1]]
+                rec += (f" and patience={sug[0]} would have stopped at epoch {idx[sug[1]]} "
+                        f"({idx[last] - idx[sug[1]]} epochs earlier) and kept an epoch within noise of the best "
+                        "(on this run's curve; other seeds differ, so allow a margin)")
+            rec += ". Or add data, augmentation or regularization to delay the rise."
+            tidx, _, tms, tname = _train_curve(run)
+            by_epoch = dict(zip(tidx, tms))
+            tr_msg = ""
+            if idx[b] in by_epoch and tidx and tidx[-1] > idx[b]:
+                tr_msg = (f" Meanwhile the {tname} went from {by_epoch[idx[b]].mean:.4g} to "
+                          f"{tms[-1].mean:.4g}.")
+            return [Finding(
+                "regime.overfitting", "warning", f"Overfitting: validation loss is lowest at epoch {idx[b]}",
+                f"The validation loss reached its minimum {v[b]:.4g} at epoch {idx[b]} and is {rise:+.4g} ± "
+                f"{se_rise:.2g} ({100 * rise / v[b]:+.1f} %) higher at epoch {idx[last]}; it was beyond noise "
+                f"from epoch {idx[first_bad]} on.{tr_msg}",
+                rec,
+                [Evidence("best validation loss (eval mode, end of epoch)", float(v[b]), vms[b].sem, (idx[b],)),
+                 Evidence("rise of validation loss since the best epoch (paired per-sample + scatter)",
+                          float(rise), se_rise, (idx[b], idx[last]))],
+                (idx[b], idx[last]), data)]
+
+    # 3. still improving: validation falls beyond noise over the last epochs.
+    k = max(MIN_EPOCHS - 1, math.ceil(len(vms) / 3))
+    k = min(k, len(vms))
+    slope, se_slope = trend(pos[-k:], vms[-k:], sigma_v)
+    ev_trend = Evidence(f"validation loss trend over the last {k} epochs (loss per epoch)", slope, se_slope,
+                        tuple(idx[-k:]), "loss per sample per epoch")
+    if math.isfinite(slope) and slope < -Z_NOISE * se_slope:
+        return [Finding(
+            "regime.still_improving", "info", "Still improving: the validation loss is still falling",
+            f"Over the last {k} epochs the validation loss fell by {-slope:.3g} ± {se_slope:.2g} per epoch "
+            f"(now {v[last]:.4g}); training has not converged.",
+            "Train longer (more epochs), or raise the learning rate if progress is slow; keep monitoring the "
+            "validation loss for the point where it turns.", [ev_trend], tuple(idx[-k:]),
+            {"slope": slope, "slope_se": se_slope, "window": k})]
+
+    # 4. plateau.
+    _, tpos, tms, tname = _train_curve(run)
+    baseline = run.meta.get("baseline_loss")
+    train_last = tms[-1] if tms else None
+    last_epoch = run.epochs[-1]
+    gap = v[last] - train_last.mean if train_last is not None else math.nan
+    if baseline is None or not math.isfinite(float(baseline)) or float(baseline) <= 0 or train_last is None:
+        return [Finding(
+            "regime.plateau", "info", "The validation loss has stopped improving",
+            f"Over the last {k} epochs the validation loss trend is {slope:+.3g} ± {se_slope:.2g} per epoch "
+            f"(within noise), at {v[last]:.4g}. Without a baseline loss (best constant predictor) losslens cannot "
+            "say whether this level is high.",
+            "Compare with a simple baseline, or record the run with a losslens adapter (it measures the baseline).",
+            [ev_trend], tuple(idx[-k:]), {"slope": slope, "slope_se": se_slope})]
+    baseline = float(baseline)
+    skill = 1.0 - train_last.mean / baseline
+    ev_skill = Evidence(f"{tname} / baseline loss (best constant predictor)", train_last.mean / baseline,
+                        (train_last.sem / baseline) if math.isfinite(train_last.sem) else math.nan,
+                        (idx[-1],), "ratio")
+    ev_gap = Evidence("generalization gap: validation − " + tname, gap,
+                      math.hypot(vms[-1].sem, train_last.sem) if math.isfinite(vms[-1].sem) and
+                      math.isfinite(train_last.sem) else math.nan, (idx[-1],))
+    if skill >= MIN_SKILL:
+        return [Finding(
+            "regime.good_fit", "info", "Good fit: validation loss has converged without overfitting",
+            f"The validation loss is flat within noise over the last {k} epochs ({slope:+.3g} ± {se_slope:.2g} per "
+            f"epoch) at {v[last]:.4g}; the {tname} {train_last.mean:.4g} is {100 * skill:.0f} % below the "
+            f"baseline loss {baseline:.4g}; generalization gap {gap:+.4g}.",
+            "Nothing to fix in the schedule. To go further: more data or a better model; stop training here "
+            "to save compute.", [ev_trend, ev_skill, ev_gap], tuple(idx[-k:]),
+            {"skill": skill, "gap": gap, "slope": slope, "slope_se": se_slope})]
+
+    # Under-fitting: too little capacity, or too much regularization?
+    reg, reg_se = float(last_epoch.penalty), 0.0
+    t, a = last_epoch.get(TRAIN_MODE), last_epoch.get(EVAL_AUGMENTED) or last_epoch.get(EVAL_CLEAN)
+    if t is not None and a is not None and t.source == "measured":
+        d, se = paired_difference(t, a)
+        reg, reg_se = reg + d, se
+    reg_measured = reg != 0.0 or t is not None
+    ev_reg = Evidence("regularization cost: train-mode term (T − A) + penalty Ω", reg, reg_se, (idx[-1],))
+    gap_se = ev_gap.se if math.isfinite(ev_gap.se) else 0.0
+    if reg_measured and reg - max(gap, 0.0) > Z_NOISE * math.hypot(reg_se, gap_se):
+        return [Finding(
+            "regime.over_regularized", "warning", "Under-fitting from too much regularization",
+            f"The {tname} has plateaued at {train_last.mean:.4g}, only {100 * skill:.0f} % below the baseline loss "
+            f"{baseline:.4g}, while dropout/batch norm and the penalty cost {reg:.4g} ± {reg_se:.2g} of training "
+            f"loss — more than the generalization gap ({gap:+.4g}) they are there to prevent.",
+            "Reduce dropout and weight decay / L2 penalties, then re-check the gap; raise the learning rate if it "
+            "was lowered to tame regularization.", [ev_skill, ev_reg, ev_gap, ev_trend], (idx[-1],),
+            {"skill": skill, "regularization_cost": reg, "gap": gap})]
+    extra = "" if reg_measured else " (dropout/penalty cost not measured: this could also be over-regularization)"
+    wd = run.meta.get("weight_decay")
+    if wd:
+        extra += f"; the optimizer applies weight decay {wd}"
+    return [Finding(
+        "regime.underfit_capacity", "warning", "Under-fitting: the training loss is high and no longer falling",
+        f"The validation loss is flat within noise ({slope:+.3g} ± {se_slope:.2g} per epoch) and the {tname} "
+        f"{train_last.mean:.4g} is only {100 * skill:.0f} % below the baseline loss {baseline:.4g}; the "
+        f"generalization gap is {gap:+.4g}{extra}.",
+        "Increase the model's capacity (wider or deeper layers, more units), train with a larger learning rate, "
+        "or check the inputs carry the signal.", [ev_skill, ev_gap, ev_reg, ev_trend], (idx[-1],),
+        {"skill": skill, "gap": gap, "regularization_cost": reg})]

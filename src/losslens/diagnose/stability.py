@@ -1,0 +1,105 @@
+"""Stability: non-finite losses and divergence.
+
+* ``stability.non_finite`` (error): a step loss, reported epoch loss or
+  end-of-epoch measurement is NaN or infinite. It is recorded, never raised.
+* ``stability.divergence`` (error): the reported training loss (data part)
+  rose after its minimum beyond noise and ended at or above where it started:
+  the run lost all its progress.
+* ``stability.training_loss_rising`` (warning): the reported training loss
+  rose after its minimum beyond noise, but not back to its start.
+
+Noise of an epoch mean of step losses: the standard deviation of the epoch's
+step losses over ``sqrt(n_steps)`` (the steps are treated as independent; the
+within-epoch trend makes this conservative), combined in quadrature with the
+curve's epoch-to-epoch scatter (:func:`._noise.scatter_sigma`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..record import MEASUREMENT_KINDS, Run
+from ._noise import scatter_sigma
+from .findings import Z_NOISE, Evidence, Finding
+
+__all__ = ["stability_findings"]
+
+
+def _first_non_finite(run: Run) -> tuple[int, str] | None:
+    """(epoch, what) of the first non-finite loss, in time order."""
+    steps = run.steps
+    bad_steps = np.flatnonzero(~np.isfinite(steps.loss)) if len(steps) else np.array([], dtype=int)
+    first_step_epoch = int(steps.epoch[bad_steps[0]]) if bad_steps.size else None
+    for e in run.epochs:
+        if first_step_epoch is not None and first_step_epoch <= e.index:
+            break
+        if not math.isfinite(e.train_loss) and not math.isnan(e.train_loss):
+            return e.index, "reported training loss"
+        for kind in MEASUREMENT_KINDS:
+            m = e.measurements.get(kind)
+            if m is not None and (not math.isfinite(m.mean) or
+                                  (m.values is not None and not np.all(np.isfinite(m.values)))):
+                return e.index, kind.replace("_", " ") + " loss"
+    if bad_steps.size:
+        i = int(bad_steps[0])
+        within = int(np.sum(steps.epoch[:i] == steps.epoch[i]))
+        return int(steps.epoch[i]), f"step loss (step {within} of the epoch, {bad_steps.size} non-finite steps)"
+    # reported losses may be NaN without steps (imported logs)
+    for e in run.epochs:
+        if e.n_steps and math.isnan(e.train_loss):
+            return e.index, "reported training loss"
+    return None
+
+
+def stability_findings(run: Run) -> list[Finding]:
+    """Non-finite and divergence findings of a run (possibly empty)."""
+    out: list[Finding] = []
+    bad = _first_non_finite(run)
+    if bad is not None:
+        epoch, what = bad
+        out.append(Finding(
+            "stability.non_finite", "error", f"Training diverged: non-finite loss from epoch {epoch}",
+            f"The first NaN or infinite value is a {what} in epoch {epoch}. Every later number of the run is "
+            "unreliable; losslens recorded them as they were.",
+            "Lower the learning rate (or add warm-up), clip gradients (e.g. torch.nn.utils.clip_grad_norm_), "
+            "check the inputs and targets for NaN/inf, and use a numerically stable loss (logits with "
+            "CrossEntropyLoss/BCEWithLogitsLoss instead of softmax/sigmoid followed by log).",
+            [], (epoch,), {"first_epoch": epoch, "what": what}))
+
+    idx = [e.index for e in run.epochs if math.isfinite(e.train_loss)]
+    r = np.array([e.train_loss for e in run.epochs if math.isfinite(e.train_loss)])
+    if r.size < 3:
+        return out
+    m = int(np.argmin(r))
+    if m == r.size - 1:
+        return out
+    sigma = scatter_sigma(r)
+
+    def step_se(epoch: int) -> float:
+        s = run.steps.loss[(run.steps.epoch == epoch) & np.isfinite(run.steps.loss)] if len(run.steps) else []
+        return float(np.std(s, ddof=1) / math.sqrt(len(s))) if len(s) > 1 else 0.0
+
+    rise = float(r[-1] - r[m])
+    se = math.sqrt(step_se(idx[-1]) ** 2 + step_se(idx[m]) ** 2 + 2 * sigma ** 2)
+    if not rise > Z_NOISE * se:
+        return out
+    ev = [Evidence("reported training loss at its minimum (data part, epoch mean)", float(r[m]), step_se(idx[m]),
+                   (idx[m],)),
+          Evidence("rise of the reported training loss since its minimum", rise, se, (idx[m], idx[-1]))]
+    if r[-1] >= r[0]:
+        out.append(Finding(
+            "stability.divergence", "error", f"Training diverged after epoch {idx[m]}",
+            f"The reported training loss fell to {r[m]:.4g} at epoch {idx[m]}, then rose by {rise:.4g} ± {se:.2g} "
+            f"to {r[-1]:.4g} at epoch {idx[-1]}, at or above where it started ({r[0]:.4g}).",
+            "Lower the learning rate or use a schedule that decays it; clip gradients; check for a data or "
+            "augmentation change late in training.", ev, (idx[m], idx[-1]), {"min_epoch": idx[m]}))
+    else:
+        out.append(Finding(
+            "stability.training_loss_rising", "warning", f"The training loss rose after epoch {idx[m]}",
+            f"The reported training loss rose by {rise:.4g} ± {se:.2g} from its minimum {r[m]:.4g} at epoch "
+            f"{idx[m]} to {r[-1]:.4g} at epoch {idx[-1]}.",
+            "Usually a learning rate too large for this stage of training: decay it (step/cosine schedule) or "
+            "lower it.", ev, (idx[m], idx[-1]), {"min_epoch": idx[m]}))
+    return out
