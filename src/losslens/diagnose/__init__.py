@@ -62,7 +62,7 @@ class Diagnosis:
         }
 
 
-def diagnose(run: Run) -> Diagnosis:
+def diagnose(run: Run, audit: Any = None) -> Diagnosis:
     """Diagnose a run.
 
     Parameters
@@ -70,6 +70,10 @@ def diagnose(run: Run) -> Diagnosis:
     run : Run
         A recorded or imported run; may be empty or contain non-finite losses
         (reported as findings, never raised).
+    audit : losslens.audit.AuditResult, optional
+        A split audit of the run's training and validation data. Its findings
+        are appended, and a ``gap.val_easier`` finding cites them (duplicates,
+        group leaks, shift, per-sample difficulty).
 
     Returns
     -------
@@ -77,4 +81,17 @@ def diagnose(run: Run) -> Diagnosis:
     """
     dec = decompose(run)
     findings = stability_findings(run) + regime_findings(run) + gap_findings(run, dec)
+    if audit is not None:
+        split = list(audit.findings())
+        easier = next((f for f in findings if f.code == "gap.val_easier"), None)
+        if easier is not None:
+            causes = [f for f in split if f.severity != "info"]
+            if causes:
+                easier.message += " The split audit found: " + "; ".join(f.title for f in causes) + "."
+                easier.data["audit_codes"] = [f.code for f in causes]
+            else:
+                easier.message += (" The split audit found no duplicates, leaks or shift: look at per-sample "
+                                   "difficulty and label noise in the training set.")
+                easier.data["audit_codes"] = []
+        findings += split
     return Diagnosis(run, findings, dec)

@@ -1,0 +1,138 @@
+"""The SQLite store: round trips, crash safety, schema versioning, clear errors."""
+
+import math
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from losslens.record import EVAL_CLEAN, VALIDATION, Epoch, Measurement, Run, Steps, fingerprint_indices
+from losslens.store import SCHEMA_VERSION, Store, StoreError
+
+
+def _epoch(i, rng):
+    v = rng.normal(1.0, 0.3, 50).astype(np.float32)
+    c = rng.normal(0.8, 0.3, 40).astype(np.float32)
+    return Epoch(i, train_loss=float(rng.random()), penalty=0.01 * i, n_steps=5, n_samples=160,
+                 measurements={VALIDATION: Measurement.from_values(VALIDATION, v),
+                               EVAL_CLEAN: Measurement.from_values(EVAL_CLEAN, c)},
+                 metrics={"accuracy": float(rng.random()), "lr": 0.1}, seconds=1.5, probe_seconds=0.1)
+
+
+def test_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    store = Store(tmp_path / "s.db")
+    rid = store.create_run("r", {"framework": "test", "dropout_layers": ["a", "b"], "weight_decay": 1e-4})
+    steps_all = []
+    for i in range(3):
+        st = Steps.build(np.full(5, i), rng.random(5), batch_size=[32, 32, 32, 32, 16], penalty=np.full(5, 0.01 * i))
+        steps_all.append(st)
+        store.append_epoch(rid, _epoch(i, np.random.default_rng(i)), st)
+    run = store.load_run("r")
+    assert run.id == rid and run.meta["dropout_layers"] == ["a", "b"] and len(run) == 3
+    for i, e in enumerate(run.epochs):
+        ref = _epoch(i, np.random.default_rng(i))
+        assert e.train_loss == ref.train_loss and e.penalty == ref.penalty and e.metrics == ref.metrics
+        for k in (VALIDATION, EVAL_CLEAN):
+            assert e.measurements[k].mean == ref.measurements[k].mean
+            assert e.measurements[k].sem == ref.measurements[k].sem
+            np.testing.assert_array_equal(e.measurements[k].values, ref.measurements[k].values)
+    ref_steps = Steps.concat(steps_all)
+    for col in Steps.COLUMNS:
+        np.testing.assert_array_equal(getattr(run.steps, col), getattr(ref_steps, col))
+    # positions are batch centres in fractional epochs, weighted by batch size
+    assert run.steps.position[0] == pytest.approx(16 / 144)
+    assert run.steps.position[4] == pytest.approx(1 - 8 / 144)
+    store.close()
+
+
+def test_non_finite_values_survive(tmp_path):
+    with Store(tmp_path / "s.db") as store:
+        rid = store.create_run("nan")
+        m = Measurement.from_values(VALIDATION, np.array([1.0, np.nan, np.inf]))
+        store.append_epoch(rid, Epoch(0, train_loss=math.nan, measurements={VALIDATION: m}),
+                           Steps.build([0, 0], [np.nan, np.inf]))
+        run = store.load_run(rid)
+    assert math.isnan(run.epochs[0].train_loss)
+    assert math.isnan(run.epochs[0].measurements[VALIDATION].mean)
+    assert np.isinf(run.epochs[0].measurements[VALIDATION].values[2])
+    assert np.isnan(run.steps.loss[0]) and np.isinf(run.steps.loss[1])
+
+
+def test_wal_and_schema_version(tmp_path):
+    path = tmp_path / "s.db"
+    Store(path).close()
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.execute("UPDATE losslens_info SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(path)
+
+
+def test_clear_errors(tmp_path):
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t(x)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="not a losslens store"):
+        Store(other)
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="junk.db"):
+        Store(tmp_path / "junk.db")
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "missing-dir" / "s.db")
+    with Store(tmp_path / "ok.db") as store:
+        store.create_run("a")
+        with pytest.raises(StoreError, match=r"no run 'b'.*1:a"):
+            store.load_run("b")
+        with pytest.raises(ValueError, match="run name"):
+            store.create_run("")
+
+
+def test_killed_writer_leaves_committed_epochs(tmp_path):
+    """A process killed between epochs (SIGKILL, no cleanup) leaves every committed epoch readable."""
+    path = tmp_path / "k.db"
+    code = textwrap.dedent(f"""
+        import os, signal, numpy as np
+        from losslens.record import Epoch, Measurement, Steps, VALIDATION
+        from losslens.store import Store
+        s = Store({str(path)!r})
+        rid = s.create_run("killed")
+        for i in range(10):
+            if i == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            m = Measurement.from_values(VALIDATION, np.full(1000, float(i)))
+            s.append_epoch(rid, Epoch(i, train_loss=float(i), measurements={{VALIDATION: m}}),
+                           Steps.build(np.full(100, i), np.arange(100.0)))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -9
+    with Store(path) as store:
+        run = store.load_run("killed")
+    assert [e.index for e in run.epochs] == [0, 1, 2, 3]
+    assert run.status == "running"
+    assert run.epochs[3].measurements[VALIDATION].values.size == 1000
+    assert len(run.steps) == 400
+
+
+def test_save_run_and_list(tmp_path):
+    run = Run("imported", [Epoch(0, train_loss=1.0), Epoch(1, train_loss=0.5)],
+              Steps.build([0, 0, 1, 1, 2], [1, 1, 0.5, 0.5, 0.4]), {"framework": "keras-csv"}, status="imported")
+    with Store(tmp_path / "s.db") as store:
+        rid = store.save_run(run)
+        back = store.load_run(rid)
+        rows = store.list_runs()
+    assert back.status == "imported" and len(back.steps) == 5 and back.steps.epoch[-1] == 2
+    assert rows[0]["n_epochs"] == 2 and rows[0]["name"] == "imported"
+
+
+def test_fingerprint_is_order_independent():
+    assert fingerprint_indices([3, 1, 2], 10) == fingerprint_indices(np.array([1, 2, 3]), 10)
+    assert fingerprint_indices([1, 2, 3], 10) != fingerprint_indices([1, 2, 3], 11)
+    assert fingerprint_indices([1, 2, 3], 10) != fingerprint_indices([1, 2, 4], 10)
