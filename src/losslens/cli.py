@@ -12,6 +12,7 @@ runs        losslens.report.cli:runs               list the runs in a store
 report      losslens.report.cli:report             rebuild the report of a stored run
 diagnose    losslens.importers.cli:diagnose        diagnose existing logs (TensorBoard, CSV, JSON)
 audit       losslens.audit.cli:audit               audit a train/validation split
+compare     losslens.experiment.cli:compare        compare two experiments or runs
 ==========  =====================================  =========================================
 """
 
@@ -28,6 +29,7 @@ _COMMANDS = {
     "report": "losslens.report.cli:report",
     "diagnose": "losslens.importers.cli:diagnose",
     "audit": "losslens.audit.cli:audit",
+    "compare": "losslens.experiment.cli:compare",
 }
 
 

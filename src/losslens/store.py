@@ -258,6 +258,21 @@ class Store:
             for r in rows
         ]
 
+    def load_experiment(self, experiment: str) -> list[Run]:
+        """Every run of one experiment (runs created with the same ``experiment`` name), oldest first.
+
+        Raises
+        ------
+        StoreError
+            If no run has that experiment name; the message lists the experiments in the store.
+        """
+        ids = [r[0] for r in self._conn.execute("SELECT id FROM runs WHERE experiment=? ORDER BY id", (experiment,))]
+        if not ids:
+            names = sorted({r["experiment"] for r in self.list_runs() if r["experiment"]})
+            raise StoreError(f"no experiment {experiment!r} in store {str(self.path)!r} "
+                             f"(experiments: {', '.join(names) or 'none'})")
+        return [self.load_run(i) for i in ids]
+
     def resolve(self, ref: int | str) -> int:
         """Run id for ``ref``: an id, or a name (the newest run of that name).
 
