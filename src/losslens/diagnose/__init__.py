@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..record import Run
+from ..record import Run, _jsonable
 from .findings import Z_NOISE, Evidence, Finding
 from .gap import EpochDecomposition, Term, decompose, gap_findings
 from .regime import regime_findings
@@ -51,7 +51,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the run without per-sample arrays)."""
-        return {
+        return _jsonable({
             "run": self.run.to_dict(),
             "findings": [f.to_dict() for f in self.findings],
             "decomposition": [
@@ -59,7 +59,7 @@ class Diagnosis:
                  "terms": {n: {"value": t.value, "se": t.se, "status": t.status} for n, t in d.terms.items()}}
                 for d in self.decomposition
             ],
-        }
+        })
 
 
 def diagnose(run: Run, audit: Any = None) -> Diagnosis:

@@ -1,0 +1,184 @@
+"""Reports of a diagnosed run: terminal (rich), self-contained HTML, JSON.
+
+>>> from losslens.report import Report               # doctest: +SKIP
+>>> report = Report.from_run(run)                    # runs losslens.diagnose.diagnose(run)
+>>> report.print()                                   # rich summary on stdout
+>>> report.save_html("report.html")                  # one file, opens offline, figures inline
+>>> report.save_json("report.json")                  # machine-readable, NaN written as null
+
+No deep-learning framework is imported; matplotlib is used with its Agg
+canvas only (see :mod:`losslens.report.figures`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ..diagnose import Diagnosis, diagnose
+from ..record import Run
+from ._model import to_jsonable
+
+__all__ = ["Report", "AuditLike", "REPORT_FORMAT_VERSION"]
+
+#: Version of the JSON layout written by :meth:`Report.to_dict`.
+REPORT_FORMAT_VERSION = 1
+
+
+@runtime_checkable
+class AuditLike(Protocol):
+    """What a report needs from a split audit (``losslens.audit``)."""
+
+    def to_html(self) -> str:  # an already-escaped HTML fragment
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        ...
+
+    def summary_lines(self) -> list[str]:
+        ...
+
+
+class Report:
+    """The report of one diagnosed run.
+
+    Parameters
+    ----------
+    diagnosis : losslens.diagnose.Diagnosis
+        The run, its findings and its per-epoch gap decomposition.
+    audit : object, optional
+        A split-audit result with ``to_html() -> str`` (an already-escaped HTML
+        fragment), ``to_dict() -> dict`` and ``summary_lines() -> list[str]``;
+        when given, every output gets a "Split audit" section.
+
+    Raises
+    ------
+    TypeError
+        If ``diagnosis`` is not a :class:`~losslens.diagnose.Diagnosis`, or
+        ``audit`` lacks one of the three methods.
+    """
+
+    def __init__(self, diagnosis: Diagnosis, audit: Any = None) -> None:
+        if not isinstance(diagnosis, Diagnosis):
+            raise TypeError(
+                f"Report(diagnosis=...) expects a losslens.diagnose.Diagnosis, got {type(diagnosis).__name__}; "
+                "use Report.from_run(run) for a Run"
+            )
+        if audit is not None:
+            missing = [m for m in ("to_html", "to_dict", "summary_lines") if not callable(getattr(audit, m, None))]
+            if missing:
+                raise TypeError(f"Report(audit=...): {type(audit).__name__} lacks {', '.join(missing)}")
+        self.diagnosis = diagnosis
+        self.audit = audit
+
+    @classmethod
+    def from_run(cls, run: Run, audit: Any = None) -> "Report":
+        """Diagnose ``run`` (:func:`losslens.diagnose.diagnose`) and wrap the result.
+
+        Raises
+        ------
+        TypeError
+            If ``run`` is not a :class:`~losslens.record.Run`.
+        """
+        if not isinstance(run, Run):
+            raise TypeError(f"Report.from_run(run=...) expects a losslens.record.Run, got {type(run).__name__}")
+        return cls(diagnose(run), audit=audit)
+
+    @property
+    def run(self) -> Run:
+        """The diagnosed run."""
+        return self.diagnosis.run
+
+    @property
+    def findings(self) -> list:
+        """The findings of the diagnosis, in order."""
+        return self.diagnosis.findings
+
+    def __repr__(self) -> str:
+        return (f"Report(run={self.run.name!r}, epochs={len(self.run.epochs)}, "
+                f"findings={self.diagnosis.codes()!r})")
+
+    # -- terminal ---------------------------------------------------------------------------
+    def print(self, console: Any = None) -> None:
+        """Print the terminal summary.
+
+        Parameters
+        ----------
+        console : rich.console.Console, optional
+            Where to print; a new console on stdout when None.
+        """
+        from .terminal import print_report
+
+        print_report(self, console)
+
+    def to_text(self, width: int = 100) -> str:
+        """The terminal summary as plain text (no colour codes), ``width`` characters wide."""
+        from .terminal import to_text
+
+        return to_text(self, width=width)
+
+    # -- HTML ---------------------------------------------------------------------------------
+    def to_html(self) -> str:
+        """The report as one self-contained HTML document (no external resources, figures inline)."""
+        from .html import render_html
+
+        return render_html(self)
+
+    def save_html(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_html` to ``path`` (UTF-8) and return the path.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the parent directory of ``path`` does not exist (the message names it).
+        """
+        return _write(path, self.to_html())
+
+    # -- JSON -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form: the diagnosis' ``to_dict()`` plus report metadata.
+
+        Keys: ``report`` (format version, losslens version, creation time,
+        whether the run finished), ``run``, ``findings``, ``decomposition`` and,
+        with an audit, ``audit``. Non-finite numbers are ``None`` (JSON null).
+        """
+        from .. import __version__
+
+        d: dict[str, Any] = {
+            "report": {
+                "format_version": REPORT_FORMAT_VERSION,
+                "losslens_version": __version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "finished": self.run.status != "running",
+                "codes": self.diagnosis.codes(),
+            },
+            **self.diagnosis.to_dict(),
+        }
+        if self.audit is not None:
+            d["audit"] = self.audit.to_dict()
+        return to_jsonable(d)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as strict JSON text (no NaN/Infinity tokens)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
+
+    def save_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_json` to ``path`` (UTF-8) and return the path.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the parent directory of ``path`` does not exist (the message names it).
+        """
+        return _write(path, self.to_json())
+
+
+def _write(path: str | os.PathLike[str], text: str) -> Path:
+    p = Path(path)
+    if not p.parent.exists():
+        raise FileNotFoundError(f"cannot write {str(p)!r}: directory {str(p.parent)!r} does not exist")
+    p.write_text(text, encoding="utf-8")
+    return p

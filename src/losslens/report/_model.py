@@ -1,0 +1,169 @@
+"""Formatting shared by the terminal, HTML and JSON outputs (private)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..record import MEASUREMENT_KINDS, MEASUREMENT_LABELS, Run
+
+#: Symbols of the per-epoch quantities, in report order.
+SYMBOLS = {
+    "train_loss": "R",
+    "penalty": "Ω",
+    "train_mode": "T",
+    "eval_augmented": "A",
+    "eval_clean": "C",
+    "validation": "V",
+}
+
+#: What each per-epoch quantity is (the legend of every report).
+QUANTITY_LABELS = {
+    "train_loss": "reported training loss, data part: batch-size weighted mean of the epoch's step losses "
+                  "(train mode, augmented inputs, weights changing during the epoch)",
+    "penalty": "mean regularization penalty included in the optimised loss (0 when none; optimizer weight "
+               "decay is not in the loss)",
+    **MEASUREMENT_LABELS,
+}
+
+STATUS_STYLE = {"measured": "green", "estimated": "yellow", "skipped": "dim", "not measured": "red"}
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """A number for display: ``nan``/``inf``/``-inf`` for non-finite, ``—`` for None."""
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(f):
+        return "nan"
+    if math.isinf(f):
+        return "inf" if f > 0 else "-inf"
+    return f"{f:.{digits}g}"
+
+
+def fmt_signed(x: Any, digits: int = 4) -> str:
+    s = fmt(x, digits)
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return s
+    return "+" + s if math.isfinite(f) and f > 0 else s
+
+
+def fmt_pm(x: Any, se: Any, digits: int = 4, signed: bool = False) -> str:
+    """``value ± se`` (the ``± se`` part only when the standard error is finite)."""
+    v = fmt_signed(x, digits) if signed else fmt(x, digits)
+    try:
+        s = float(se)
+    except (TypeError, ValueError):
+        return v
+    if math.isfinite(s):
+        return f"{v} ± {s:.2g}"
+    return v
+
+
+def epochs_text(epochs: Any) -> str:
+    ep = list(epochs or ())
+    if not ep:
+        return ""
+    if len(ep) == 1:
+        return f"epoch {ep[0]}"
+    if ep == list(range(ep[0], ep[-1] + 1)) and len(ep) > 2:
+        return f"epochs {ep[0]}–{ep[-1]}"
+    return "epochs " + ", ".join(str(e) for e in ep)
+
+
+def short_fingerprint(fp: Any) -> str:
+    if not isinstance(fp, str) or not fp:
+        return "—"
+    algo, _, digest = fp.partition(":")
+    return f"{algo}:{digest[:12]}" if digest else fp[:16]
+
+
+def run_facts(run: Run) -> list[tuple[str, str]]:
+    """(label, value) pairs describing a run, for headers. Values are plain strings (unescaped)."""
+    m = run.meta
+    facts: list[tuple[str, str]] = [("run", f"{run.name}" + (f" (id {run.id})" if run.id is not None else ""))]
+    if run.experiment:
+        facts.append(("experiment", str(run.experiment)))
+    facts.append(("status", _status_text(run)))
+    facts.append(("framework", str(m.get("framework") or "unknown")))
+    for key, label in (("loss", "loss"), ("optimizer", "optimizer"), ("batch_size", "batch size"),
+                       ("train_size", "training samples"), ("val_size", "validation samples"),
+                       ("seed", "seed")):
+        if m.get(key) is not None:
+            facts.append((label, fmt(m[key]) if isinstance(m[key], float) else str(m[key])))
+    if m.get("probe_size") is not None:
+        fp = short_fingerprint(m.get("probe_fingerprint"))
+        facts.append(("probe set", f"{m['probe_size']} samples, fingerprint {fp}"
+                      + (f", seed {m['probe_seed']}" if m.get("probe_seed") is not None else "")))
+    else:
+        facts.append(("probe set", "none (no probe passes recorded)"))
+    if m.get("weight_decay") not in (None, 0, 0.0):
+        facts.append(("weight decay", f"{fmt(m['weight_decay'])} (in the optimizer, not in the loss)"))
+    for key, label in (("dropout_layers", "dropout layers"), ("batchnorm_layers", "batch-norm layers")):
+        if m.get(key):
+            v = m[key]
+            facts.append((label, ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)))
+    if m.get("baseline_loss") is not None:
+        facts.append(("baseline loss", f"{fmt(m['baseline_loss'])} (best constant predictor)"))
+    skipped = m.get("skipped")
+    if isinstance(skipped, Mapping) and skipped:
+        facts.append(("passes skipped", "; ".join(f"{k}: {v}" for k, v in skipped.items())))
+    facts.append(("epochs", f"{len(run.epochs)} recorded, {len(run.steps)} step losses"))
+    return facts
+
+
+def _status_text(run: Run) -> str:
+    if run.status == "running":
+        return (f"running — the run did not finish (still running, or its process was stopped); "
+                f"this report shows the {len(run.epochs)} epoch(s) it committed")
+    return str(run.status)
+
+
+def not_finished(run: Run) -> bool:
+    return run.status == "running"
+
+
+def epoch_rows(run: Run) -> list[dict[str, Any]]:
+    """One row per epoch: epoch, position and each quantity as (value, se, source)."""
+    rows = []
+    for e in run.epochs:
+        row: dict[str, Any] = {"epoch": e.index, "position": e.position,
+                               "train_loss": (e.train_loss, math.nan, "measured"),
+                               "penalty": (e.penalty, 0.0 if math.isfinite(e.penalty) else math.nan, "measured")}
+        for k in MEASUREMENT_KINDS:
+            mm = e.measurements.get(k)
+            row[k] = None if mm is None else (mm.mean, mm.sem, mm.source)
+        rows.append(row)
+    return rows
+
+
+def to_jsonable(x: Any) -> Any:
+    """Recursively convert to JSON-safe values: NaN/inf -> None, numpy -> Python, tuples -> lists."""
+    if isinstance(x, Mapping):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [to_jsonable(v) for v in x.tolist()]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        f = float(x)
+        return f if math.isfinite(f) else None
+    if x is None or isinstance(x, (str, int)):
+        return x
+    return str(x)

@@ -1,0 +1,97 @@
+"""``losslens runs`` and ``losslens report``: read runs back from a store.
+
+Both commands open an existing store only; a missing file is an error that
+names it (a store is never created by reading).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..store import Store, StoreError
+from ._model import fmt
+
+__all__ = ["runs", "report"]
+
+_STORE_HELP = "SQLite store file written by losslens."
+
+
+def _open_store(path: str) -> Store:
+    p = Path(path)
+    if not p.exists():
+        raise click.ClickException(
+            f"store file {str(p)!r} does not exist; record a run first (e.g. `losslens demo`) "
+            "or pass --store PATH"
+        )
+    if p.is_dir():
+        raise click.ClickException(f"store {str(p)!r} is a directory, not a losslens store file")
+    try:
+        return Store(p)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("runs")
+@click.option("--store", "store_path", default="losslens.db", show_default=True, type=click.Path(dir_okay=False),
+              help=_STORE_HELP)
+def runs(store_path: str) -> None:
+    """List the runs in a store: id, name, experiment, status, epochs, last validation loss."""
+    with _open_store(store_path) as store:
+        rows = store.list_runs()
+    console = Console()
+    if not rows:
+        console.print(Text(f"No runs in store {store_path}."))
+        return
+    table = Table(title=Text(f"runs in {store_path}"), title_justify="left")
+    for col, justify in (("id", "right"), ("name", "left"), ("experiment", "left"), ("status", "left"),
+                         ("epochs", "right"), ("last validation loss", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        val = r["last_val_loss"]
+        table.add_row(str(r["id"]), Text(str(r["name"])), Text(str(r["experiment"] or "—")),
+                      Text(str(r["status"]), style="yellow" if r["status"] == "running" else ""),
+                      str(r["n_epochs"]), "—" if val is None or (isinstance(val, float) and math.isnan(val))
+                      else fmt(val))
+    console.print(table)
+    if any(r["status"] == "running" for r in rows):
+        console.print(Text("status 'running': the run is in progress, or its process stopped before it finished; "
+                           "its committed epochs can still be reported.", style="dim"))
+
+
+@click.command("report")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--store", "store_path", default="losslens.db", show_default=True, type=click.Path(dir_okay=False),
+              help=_STORE_HELP)
+@click.option("--html", "html_path", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="Write the self-contained HTML report here.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the report as JSON here.")
+def report(run_ref: str, store_path: str, html_path: str, json_path: str | None) -> None:
+    """Rebuild the report of a stored run. RUN is a run id or a run name (the newest run of that name)."""
+    from . import Report
+
+    with _open_store(store_path) as store:
+        try:
+            run = store.load_run(run_ref)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from exc
+    rep = Report.from_run(run)
+    console = Console()
+    rep.print(console)
+    try:
+        out = rep.save_html(html_path)
+        console.print(Text(f"HTML report written to {out}"), soft_wrap=True)
+        if json_path:
+            out = rep.save_json(json_path)
+            console.print(Text(f"JSON report written to {out}"), soft_wrap=True)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if run.status == "running":
+        console.print(Text(f"Note: run {run.name!r} did not finish (status 'running'); the report covers the "
+                           f"{len(run.epochs)} epoch(s) it committed.", style="yellow"))

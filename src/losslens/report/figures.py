@@ -1,0 +1,338 @@
+"""Figures of a report (matplotlib, Agg canvas, no pyplot state).
+
+Two figures:
+
+* :func:`loss_curves`: every series at its real time, in fractional epochs
+  (epoch ``e`` spans ``[e, e + 1]``): step losses at their
+  :attr:`~losslens.record.Steps.position`, the reported epoch mean ``R`` at the
+  epoch centre, the end-of-epoch passes ``T``, ``A``, ``C`` and the validation
+  loss ``V`` at :attr:`~losslens.record.Epoch.position`, with ±2·SE bands.
+* :func:`decomposition_bars`: the gap decomposition as stacked bars per epoch.
+
+Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so
+they never open a window and never touch pyplot's global state (safe in
+threads, notebooks and headless CI). :func:`to_png_base64` and
+:func:`to_svg` encode a figure for inline embedding.
+
+Long step series are thinned by :func:`decimate`, which keeps every bucket's
+minimum, maximum, first and last point, so a spike of one step in a
+1 000 000-step run is still drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..record import EVAL_AUGMENTED, EVAL_CLEAN, MEASUREMENT_LABELS, TRAIN_MODE, VALIDATION, Run
+
+__all__ = [
+    "DECIMATE_THRESHOLD",
+    "decimate",
+    "loss_curves",
+    "decomposition_bars",
+    "to_png_base64",
+    "to_svg",
+    "SERIES_LABELS",
+    "TERM_COLORS",
+]
+
+#: Number of points above which a series is decimated before plotting. A line of
+#: 5 000 points renders in well under a second with Agg and is denser than the
+#: pixels of a report figure (about 1 000 px wide), so nothing visible is lost.
+DECIMATE_THRESHOLD = 5000
+
+#: Symbols and colours of the end-of-epoch series (colour-blind-safe Okabe-Ito palette).
+_KIND_STYLE = {
+    TRAIN_MODE: ("T", "#E69F00", "s"),
+    EVAL_AUGMENTED: ("A", "#CC79A7", "^"),
+    EVAL_CLEAN: ("C", "#009E73", "o"),
+    VALIDATION: ("V", "#D55E00", "D"),
+}
+
+#: Colours of the decomposition terms.
+TERM_COLORS = {
+    "penalty": "#999999",
+    "timing": "#56B4E9",
+    "train_mode": "#E69F00",
+    "augmentation": "#CC79A7",
+    "generalization": "#009E73",
+    "unmeasured": "#BBBBBB",
+}
+
+#: Labels of the series that are not end-of-epoch measurements.
+SERIES_LABELS = {
+    "steps": "step loss (train mode, the training batch as fed, e.g. augmented; before each update; "
+             "one point per step)",
+    "windows": "logged training loss (train mode; mean over a logging window, at the window centre)",
+    "train_loss": "reported training loss R (train mode, mean of the epoch's step losses, at the epoch centre)",
+    "reported_loss": "reported training loss R + Ω (penalty included, mean over the epoch, at the epoch centre)",
+    "baseline": "baseline loss (best constant predictor)",
+    "non_finite": "non-finite step loss (NaN or inf)",
+}
+
+
+def decimate(x: Any, y: Any, max_points: int = DECIMATE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """Thin a series for plotting without losing its extremes.
+
+    The points are split, in order, into about ``max_points / 4`` buckets of
+    consecutive points; from each bucket the first, the last, the minimum and
+    the maximum of ``y`` are kept (the min/max or "M4" decimation used by
+    time-series plotting tools: Jugel et al., *M4: A Visualization-Oriented
+    Time Series Data Aggregation*, VLDB 2014). A single-point spike is the
+    maximum of its bucket, so it survives.
+
+    Parameters
+    ----------
+    x, y : array-like, shape (n,)
+        Positions and values; only finite pairs are kept.
+    max_points : int
+        Series with at most this many finite points are returned unchanged
+        (as float arrays). Must be at least 4.
+
+    Returns
+    -------
+    x, y : numpy.ndarray, shape (m,)
+        The kept points in their original order, ``m <= max(n, max_points)``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` and ``y`` differ in length or ``max_points < 4``.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.size != y.size:
+        raise ValueError(f"decimate: x has {x.size} points but y has {y.size}")
+    if max_points < 4:
+        raise ValueError(f"decimate: max_points must be at least 4, got {max_points}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = y.size
+    if n <= max_points:
+        return x, y
+    size = math.ceil(n / (max_points // 4))
+    n_buckets = math.ceil(n / size)
+    padded_lo = np.full(n_buckets * size, np.inf)
+    padded_hi = np.full(n_buckets * size, -np.inf)
+    padded_lo[:n] = y
+    padded_hi[:n] = y
+    starts = np.arange(n_buckets) * size
+    i_min = starts + padded_lo.reshape(n_buckets, size).argmin(axis=1)
+    i_max = starts + padded_hi.reshape(n_buckets, size).argmax(axis=1)
+    i_last = np.minimum(starts + size - 1, n - 1)
+    idx = np.unique(np.concatenate([starts, i_min, i_max, i_last]))
+    return x[idx], y[idx]
+
+
+def _new_figure(width: float = 9.0, height: float = 4.8) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    return np.isfinite(a)
+
+
+def _source_suffix(source: str) -> str:
+    return {"estimated": " — estimated (not measured)", "imported": " — imported from the log"}.get(source, "")
+
+
+def loss_curves(run: Run, max_points: int = DECIMATE_THRESHOLD) -> Figure:
+    """Loss curves with every series at its real time.
+
+    Parameters
+    ----------
+    run : Run
+        Any run: empty, without validation, without probes, with non-finite
+        values (those are not drawn; non-finite step losses are marked with
+        ``x`` at the top of the axes).
+    max_points : int
+        Step series longer than this are thinned with :func:`decimate`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        x axis: time in epochs (epoch ``e`` spans ``[e, e + 1]``); y axis: loss
+        per sample. Measurements with ``source == "estimated"`` are dashed and
+        labelled "estimated"; bands are ±2 standard errors of the per-sample
+        mean where it is known.
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    drawn: list[np.ndarray] = []
+
+    st = run.steps
+    if len(st):
+        windows = bool(np.nanmax(st.span) > 1) if st.span.size else False
+        label = SERIES_LABELS["windows" if windows else "steps"]
+        xs, ys = decimate(st.position, st.loss, max_points)
+        if xs.size:
+            ax.plot(xs, ys, color="#7f7f7f", lw=0.6, alpha=0.55, label=label, zorder=1)
+            drawn.append(ys)
+        bad = ~np.isfinite(st.loss) & np.isfinite(st.position)
+        if bad.any():
+            bx = st.position[bad]
+            if bx.size > max_points:
+                bx = bx[np.linspace(0, bx.size - 1, max_points).astype(int)]
+            ax.plot(bx, np.full_like(bx, 0.97), ls="none", marker="x", color="#B00000", ms=6,
+                    transform=ax.get_xaxis_transform(), clip_on=False,
+                    label=f"{SERIES_LABELS['non_finite']} ({int(bad.sum())} steps)", zorder=5)
+
+    if run.epochs:
+        idx = np.array([e.index for e in run.epochs], dtype=np.float64)
+        end = np.array([e.position for e in run.epochs], dtype=np.float64)
+        centre = (idx + end) / 2.0
+        r = np.array([e.train_loss for e in run.epochs], dtype=np.float64)
+        ok = _finite(r) & _finite(centre)
+        if ok.any():
+            ax.plot(centre[ok], r[ok], color="#0072B2", lw=1.8, marker="o", ms=4, label=SERIES_LABELS["train_loss"],
+                    zorder=3)
+            drawn.append(r[ok])
+        pen = np.array([e.penalty for e in run.epochs], dtype=np.float64)
+        if np.any(np.isfinite(pen) & (pen != 0)):
+            rp = r + pen
+            ok = _finite(rp) & _finite(centre)
+            if ok.any():
+                ax.plot(centre[ok], rp[ok], color="#0072B2", lw=1.2, ls=":", marker="o", ms=3,
+                        label=SERIES_LABELS["reported_loss"], zorder=3)
+                drawn.append(rp[ok])
+        for kind, (sym, color, marker) in _KIND_STYLE.items():
+            by_source: dict[str, list[tuple[float, float, float]]] = {}
+            for e in run.epochs:
+                m = e.measurements.get(kind)
+                if m is None or not (math.isfinite(m.mean) and math.isfinite(e.position)):
+                    continue
+                by_source.setdefault(m.source, []).append((e.position, m.mean, m.sem))
+            for source, pts in by_source.items():
+                px, py, ps = (np.array(c, dtype=np.float64) for c in zip(*pts))
+                estimated = source == "estimated"
+                ax.plot(px, py, color=color, lw=1.6, ls="--" if estimated else "-", marker=marker, ms=4,
+                        mfc="white" if estimated else color,
+                        label=f"{sym}: {MEASUREMENT_LABELS[kind]}, at the epoch end{_source_suffix(source)}",
+                        zorder=4)
+                drawn.append(py)
+                band = np.isfinite(ps)
+                if band.any():
+                    lo, hi = py - 2 * ps, py + 2 * ps
+                    ax.fill_between(px, np.where(band, lo, py), np.where(band, hi, py), color=color, alpha=0.18,
+                                    lw=0, zorder=2)
+
+    baseline = run.meta.get("baseline_loss")
+    if isinstance(baseline, (int, float)) and math.isfinite(baseline):
+        ax.axhline(baseline, color="black", lw=0.8, ls=":", label=SERIES_LABELS["baseline"], zorder=1)
+
+    ax.set_xlabel("time in epochs (epoch e spans [e, e+1]; end-of-epoch passes at e+1)")
+    ax.set_ylabel("loss per sample")
+    ax.set_title("Loss curves, every series at its real time (bands: ±2 standard errors)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    values = np.concatenate(drawn) if drawn else np.zeros(0)
+    values = values[np.isfinite(values)]
+    # Log scale when the drawn losses span more than two decades (divergence, or a loss falling towards 0):
+    # on a linear axis everything but the extremes would be a flat line.
+    if values.size and values.min() > 0 and values.max() / values.min() > 100:
+        ax.set_yscale("log")
+    if not values.size:
+        ax.text(0.5, 0.5, "no finite losses recorded", ha="center", va="center", transform=ax.transAxes,
+                color="#555555")
+        ax.set_xlim(0, max(1, len(run.epochs)))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=7.5, frameon=False, ncol=1)
+    fig.set_size_inches(9.0, 4.8 + 0.16 * len(ax.get_legend_handles_labels()[0]))
+    return fig
+
+
+def decomposition_bars(decomposition: Sequence[Any]) -> Figure:
+    """The gap decomposition as stacked bars, one bar per epoch.
+
+    Parameters
+    ----------
+    decomposition : sequence of losslens.diagnose.gap.EpochDecomposition
+        Per-epoch terms (loss per sample). Positive terms stack upwards from 0,
+        negative terms downwards; non-finite terms are left out. A black
+        diamond marks reported − validation, the sum of the terms.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = _new_figure(9.0, 4.6)
+    ax = fig.add_subplot()
+    names: list[str] = []
+    for d in decomposition:
+        for n in d.terms:
+            if n not in names:
+                names.append(n)
+    if not decomposition:
+        ax.text(0.5, 0.5, "no epoch with both a training and a validation loss", ha="center", va="center",
+                transform=ax.transAxes, color="#555555")
+    epochs = np.array([d.epoch for d in decomposition], dtype=np.float64)
+    width = 0.8
+    pos_base = np.zeros(len(decomposition))
+    neg_base = np.zeros(len(decomposition))
+    for n in names:
+        vals = np.array([d.terms[n].value if n in d.terms else 0.0 for d in decomposition], dtype=np.float64)
+        vals = np.where(np.isfinite(vals), vals, 0.0)
+        if not np.any(vals != 0):
+            continue
+        pos = np.where(vals > 0, vals, 0.0)
+        neg = np.where(vals < 0, vals, 0.0)
+        estimated = any(n in d.terms and d.terms[n].status == "estimated" for d in decomposition)
+        label = n.replace("_", " ") + (" (estimated)" if estimated else "")
+        color = TERM_COLORS.get(n, "#444444")
+        ax.bar(epochs, pos, width, bottom=pos_base, color=color, label=label, hatch="//" if estimated else None,
+               edgecolor="white", lw=0.3)
+        ax.bar(epochs, neg, width, bottom=neg_base, color=color, hatch="//" if estimated else None,
+               edgecolor="white", lw=0.3)
+        pos_base += pos
+        neg_base += neg
+    if decomposition:
+        diff = np.array([d.reported - d.validation for d in decomposition], dtype=np.float64)
+        ok = np.isfinite(diff)
+        ax.plot(epochs[ok], diff[ok], ls="none", marker="D", color="black", ms=5,
+                label="reported − validation (sum of the terms)", zorder=5)
+        bad = [d.epoch for d in decomposition
+               if not math.isfinite(d.reported - d.validation) or not all(math.isfinite(t.value)
+                                                                           for t in d.terms.values())]
+        if bad:
+            ax.plot(bad, np.zeros(len(bad)), ls="none", marker="X", color="#B00000", ms=9,
+                    label="non-finite loss: terms not drawn", zorder=6)
+        ax.use_sticky_edges = False
+        ax.margins(x=0.03, y=0.08)
+        ax.axhline(0, color="black", lw=0.7)
+        ax.set_xticks(epochs if epochs.size <= 30 else epochs[:: math.ceil(epochs.size / 30)])
+    ax.set_xlabel("epoch (terms measured at the end of the epoch)")
+    ax.set_ylabel("loss per sample")
+    ax.set_title("Reported training loss − validation loss, split into measured parts", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def to_png_base64(fig: Figure, dpi: int = 110) -> str:
+    """Encode a figure as base64 PNG (for ``<img src="data:image/png;base64,...">``).
+
+    The figure is rendered with its Agg canvas; it is not closed (it holds no
+    pyplot reference, so it is freed when no longer referenced).
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def to_svg(fig: Figure) -> str:
+    """Encode a figure as an inline SVG document (text, fonts as paths, no external references)."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg")
+    return buf.getvalue()

@@ -1,0 +1,156 @@
+"""The self-contained HTML report (jinja2).
+
+One file that opens offline: the CSS is inline, there is no JavaScript, no web
+font and no external reference; figures are inline base64 PNG. The template is
+rendered with autoescaping on, so every user string (run name, metric names,
+metadata values, finding messages) is escaped. The only markup that is not
+escaped is the split audit's fragment, which its module returns already
+escaped (``audit.to_html()``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from markupsafe import Markup
+
+from ..record import MEASUREMENT_KINDS
+from . import figures
+from ._model import (
+    QUANTITY_LABELS,
+    STATUS_STYLE,
+    SYMBOLS,
+    epoch_rows,
+    epochs_text,
+    fmt,
+    fmt_pm,
+    not_finished,
+    run_facts,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import Report
+
+__all__ = ["render_html"]
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("losslens.report", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_ENV.filters["num"] = fmt
+_ENV.filters["pm"] = fmt_pm
+_ENV.filters["signed_pm"] = lambda x, se: fmt_pm(x, se, signed=True)
+_ENV.filters["epochs"] = epochs_text
+
+
+def _figure_data(report: "Report") -> list[dict[str, str]]:
+    out = []
+    fig = figures.loss_curves(report.run)
+    out.append({
+        "title": "Loss curves",
+        "png": figures.to_png_base64(fig),
+        "caption": "Every series at its real time in fractional epochs: step losses at the centre of their batch, "
+                   "the reported epoch mean at the epoch centre, the end-of-epoch passes and the validation loss "
+                   "at the epoch end. Shaded bands: ±2 standard errors of the mean over the samples. Dashed lines "
+                   "are estimated, not measured. Long step series are decimated keeping every bucket's minimum "
+                   "and maximum, so spikes remain visible.",
+    })
+    fig.clear()
+    if report.diagnosis.decomposition:
+        fig = figures.decomposition_bars(report.diagnosis.decomposition)
+        out.append({
+            "title": "Gap decomposition per epoch",
+            "png": figures.to_png_base64(fig),
+            "caption": "Reported training loss − validation loss split into its parts at the end of each epoch. "
+                       "Positive parts stack above zero, negative parts below; the diamond is their sum. "
+                       "A negative 'generalization' part is the generalization gap (validation above the "
+                       "eval-mode training loss).",
+        })
+        fig.clear()
+    return out
+
+
+def _cell(value: Any) -> dict[str, Any]:
+    """A table cell: text plus whether the value is not finite (for styling)."""
+    if value is None:
+        return {"text": "—", "bad": False, "source": ""}
+    v, se, source = value
+    bad = isinstance(v, float) and not math.isfinite(v)
+    return {"text": fmt_pm(v, se), "bad": bad, "source": source if source != "measured" else ""}
+
+
+def _context(report: "Report") -> dict[str, Any]:
+    from ..diagnose.gap import TERM_LABELS
+
+    run = report.run
+    diagnosis = report.diagnosis
+    rows = epoch_rows(run)
+    kinds = ["train_loss"] + (["penalty"] if any(
+        isinstance(e.penalty, float) and e.penalty != 0 for e in run.epochs) else []) + [
+        k for k in MEASUREMENT_KINDS if run.has(k)]
+    measurement_rows = [{"epoch": r["epoch"], "position": fmt(r["position"]),
+                         "cells": [_cell(r[k]) for k in kinds]} for r in rows]
+    term_names: list[str] = []
+    for d in diagnosis.decomposition:
+        for n in d.terms:
+            if n not in term_names:
+                term_names.append(n)
+    dec_rows = []
+    for d in diagnosis.decomposition:
+        cells = []
+        for n in term_names:
+            t = d.terms.get(n)
+            if t is None:
+                cells.append({"text": "—", "status": "", "bad": False})
+            else:
+                cells.append({"text": fmt_pm(t.value, t.se, signed=True) if t.status != "skipped" else "0 (skipped)",
+                              "status": t.status, "bad": not math.isfinite(t.value)})
+        dec_rows.append({"epoch": d.epoch, "reported": fmt(d.reported), "validation": fmt(d.validation),
+                         "diff": fmt(d.reported - d.validation), "cells": cells})
+    legend = [(SYMBOLS.get(k, k), QUANTITY_LABELS[k]) for k in ["train_loss", "penalty", *MEASUREMENT_KINDS]]
+    term_legend = [(n, TERM_LABELS.get(n, n)) for n in ("penalty", "timing", "train_mode", "augmentation",
+                                                        "generalization", "unmeasured")]
+    status_legend = [
+        ("measured", "computed from per-sample losses recorded during training"),
+        ("estimated", "inferred, e.g. from the within-epoch trend of imported logs; not measured"),
+        ("skipped", "the two passes cannot differ (no augmentation: A = C; no dropout or batch norm: T = A), "
+                    "so the term is exactly 0"),
+        ("not measured", "no probe passes were recorded, so this part cannot be split"),
+    ]
+    audit_html = Markup(report.audit.to_html()) if report.audit is not None else None
+    return {
+        "run": run,
+        "facts": run_facts(run),
+        "not_finished": not_finished(run),
+        "n_epochs": len(run.epochs),
+        "findings": diagnosis.findings,
+        "figures": _figure_data(report),
+        "kinds": [(SYMBOLS.get(k, k), QUANTITY_LABELS.get(k, k)) for k in kinds],
+        "measurement_rows": measurement_rows,
+        "term_names": term_names,
+        "dec_rows": dec_rows,
+        "legend": legend,
+        "term_legend": term_legend,
+        "status_legend": status_legend,
+        "status_style": STATUS_STYLE,
+        "audit_html": audit_html,
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": _version(),
+    }
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def render_html(report: "Report") -> str:
+    """The report as one self-contained HTML document (str)."""
+    return _ENV.get_template("report.html.j2").render(**_context(report))
