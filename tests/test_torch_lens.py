@@ -1,0 +1,763 @@
+"""losslens.torch.Lens: the measurement protocol, checked against independent computations.
+
+Real (small) training runs on scikit-learn's digits, CPU, seeded.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from sklearn.datasets import load_digits  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from losslens.diagnose import decompose, diagnose  # noqa: E402
+from losslens.record import (  # noqa: E402
+    EVAL_AUGMENTED,
+    EVAL_CLEAN,
+    TRAIN_MODE,
+    VALIDATION,
+    fingerprint_indices,
+)
+from losslens.store import Store  # noqa: E402
+from losslens.torch import Lens  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    p = np.random.default_rng(0).permutation(len(y))
+    X = torch.tensor(X[p] / 16.0, dtype=torch.float32)
+    y = torch.tensor(y[p], dtype=torch.long)
+    return X[:1200], y[:1200], X[1200:], y[1200:]
+
+
+class NoisyDigits(torch.utils.data.Dataset):
+    """Training transform: Gaussian pixel noise from torch's RNG, plus a numpy-RNG jitter when asked."""
+
+    def __init__(self, X, y, sigma=0.3, use_numpy=False):
+        self.X, self.y, self.sigma, self.use_numpy = X, y, sigma, use_numpy
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        x = self.X[i] + self.sigma * torch.randn(self.X.shape[1])
+        if self.use_numpy:
+            x = x * float(np.random.uniform(0.9, 1.1))
+        return x, self.y[i]
+
+
+class ShiftedDigits(torch.utils.data.Dataset):
+    """A deterministic 'augmentation' (a fixed per-sample perturbation), so A can be recomputed exactly."""
+
+    def __init__(self, X, y):
+        g = torch.Generator().manual_seed(123)
+        self.X = X + 0.4 * torch.randn(X.shape, generator=g)
+        self.y = y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.X[i], self.y[i]
+
+
+def mlp(dropout=0.0, bn=False, hidden=64, seed=0):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(64, hidden)]
+    if bn:
+        layers.append(nn.BatchNorm1d(hidden))
+    layers.append(nn.ReLU())
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden, 10))
+    return nn.Sequential(*layers)
+
+
+# ------------------------------------------------------------------------------------------------
+def test_decomposition_terms_match_independent_computation(digits):
+    """Every term equals the test's own recomputation; the terms add up to reported − validation."""
+    Xtr, ytr, Xva, yva = digits
+    model = mlp(bn=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    aug = ShiftedDigits(Xtr, ytr)
+    lam = 1e-3
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), train=aug, val=(Xva, yva), store=None,
+                probe_size=320, optimizer=opt)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    for epoch in range(3):
+        model.train()
+        data_losses, sizes, pens = [], [], []
+        for xb, yb in loader:
+            opt.zero_grad()
+            data = F.cross_entropy(model(xb), yb)
+            pen = lam * sum((p ** 2).sum() for p in model.parameters())
+            (data + pen).backward()
+            opt.step()
+            lens.step(data + pen, batch_size=len(yb), penalty=pen)
+            data_losses.append(data.item())
+            pens.append(pen.item())
+            sizes.append(len(yb))
+        ep = lens.end_epoch()
+
+        # probe indices: the documented seeded subset
+        idx = np.sort(np.random.default_rng(0).permutation(len(ytr))[:320])
+        np.testing.assert_array_equal(lens.probe_indices, idx)
+        assert lens.run.meta["probe_fingerprint"] == fingerprint_indices(idx, len(ytr))
+
+        # independent recomputation with the end-of-epoch weights
+        w = np.asarray(sizes, float)
+        r = float(np.sum(w * np.asarray(data_losses)) / w.sum())
+        omega = float(np.sum(w * np.asarray(pens)) / w.sum())
+        ref = copy.deepcopy(model)
+        with torch.no_grad():
+            ref.eval()
+            c = F.cross_entropy(ref(Xtr[idx]), ytr[idx], reduction="none").numpy()
+            a = F.cross_entropy(ref(aug.X[idx]), ytr[idx], reduction="none").numpy()
+            v = F.cross_entropy(ref(Xva), yva, reduction="none").numpy()
+            ref.train()  # batch norm on batch statistics, batches of the training batch size, sorted order
+            t = torch.cat([F.cross_entropy(ref(aug.X[idx[i:i + 32]]), ytr[idx[i:i + 32]], reduction="none")
+                           for i in range(0, 320, 32)]).numpy()
+        np.testing.assert_allclose(ep.get(EVAL_CLEAN).values, c, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ep.get(EVAL_AUGMENTED).values, a, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ep.get(TRAIN_MODE).values, t, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ep.get(VALIDATION).values, v, rtol=1e-5, atol=1e-6)
+        assert ep.train_loss == pytest.approx(r, rel=1e-6)
+        assert ep.penalty == pytest.approx(omega, rel=1e-6)
+        np.testing.assert_allclose(lens.run.steps.for_epoch(epoch).loss, data_losses, rtol=1e-6)
+
+        d = decompose(lens.run)[epoch]
+        assert d.total == pytest.approx(d.reported - d.validation, abs=1e-12)
+        assert d.reported == pytest.approx(r + omega, rel=1e-6)
+        expect = {"penalty": omega, "timing": r - t.mean(), "train_mode": t.mean() - a.mean(),
+                  "augmentation": a.mean() - c.mean(), "generalization": c.mean() - v.mean()}
+        for name, value in expect.items():
+            assert d.terms[name].value == pytest.approx(value, abs=2e-5), name
+        # paired standard errors of the probe terms
+        assert d.terms["train_mode"].se == pytest.approx(np.std(t - a, ddof=1) / math.sqrt(320), rel=1e-3)
+    assert lens.run.meta["weight_decay"] == 0.0 and lens.run.meta["optimizer"] == "SGD"
+    assert lens.run.meta["batchnorm_layers"] == ["1"] and lens.run.meta["dropout_layers"] == []
+
+
+def test_train_mode_pass_with_dropout_agrees_with_monte_carlo(digits):
+    """With dropout T is random; it must agree with the test's own train-mode passes within noise,
+    and be clearly above the eval-mode loss on the same inputs."""
+    Xtr, ytr, Xva, yva = digits
+    model = mlp(dropout=0.5, hidden=128)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size="all")
+    for _ in range(2):
+        for i in range(0, 1200, 32):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(Xtr[i:i + 32]), ytr[i:i + 32])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=32)
+        ep = lens.end_epoch()
+    assert model.training  # the mode the user left is restored
+    t = ep.get(TRAIN_MODE)
+    assert t.n == 1200 and EVAL_AUGMENTED not in ep.measurements
+    with torch.no_grad():
+        torch.manual_seed(99)
+        ref = copy.deepcopy(model).train()
+        mc = np.mean([F.cross_entropy(ref(Xtr), ytr).item() for _ in range(5)])
+    assert abs(t.mean - mc) < 4 * t.sem
+    c = ep.get(EVAL_CLEAN)
+    assert t.mean - c.mean > 4 * np.std(t.values - c.values, ddof=1) / math.sqrt(1200)
+
+
+def test_step_does_not_read_the_loss():
+    """step() keeps the tensor on its device: a meta-device loss (no data at all) is accepted."""
+    model = mlp()
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(torch.zeros(10, 64), torch.zeros(10, dtype=torch.long)),
+                store=None)
+    for _ in range(3):
+        lens.step(torch.empty((), device="meta"), batch_size=4, penalty=torch.empty((), device="meta"))
+    assert len(lens._losses) == 3 and lens._losses[0].device.type == "meta"
+
+
+# ------------------------------------------------------------------------------------------------
+def _train_for_identity(X, y, use_lens, tmp_path=None, epochs=3):
+    torch.manual_seed(7)
+    np.random.seed(7)
+    model = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    train_ds = NoisyDigits(X, y, sigma=0.2, use_numpy=True)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=50, shuffle=True)
+    lens = None
+    if use_lens:
+        lens = Lens(model, nn.CrossEntropyLoss(), probe=torch.utils.data.TensorDataset(X, y), train=train_ds,
+                    val=(X[:200], y[:200]), store=str(tmp_path / "ident.db"), probe_size=300, optimizer=opt)
+    for _ in range(epochs):
+        model.train()
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            if lens is not None:
+                lens.step(loss, batch_size=len(yb))
+        if lens is not None:
+            lens.end_epoch()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    return state, lens, torch.rand(3), np.random.rand(3)
+
+
+def test_parameters_bit_identical_with_and_without_lens(digits, tmp_path):
+    Xtr, ytr, _, _ = digits
+    X, y = Xtr[:600], ytr[:600]
+    off, _, rng_off, np_off = _train_for_identity(X, y, use_lens=False)
+    on, lens, rng_on, np_on = _train_for_identity(X, y, use_lens=True, tmp_path=tmp_path)
+    assert set(lens.run.epochs[-1].measurements) == {TRAIN_MODE, EVAL_AUGMENTED, EVAL_CLEAN, VALIDATION}
+    assert off.keys() == on.keys()
+    for k in off:
+        assert torch.equal(off[k], on[k]), f"{k} differs with the Lens on"
+    assert torch.equal(rng_off, rng_on) and np.array_equal(np_off, np_on)
+
+
+# ------------------------------------------------------------------------------------------------
+_KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np, torch
+    from torch import nn
+    from losslens.torch import Lens
+    torch.set_num_threads(1)
+    store, out, kill_epoch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    data = np.load(os.path.join(out, "digits.npz"))
+    X, y = torch.tensor(data["X"]), torch.tensor(data["y"])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(X[:400], y[:400]), val=(X[400:], y[400:]),
+                run="killed", store=store, probe_size=250)
+    for epoch in range(10):
+        for i in range(0, 400, 40):
+            if epoch == kill_epoch and i == 200:
+                os.kill(os.getpid(), signal.SIGKILL)
+            opt.zero_grad(); loss = nn.functional.cross_entropy(model(X[i:i+40]), y[i:i+40])
+            loss.backward(); opt.step(); lens.step(loss, batch_size=40)
+        ep = lens.end_epoch()
+        np.savez(os.path.join(out, f"epoch{epoch}.npz"),
+                 **{k: m.values for k, m in ep.measurements.items()}, steps=lens.run.steps.for_epoch(epoch).loss)
+""")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_leaves_the_committed_epochs(digits, tmp_path):
+    np.savez(tmp_path / "digits.npz", X=digits[0][:600].numpy(), y=digits[1][:600].numpy())
+    script = tmp_path / "train.py"
+    script.write_text(_KILL_SCRIPT)
+    db = tmp_path / "killed.db"
+    k = 3
+    proc = subprocess.run([sys.executable, str(script), str(db), str(tmp_path), str(k)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with Store(db) as store:
+        run = store.load_run("killed")
+    assert [e.index for e in run.epochs] == list(range(k))
+    assert run.status == "running"
+    assert sorted(set(run.steps.epoch.tolist())) == list(range(k))
+    for e in run.epochs:
+        saved = np.load(tmp_path / f"epoch{e.index}.npz")
+        assert set(e.measurements) == {TRAIN_MODE, EVAL_CLEAN, VALIDATION}
+        for kind, m in e.measurements.items():
+            np.testing.assert_array_equal(m.values, saved[kind])
+            assert m.n == len(saved[kind]) == (250 if kind != VALIDATION else 200)
+        np.testing.assert_array_equal(run.steps.for_epoch(e.index).loss, saved["steps"])
+
+
+# ------------------------------------------------------------------------------------------------
+def test_nan_losses_are_recorded_and_diagnosed(digits):
+    Xtr, ytr, Xva, yva = digits
+    X = Xtr[:400].clone()
+    model = mlp(dropout=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(X, ytr[:400]), val=(Xva, yva), store=None)
+    for epoch in range(4):
+        for i in range(0, 400, 50):
+            xb = X[i:i + 50].clone()
+            if epoch == 2 and i == 100:
+                xb[0, 0] = float("nan")  # one corrupted input poisons the weights
+            opt.zero_grad()
+            loss = F.cross_entropy(model(xb), ytr[i:i + 50])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=50)
+        lens.end_epoch()
+    run = lens.run
+    assert math.isfinite(run.epochs[1].train_loss)
+    assert math.isnan(run.epochs[2].train_loss) and math.isnan(run.epochs[3].get(VALIDATION).mean)
+    assert np.isnan(run.steps.for_epoch(2).loss).sum() == 6  # steps 2..7 of epoch 2
+    assert np.isnan(run.epochs[3].get(EVAL_CLEAN).values).all()
+    dg = diagnose(run)
+    codes = dg.codes()
+    assert "stability.non_finite" in codes
+    assert dg.get("stability.non_finite").data["first_epoch"] == 2
+
+
+def test_divergence_with_a_huge_learning_rate_is_recorded(digits):
+    """MSE regression with a learning rate far too large: the loss grows geometrically to inf."""
+    Xtr, ytr, Xva, yva = digits
+    Y, Yva = F.one_hot(ytr[:300], 10).float(), F.one_hot(yva, 10).float()
+    torch.manual_seed(0)
+    model = nn.Linear(64, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)
+    lens = Lens(model, nn.MSELoss(), probe=(Xtr[:300], Y), val=(Xva, Yva), store=None)
+    for _ in range(3):
+        for i in range(0, 300, 30):
+            opt.zero_grad()
+            loss = F.mse_loss(model(Xtr[i:i + 30]), Y[i:i + 30])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=30)
+        lens.end_epoch()
+    assert np.isfinite(lens.run.steps.loss[:5]).all() and not np.isfinite(lens.run.steps.loss[-1])
+    assert not np.isfinite(lens.run.epochs[-1].get(VALIDATION).values).all()
+    codes = diagnose(lens.run).codes()
+    assert {"stability.non_finite", "stability.divergence"} & set(codes), codes
+
+
+# ------------------------------------------------------------------------------------------------
+class PlainDigits(torch.utils.data.Dataset):
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.X[i], self.y[i]
+
+
+class BatchedDigits(PlainDigits):
+    """A dataset with ``__getitems__`` (batched reads, as torch's DataLoader uses them)."""
+
+    calls = 0
+
+    def __getitems__(self, indices):
+        BatchedDigits.calls += 1
+        idx = torch.as_tensor(indices)
+        return list(zip(self.X[idx], self.y[idx]))
+
+
+class DictDigits(torch.utils.data.Dataset):
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"pixels": self.X[i], "label": self.y[i]}
+
+
+class KwModel(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels):
+        return self.net(pixels)
+
+
+class TwoInput(nn.Module):
+    """The 64 pixels split into two inputs: the same function as ``net`` on the concatenation."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, left, right):
+        return self.net(torch.cat([left, right], dim=1))
+
+
+class TripleDigits(torch.utils.data.Dataset):
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.X[i, :32], self.X[i, 32:], self.y[i]
+
+
+def _measure_once(model, probe, val, **kw):
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=probe, val=val, store=None, probe_size=150, **kw)
+    lens.step(torch.tensor(1.0), batch_size=25)
+    ep = lens.end_epoch()
+    return ep.get(EVAL_CLEAN).values, ep.get(VALIDATION).values
+
+
+def test_every_dataset_form_gives_the_same_losses(digits):
+    Xtr, ytr, Xva, yva = digits
+    X, y, Xv, yv = Xtr[:500], ytr[:500], Xva[:100], yva[:100]
+    net = mlp(hidden=32)
+    ref_c, ref_v = _measure_once(net, (X, y), (Xv, yv))
+    TD = torch.utils.data.TensorDataset
+    forms = {
+        "tensor dataset": dict(probe=TD(X, y), val=TD(Xv, yv)),
+        "numpy tuple": dict(probe=(X.numpy(), y.numpy()), val=(Xv.numpy(), yv.numpy())),
+        "dataloader": dict(probe=torch.utils.data.DataLoader(TD(X, y), batch_size=7, shuffle=True),
+                           val=torch.utils.data.DataLoader(TD(Xv, yv), batch_size=7)),
+        "map-style dataset": dict(probe=PlainDigits(X, y), val=TD(Xv, yv)),
+        "__getitems__ dataset": dict(probe=BatchedDigits(X, y), val=BatchedDigits(Xv, yv)),
+    }
+    for name, f in forms.items():
+        c, v = _measure_once(net, **f)
+        np.testing.assert_allclose(c, ref_c, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(v, ref_v, rtol=1e-6, err_msg=name)
+    assert BatchedDigits.calls >= 2
+    # dict items: the target comes from "label", the model is called with model(pixels=...)
+    c, v = _measure_once(KwModel(net), DictDigits(X, y), torch.utils.data.DataLoader(DictDigits(Xv, yv)))
+    np.testing.assert_allclose(c, ref_c, rtol=1e-6)
+    np.testing.assert_allclose(v, ref_v, rtol=1e-6)
+    # several inputs: (left, right, y) -> model(left, right)
+    c, v = _measure_once(TwoInput(net), TripleDigits(X, y), TripleDigits(Xv, yv))
+    np.testing.assert_allclose(c, ref_c, rtol=1e-6)
+    # custom unpack/forward hooks
+    c, v = _measure_once(
+        net, DictDigits(X, y), DictDigits(Xv, yv),
+        unpack=lambda b: ((b["pixels"][:, :32], b["pixels"][:, 32:]), b["label"]),
+        forward=lambda m, inp: m(torch.cat(inp, dim=1)))
+    np.testing.assert_allclose(c, ref_c, rtol=1e-6)
+    np.testing.assert_allclose(v, ref_v, rtol=1e-6)
+
+
+def test_bad_arguments_name_the_argument(digits, tmp_path):
+    Xtr, ytr, Xva, yva = digits
+    net = mlp()
+    ce = nn.CrossEntropyLoss()
+    probe = (Xtr[:100], ytr[:100])
+    cases = [
+        (TypeError, "model", lambda: Lens("net", ce, probe, store=None)),
+        (TypeError, "loss_fn", lambda: Lens(net, 3, probe, store=None)),
+        (TypeError, "probe", lambda: Lens(net, ce, 42, store=None)),
+        (ValueError, "probe", lambda: Lens(net, ce, (Xtr[:100], ytr[:99]), store=None)),
+        (ValueError, "probe", lambda: Lens(net, ce, (Xtr[:0], ytr[:0]), store=None)),
+        (ValueError, "train", lambda: Lens(net, ce, probe, train=(Xtr[:90], ytr[:90]), store=None)),
+        (TypeError, "val", lambda: Lens(net, ce, probe, val={"x": 1}, store=None)),
+        (TypeError, "probe", lambda: Lens(net, ce, _NoTarget(), store=None)),
+        (ValueError, "probe_size", lambda: Lens(net, ce, probe, probe_size="most", store=None)),
+        (ValueError, "probe_size", lambda: Lens(net, ce, probe, probe_size=-1, store=None)),
+        (ValueError, "probe_budget", lambda: Lens(net, ce, probe, probe_budget=0, store=None)),
+        (TypeError, "penalty", lambda: Lens(net, ce, probe, penalty="l2", store=None)),
+        (TypeError, "optimizer", lambda: Lens(net, ce, probe, optimizer="sgd", store=None)),
+        (ValueError, "eval_batch_size", lambda: Lens(net, ce, probe, eval_batch_size=0, store=None)),
+        (TypeError, "store", lambda: Lens(net, ce, probe, store=12)),
+        (ValueError, "run", lambda: Lens(net, ce, probe, run="", store=None)),
+        (TypeError, "meta", lambda: Lens(net, ce, probe, meta={"model": net}, store=None)),
+    ]
+    for exc, word, make in cases:
+        with pytest.raises(exc, match=word):
+            make()
+    it = _Stream()
+    with pytest.raises(TypeError, match="val.*iterable"):
+        Lens(net, ce, probe, val=it, store=None)
+    lens = Lens(net, ce, probe, store=None)
+    with pytest.raises(ValueError, match="loss"):
+        lens.step(torch.ones(3))
+    with pytest.raises(ValueError, match="batch_size"):
+        lens.step(torch.tensor(1.0), batch_size=0)
+    with pytest.raises(ValueError, match="penalty"):
+        lens.step(torch.tensor(1.0), penalty=torch.ones(2))
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter([])
+
+
+class _NoTarget(torch.utils.data.Dataset):
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return {"pixels": torch.zeros(64)}
+
+
+# ------------------------------------------------------------------------------------------------
+def test_store_round_trip_equals_lens_run(digits, tmp_path):
+    Xtr, ytr, Xva, yva = digits
+    model = mlp(dropout=0.3, bn=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    Xtr, ytr = Xtr[:400], ytr[:400]
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), train=NoisyDigits(Xtr, ytr), val=(Xva, yva),
+                run="roundtrip", store=tmp_path / "rt.db", experiment="exp", seed=3, optimizer=opt,
+                meta={"note": "round trip"})
+    for _ in range(2):
+        for i in range(0, 400, 64):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(Xtr[i:i + 64]), ytr[i:i + 64])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=len(ytr[i:i + 64]))
+        lens.end_epoch(metrics={"lr": opt.param_groups[0]["lr"], "acc": torch.tensor(0.5)})
+    lens.finish()
+    with Store(tmp_path / "rt.db") as store:
+        stored = store.load_run(lens.run.id)
+    run = lens.run
+    assert (stored.name, stored.experiment, stored.status) == ("roundtrip", "exp", "finished")
+    assert stored.meta == run.meta
+    assert stored.meta["weight_decay"] == 0.05 and stored.meta["optimizer"] == "AdamW"
+    assert stored.meta["batch_size"] == 64 and stored.meta["seed"] == 3 and stored.meta["note"] == "round trip"
+    assert len(stored.epochs) == len(run.epochs) == 2
+    for a, b in zip(stored.epochs, run.epochs):
+        assert (a.index, a.n_steps, a.n_samples, a.position, a.metrics) == (b.index, b.n_steps, b.n_samples,
+                                                                            b.position, b.metrics)
+        assert a.train_loss == b.train_loss and a.penalty == b.penalty and a.seconds == b.seconds
+        assert set(a.measurements) == set(b.measurements) == set((TRAIN_MODE, EVAL_AUGMENTED, EVAL_CLEAN,
+                                                                  VALIDATION))
+        for k in a.measurements:
+            ma, mb = a.measurements[k], b.measurements[k]
+            assert (ma.mean, ma.sem, ma.n, ma.source) == (mb.mean, mb.sem, mb.n, mb.source)
+            np.testing.assert_array_equal(ma.values, mb.values)
+    for col in stored.steps.COLUMNS:
+        np.testing.assert_array_equal(getattr(stored.steps, col), getattr(run.steps, col))
+    # positions are batch centres in fractional epochs
+    pos = run.steps.for_epoch(1).position
+    assert pos[0] == pytest.approx(1 + 32 / 400) and pos[-1] == pytest.approx(1 + (384 + 8) / 400)
+
+
+# ------------------------------------------------------------------------------------------------
+def test_per_sample_losses_from_modules_functionals_and_plain_callables(digits):
+    Xtr, ytr, _, _ = digits
+    X = Xtr[:300]
+    torch.manual_seed(0)
+    reg = nn.Linear(64, 3)
+    Y = torch.randn(300, 3)
+    # MSE with several outputs: per sample = mean over outputs; baseline = mean target variance
+    lens = Lens(reg, nn.MSELoss(), probe=(X, Y), store=None, probe_size="all")
+    lens.step(torch.tensor(0.0))
+    ep = lens.end_epoch()
+    with torch.no_grad():
+        expect = ((reg(X) - Y) ** 2).mean(dim=1).numpy()
+    np.testing.assert_allclose(ep.get(EVAL_CLEAN).values, expect, rtol=1e-5)
+    assert lens.run.meta["loss_kind"] == "mse"
+    assert lens.run.meta["baseline_loss"] == pytest.approx(float(Y.var(dim=0, unbiased=False).mean()), rel=1e-6)
+    assert lens.run.meta["per_sample_loss_check"]["consistent"] is True
+
+    net = mlp(hidden=16)
+    with torch.no_grad():
+        ce = F.cross_entropy(net(X), ytr[:300], reduction="none").numpy()
+    prior = np.bincount(ytr[:300].numpy(), minlength=10) / 300
+    # functional with reduction=
+    lens = Lens(net, F.cross_entropy, probe=(X, ytr[:300]), store=None, probe_size="all")
+    lens.step(torch.tensor(0.0))
+    np.testing.assert_allclose(lens.end_epoch().get(EVAL_CLEAN).values, ce, rtol=1e-5)
+    assert lens.run.meta["loss_kind"] == "cross_entropy" and lens.run.meta["per_sample_method"] == "reduction=none"
+    assert lens.run.meta["baseline_loss"] == pytest.approx(-np.sum(prior[prior > 0] * np.log(prior[prior > 0])))
+    # a plain callable without reduction: per-sample calls, with one warning
+    lens = Lens(net, lambda out, y: F.cross_entropy(out, y), probe=(X, ytr[:300]), store=None, probe_size="all")
+    lens.step(torch.tensor(0.0))
+    with pytest.warns(UserWarning, match="one sample at a time"):
+        ep = lens.end_epoch()
+    np.testing.assert_allclose(ep.get(EVAL_CLEAN).values, ce, rtol=1e-5)
+    # class weights: the per-sample mean is not the weighted mean; warned and recorded
+    w = torch.linspace(0.2, 3.0, 10)
+    lens = Lens(net, nn.CrossEntropyLoss(weight=w), probe=(X, ytr[:300]), store=None, probe_size="all")
+    lens.step(torch.tensor(0.0))
+    with pytest.warns(UserWarning, match="differs"):
+        lens.end_epoch()
+    assert lens.run.meta["per_sample_loss_check"]["consistent"] is False
+
+
+def test_penalty_callable_constant_and_per_step(digits):
+    Xtr, ytr, _, _ = digits
+    X, y = Xtr[:256], ytr[:256]
+    for mode in ("callable", "constant"):
+        model = mlp(hidden=16)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def l2(m):
+            return 1e-3 * sum((p ** 2).sum() for p in m.parameters())
+
+        pen_arg = l2 if mode == "callable" else 0.25
+        lens = Lens(model, nn.CrossEntropyLoss(), probe=(X, y), store=None, penalty=pen_arg, probe_size=0)
+        totals, pens = [], []
+        for i in range(0, 256, 32):
+            opt.zero_grad()
+            data = F.cross_entropy(model(X[i:i + 32]), y[i:i + 32])
+            total = data + (l2(model) if mode == "callable" else 0.25)
+            total.backward()
+            opt.step()
+            lens.step(total, batch_size=32)
+            totals.append(total.item())
+            with torch.no_grad():  # the documented point: weights after this step's update
+                pens.append(l2(model).item() if mode == "callable" else 0.25)
+        ep = lens.end_epoch()
+        assert lens.run.meta["penalty_source"] == mode
+        assert ep.penalty == pytest.approx(np.mean(pens), rel=1e-6)
+        assert ep.train_loss == pytest.approx(np.mean(totals) - np.mean(pens), rel=1e-6)
+        np.testing.assert_allclose(lens.run.steps.penalty, pens, rtol=1e-6)
+        assert EVAL_CLEAN not in ep.measurements  # probe_size=0: no probe passes
+        assert "probe_size=0" in lens.run.meta["skipped"][EVAL_CLEAN]
+
+
+def test_probe_size_auto_is_bounded_by_the_budget_and_fixed(digits):
+    Xtr, ytr, Xva, yva = digits
+    model = mlp(dropout=0.2, hidden=32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva[:300], yva[:300]), store=None,
+                probe_budget=1.0)
+    for _ in range(2):
+        for i in range(0, 1200, 16):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(Xtr[i:i + 16]), ytr[i:i + 16])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=16)
+        lens.end_epoch()
+    meta = lens.run.meta
+    n = meta["probe_size"]
+    assert 200 <= n <= 300  # at least the minimum, at most the validation size
+    assert [e.get(EVAL_CLEAN).n for e in lens.run.epochs] == [n, n]
+    budget_n = 1.0 * lens.run.epochs[0].seconds / meta["probe_cost_per_sample_s"]
+    assert n == min(300, max(200, int(budget_n)))
+    assert "auto" in meta["probe_size_reason"] and meta["probe_budget"] == 1.0
+    # a tiny budget still gives the documented minimum
+    lens2 = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_budget=1e-6)
+    lens2.step(torch.tensor(1.0), batch_size=16)
+    lens2.end_epoch()
+    assert lens2.run.meta["probe_size"] == 200 and "minimum" in lens2.run.meta["probe_size_reason"]
+    # "all"
+    lens3 = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), store=None, probe_size="all")
+    lens3.step(torch.tensor(1.0), batch_size=16)
+    assert lens3.end_epoch().get(TRAIN_MODE).n == 1200
+
+
+def test_model_without_dropout_or_batchnorm_skips_the_train_mode_pass(digits):
+    Xtr, ytr, Xva, yva = digits
+    lens = Lens(mlp(), nn.CrossEntropyLoss(), probe=(Xtr[:300], ytr[:300]), val=(Xva, yva), store=None)
+    lens.step(torch.tensor(1.0), batch_size=10)
+    ep = lens.end_epoch()
+    assert set(ep.measurements) == {EVAL_CLEAN, VALIDATION}
+    assert TRAIN_MODE in lens.run.meta["skipped"] and EVAL_AUGMENTED in lens.run.meta["skipped"]
+    d = decompose(lens.run)[0]
+    assert d.terms["train_mode"].status == "skipped" and d.terms["augmentation"].status == "skipped"
+
+
+def test_diagnose_returns_a_report(digits):
+    pytest.importorskip("losslens.report")
+    from losslens.report import Report
+
+    Xtr, ytr, Xva, yva = digits
+    lens = Lens(mlp(), nn.CrossEntropyLoss(), probe=(Xtr[:300], ytr[:300]), val=(Xva, yva), store=None)
+    lens.step(torch.tensor(1.0), batch_size=10)
+    lens.end_epoch()
+    report = lens.diagnose()
+    assert isinstance(report, Report)
+    assert "gap.decomposition" in report.to_dict()["report"]["codes"]
+
+
+class _OOMAbove(nn.Module):
+    """Wraps a model and raises torch.OutOfMemoryError for batches above ``limit`` (as CUDA would)."""
+
+    def __init__(self, net, limit):
+        super().__init__()
+        self.net, self.limit = net, limit
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"batch {x.shape[0]} > {self.limit}")
+        return self.net(x)
+
+
+def test_eval_batches_are_halved_on_out_of_memory(digits):
+    Xtr, ytr, Xva, yva = digits
+    net = mlp(hidden=16)
+    model = _OOMAbove(net, limit=100)
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size="all")
+    lens.step(torch.tensor(1.0), batch_size=10)
+    ep = lens.end_epoch()
+    assert lens._eval_bs <= 100
+    with torch.no_grad():
+        np.testing.assert_allclose(ep.get(EVAL_CLEAN).values, F.cross_entropy(net(Xtr), ytr, reduction="none"),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(ep.get(VALIDATION).values, F.cross_entropy(net(Xva), yva, reduction="none"),
+                                   rtol=1e-5)
+
+
+def test_frozen_batchnorm_stays_frozen_in_the_train_mode_pass(digits):
+    """T uses the module flags of training: with the only batch norm frozen (eval) during training,
+    the train-mode pass equals the eval-mode pass."""
+    Xtr, ytr, _, _ = digits
+    model = mlp(bn=True, hidden=32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr[:320], ytr[:320]), store=None, probe_size="all")
+    for frozen in (True, False):
+        model.train()
+        if frozen:
+            model[1].eval()
+        for i in range(0, 320, 32):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(Xtr[i:i + 32]), ytr[i:i + 32])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=32)
+        ep = lens.end_epoch()
+        t, c = ep.get(TRAIN_MODE).values, ep.get(EVAL_CLEAN).values
+        if frozen:
+            np.testing.assert_allclose(t, c, rtol=1e-5, atol=1e-6)
+            assert not model[1].training and model.training  # flags restored as the user left them
+        else:
+            assert np.abs(t - c).max() > 1e-3
+
+
+def test_finish_and_metrics(digits, tmp_path):
+    Xtr, ytr, Xva, yva = digits
+    store = Store(tmp_path / "s.db")
+    lens = Lens(mlp(), nn.CrossEntropyLoss(), probe=(Xtr[:300], ytr[:300]), val=(Xva, yva), store=store, run="m")
+    lens.step(torch.tensor(1.0), batch_size=10)
+    with pytest.raises(TypeError, match="metrics"):
+        lens.end_epoch(metrics={"acc": "high"})
+    assert lens.end_epoch().n_steps == 1  # the bad call recorded nothing and lost nothing
+    lens2 = Lens(mlp(), nn.CrossEntropyLoss(), probe=(Xtr[:300], ytr[:300]), val=(Xva, yva), store=store, run="m2")
+    lens2.step(torch.tensor(1.0), batch_size=10)
+    lens2.end_epoch(metrics={"acc": 0.75})
+    assert lens2.finish().status == "finished"
+    assert [r["name"] for r in store.list_runs()] == ["m", "m2"]
+    again = store.load_run("m2")
+    assert again.status == "finished" and again.epochs[0].metrics == {"acc": 0.75}
+    store.close()
+
+
+def test_augmented_batches_are_shared_by_T_and_A_and_reproducible(digits):
+    """T and A see the same augmented draw (paired), and the probe passes are seeded."""
+    Xtr, ytr, _, _ = digits
+    X, y = Xtr[:400], ytr[:400]
+
+    def one_run():
+        model = mlp(bn=True, hidden=32)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        lens = Lens(model, nn.CrossEntropyLoss(), probe=(X, y), train=NoisyDigits(X, y, sigma=0.8), store=None,
+                    probe_size="all")
+        for i in range(0, 400, 40):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(X[i:i + 40]), y[i:i + 40])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=40)
+        return lens.end_epoch()
+
+    ep = one_run()
+    t, a, c = (ep.get(k).values.astype(np.float64) for k in (TRAIN_MODE, EVAL_AUGMENTED, EVAL_CLEAN))
+    # same inputs: T − A varies far less than A − C, where the noise draw itself differs from the clean input
+    assert np.std(t - a) < 0.5 * np.std(a - c)
+    assert np.corrcoef(t, a)[0, 1] > 0.9
+    again = one_run()
+    np.testing.assert_array_equal(again.get(TRAIN_MODE).values, ep.get(TRAIN_MODE).values)
+    np.testing.assert_array_equal(again.get(EVAL_AUGMENTED).values, ep.get(EVAL_AUGMENTED).values)
