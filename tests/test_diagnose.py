@@ -111,8 +111,8 @@ def test_suggest_patience_skips_noise_dip():
     # a noisy bump before the true minimum: patience 1 would stop at epoch 2 and restore epoch 1 (too early)
     v = np.array([1.0, 0.8, 0.85, 0.6, 0.5, 0.55, 0.6, 0.7])
     acceptable = v <= 0.52
-    p, stop = suggest_patience(v, acceptable)
-    assert p == 2 and stop == 6
+    p, stop, restored = suggest_patience(v, acceptable)
+    assert p == 2 and stop == 6 and restored == 4
 
 
 def test_flat_noisy_curve_is_not_overfitting_false_alarm_rate():
@@ -166,3 +166,20 @@ def test_divergence():
     val = np.concatenate([np.linspace(1.0, 0.5, 5), np.linspace(0.7, 1.6, 5)])
     run = make_run(val)
     assert "stability.divergence" in diagnose(run).codes()
+
+
+def test_divergence_by_level_but_not_slow_progress():
+    # stuck far above the constant predictor: diverged
+    stuck = make_run(np.full(6, 900.0), np.full(6, 900.0), baseline=2.3)
+    assert "stability.divergence" in diagnose(stuck).codes()
+    # above the baseline but still falling beyond noise: slow, not diverged
+    slow = make_run(np.linspace(6.0, 3.0, 6), np.linspace(6.0, 3.0, 6), baseline=2.3)
+    assert "stability.divergence" not in diagnose(slow).codes()
+
+
+def test_all_nan_validation_says_so():
+    run = make_run(np.linspace(1, 0.5, 6))
+    for e in run.epochs:
+        e.measurements[VALIDATION] = Measurement.from_values(VALIDATION, np.full(5, np.nan))
+    f = diagnose(run).get("regime.no_validation")
+    assert f is not None and "NaN" in f.message

@@ -82,6 +82,13 @@ META_KEYS = {
     "penalty_in_validation": "True when the framework's own validation loss includes the penalty (Keras)",
     "skipped": "list of measurement kinds not measured and why, e.g. {'train_mode': 'no dropout or batch norm'}",
     "reported_loss_kind": "how the training loss was averaged: 'epoch_mean', 'window_mean', 'ema'",
+    "torch_version": "torch.__version__ of the recording process",
+    "per_sample_method": "how per-sample losses were obtained: 'reduction=none copy', 'functional', 'per-sample calls'",
+    "per_sample_loss_check": "result of checking mean(per-sample losses) == loss_fn(batch) on the first probe batch",
+    "augmented_probe": "True when a training-transform dataset gave the augmented probe inputs (A, T)",
+    "probe_budget": "fraction of an epoch's training time the probe passes may cost when probe_size='auto'",
+    "probe_cost_per_sample_s": "measured seconds per probe sample over all probe passes (timed pilot)",
+    "probe_size_reason": "why the probe has its size (cap, budget, user setting)",
 }
 
 

@@ -86,9 +86,10 @@ def suggest_patience(values: np.ndarray, acceptable: np.ndarray) -> tuple[int, i
 
     Returns
     -------
-    (patience, stop_index) or None
+    (patience, stop_index, restored_index) or None
         ``stop_index`` is the position in ``values`` where training would have
-        stopped (the last epoch when it would not have stopped). None when no
+        stopped (the last epoch when it would not have stopped),
+        ``restored_index`` the best epoch so far at that point. None when no
         patience below ``n_epochs`` works.
     """
     n = values.size
@@ -103,7 +104,7 @@ def suggest_patience(values: np.ndarray, acceptable: np.ndarray) -> tuple[int, i
                     stop = i
                     break
         if acceptable[best_i]:
-            return p, stop
+            return p, stop, best_i
     return None
 
 
@@ -113,6 +114,11 @@ def regime_findings(run: Run) -> list[Finding]:
     if not run.epochs:
         return []
     if not vms:
+        if run.has(VALIDATION):
+            return [Finding(
+                "regime.no_validation", "info", "No finite validation loss: the fit regime cannot be judged",
+                "A validation loss was measured, but it is NaN or infinite in every epoch (see the stability "
+                "findings).", "Fix the non-finite losses first.")]
         return [Finding(
             "regime.no_validation", "info", "No validation loss: the fit regime cannot be judged",
             "Overfitting and generalization need a loss on data the model does not train on.",
@@ -144,9 +150,11 @@ def regime_findings(run: Run) -> list[Finding]:
             rec = (f"Stop at epoch {idx[b]} (keep its weights): early stopping on the validation loss with "
                    "restore_best_weights=True")
             if sug is not None:
-                data["patience"], data["stop_epoch"] = sug[0], idx[sug[1]]
+                data["patience"], data["stop_epoch"], data["restored_epoch"] = sug[0], idx[sug[1]], idx[sug[2]]
+                kept = ("the best epoch" if sug[2] == b else
+                        f"epoch {idx[sug[2]]}, whose validation loss is within noise of the best")
                 rec += (f" and patience={sug[0]} would have stopped at epoch {idx[sug[1]]} "
-                        f"({idx[last] - idx[sug[1]]} epochs earlier) and kept an epoch within noise of the best "
+                        f"({idx[last] - idx[sug[1]]} epochs earlier) and kept {kept} "
                         "(on this run's curve; other seeds differ, so allow a margin)")
             rec += ". Or add data, augmentation or regularization to delay the rise."
             tidx, _, tms, tname = _train_curve(run)

@@ -2,9 +2,10 @@
 
 * ``stability.non_finite`` (error): a step loss, reported epoch loss or
   end-of-epoch measurement is NaN or infinite. It is recorded, never raised.
-* ``stability.divergence`` (error): the reported training loss (data part)
-  rose after its minimum beyond noise and ended at or above where it started:
-  the run lost all its progress.
+* ``stability.divergence`` (error): the training loss is above the baseline
+  loss (best constant predictor) beyond noise and not falling; or the
+  reported training loss (data part) rose after its minimum beyond noise and
+  ended at or above where it started: the run lost all its progress.
 * ``stability.training_loss_rising`` (warning): the reported training loss
   rose after its minimum beyond noise, but not back to its start.
 
@@ -20,8 +21,8 @@ import math
 
 import numpy as np
 
-from ..record import MEASUREMENT_KINDS, Run
-from ._noise import scatter_sigma
+from ..record import EVAL_CLEAN, MEASUREMENT_KINDS, Measurement, Run
+from ._noise import scatter_sigma, trend
 from .findings import Z_NOISE, Evidence, Finding
 
 __all__ = ["stability_findings"]
@@ -53,6 +54,50 @@ def _first_non_finite(run: Run) -> tuple[int, str] | None:
     return None
 
 
+def _worse_than_constant(run: Run) -> Finding | None:
+    """Divergence by level: the training loss is above the baseline loss beyond noise and not falling.
+
+    The baseline loss is that of the best constant predictor (label-prior
+    entropy, target variance): a model that trained at all beats it. Uses the
+    eval-mode training loss C where measured, else the reported loss R.
+    """
+    baseline = run.meta.get("baseline_loss")
+    if baseline is None or not math.isfinite(float(baseline)) or float(baseline) <= 0:
+        return None
+    baseline = float(baseline)
+    pos, ms, name = [], [], "eval-mode training loss"
+    for e in run.epochs:
+        m = e.measurements.get(EVAL_CLEAN)
+        if m is not None and math.isfinite(m.mean):
+            pos.append(e.position)
+            ms.append(m)
+    if len(ms) < 2:
+        name = "reported training loss"
+        pos = [e.index + 0.5 for e in run.epochs if math.isfinite(e.train_loss)]
+        ms = [Measurement(EVAL_CLEAN, e.train_loss) for e in run.epochs if math.isfinite(e.train_loss)]
+    if len(ms) < 2:
+        return None
+    last = ms[-1]
+    sigma = scatter_sigma(np.array([m.mean for m in ms]))
+    se_last = math.sqrt((last.sem if math.isfinite(last.sem) else 0.0) ** 2 + sigma ** 2)
+    if not last.mean - baseline > Z_NOISE * se_last:
+        return None
+    k = min(len(ms), max(3, math.ceil(len(ms) / 3)))
+    slope, se_slope = trend(np.asarray(pos[-k:]), ms[-k:], sigma)
+    if math.isfinite(slope) and slope < -Z_NOISE * se_slope:
+        return None  # above the baseline but still falling: slow, not diverged
+    ep = run.epochs[-1].index
+    return Finding(
+        "stability.divergence", "error", "Training diverged: the model is worse than a constant prediction",
+        f"The {name} at epoch {ep} is {last.mean:.4g}, above the baseline loss {baseline:.4g} of the best constant "
+        f"predictor beyond noise, and it is not falling ({slope:+.3g} ± {se_slope:.2g} per epoch over the last "
+        f"{k} epochs).",
+        "Lower the learning rate (by 10×) or add warm-up, clip gradients, and check that inputs are scaled and "
+        "targets match the loss.",
+        [Evidence(name, last.mean, last.sem, (ep,)), Evidence("baseline loss (best constant predictor)", baseline)],
+        (ep,), {"baseline_loss": baseline})
+
+
 def stability_findings(run: Run) -> list[Finding]:
     """Non-finite and divergence findings of a run (possibly empty)."""
     out: list[Finding] = []
@@ -68,6 +113,10 @@ def stability_findings(run: Run) -> list[Finding]:
             "CrossEntropyLoss/BCEWithLogitsLoss instead of softmax/sigmoid followed by log).",
             [], (epoch,), {"first_epoch": epoch, "what": what}))
 
+    worse = _worse_than_constant(run)
+    if worse is not None:
+        out.append(worse)
+        return out
     idx = [e.index for e in run.epochs if math.isfinite(e.train_loss)]
     r = np.array([e.train_loss for e in run.epochs if math.isfinite(e.train_loss)])
     if r.size < 3:
