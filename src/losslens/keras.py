@@ -1,0 +1,919 @@
+"""Keras 3 adapter: a callback that measures what the loss curves mean.
+
+:class:`LossLens` is a ``keras.callbacks.Callback`` that, during
+``model.fit``, measures the quantities of the losslens protocol
+(DESIGN.md, "The measurement protocol") and writes them to a
+:class:`losslens.store.Store`, so that ``losslens report`` and
+:func:`losslens.diagnose.diagnose` work exactly as for the PyTorch adapter.
+
+Per epoch ``e`` (all losses are means **per sample**, in the units of the
+compiled loss):
+
+* ``R`` -- the reported training loss, data part: Keras's ``loss`` log minus
+  the penalty. Recovered step by step from Keras's loss tracker (see below).
+* ``Ω`` -- the penalty Keras adds to the training loss: ``sum(model.losses)``
+  (kernel/bias/activity regularizers and ``add_loss``), measured **per step**
+  and averaged with the same batch-size weights as Keras's ``loss``.
+* ``T`` -- train-mode probe loss: ``model(x, training=True)`` on the probe
+  set with the training batch size (batch-norm batch statistics depend on it),
+  no gradient, RNG states and non-trainable variables restored afterwards.
+* ``C`` -- eval-mode training loss: ``model(x, training=False)`` on the probe
+  set (the "true" training loss of ``trueloss``).
+* ``V`` -- validation loss, eval mode, data part only (Keras's ``val_loss``
+  also contains the penalty; losslens's ``V`` does not).
+
+Keras augmentation layers (``RandomFlip``, ...) run inside the model and only
+in training mode, so ``A`` (eval mode on augmented inputs) is not measured:
+with such layers the ``train_mode`` term contains the augmentation.
+
+The callback works on every Keras 3 backend (TensorFlow, JAX, PyTorch); the
+restoration of the backend's global RNG and the ``no_grad`` context differ by
+backend, and on JAX, whose trainer writes the model's state back to its
+variables only at the end of an epoch, losses and penalty are recorded per
+epoch instead of per step.
+
+Keras does not give callbacks the data passed to ``fit``; :func:`_fit_locals`
+reads it from ``fit``'s own arguments (or pass ``probe=`` / ``validation=``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import keras
+import numpy as np
+from keras import ops
+
+from .record import (
+    EVAL_CLEAN,
+    TRAIN_MODE,
+    VALIDATION,
+    Epoch,
+    Measurement,
+    Run,
+    Steps,
+    fingerprint_indices,
+)
+
+__all__ = ["LossLens", "per_sample_loss", "LossLensError"]
+
+#: Default cap of the probe size (samples), from the issue that specified the adapter:
+#: the probe defaults to the validation size, capped at this count.
+DEFAULT_PROBE_CAP = 10_000
+
+#: Keras layer classes whose output differs between training and inference.
+_TRAIN_MODE_LAYER_NAMES = (
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
+    "GaussianNoise", "AlphaDropout", "ActivityRegularization",
+)
+_BATCHNORM_NAMES = ("BatchNormalization",)
+
+_LOSS_KINDS = {
+    "mse": "mse", "mean_squared_error": "mse", "meansquarederror": "mse",
+    "mae": "mae", "mean_absolute_error": "mae", "meanabsoluteerror": "mae",
+    "categorical_crossentropy": "cross_entropy", "categoricalcrossentropy": "cross_entropy",
+    "sparse_categorical_crossentropy": "cross_entropy", "sparsecategoricalcrossentropy": "cross_entropy",
+    "binary_crossentropy": "binary_cross_entropy", "binarycrossentropy": "binary_cross_entropy",
+}
+
+
+class LossLensError(ValueError):
+    """The callback cannot measure this run as configured (the message says what to pass)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# per-sample losses
+# ---------------------------------------------------------------------------------------------
+def _loss_name(loss: Any) -> str:
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        fn = getattr(loss, "fn", None)
+        return getattr(fn, "__name__", None) or type(loss).__name__
+    return getattr(loss, "__name__", type(loss).__name__)
+
+
+def _loss_kind(loss: Any) -> str | None:
+    names = {_loss_name(loss).lower()}
+    if isinstance(loss, keras.losses.Loss):
+        names.add(type(loss).__name__.lower())
+    for n in names:
+        if n in _LOSS_KINDS:
+            return _LOSS_KINDS[n]
+    return None
+
+
+def per_sample_loss(loss: Any) -> Callable[[Any, Any], Any]:
+    """A function ``(y_true, y_pred) -> per-sample losses`` equal to a Keras loss.
+
+    Parameters
+    ----------
+    loss : str, keras.losses.Loss or callable
+        What was passed to ``model.compile(loss=...)`` for a single-output model.
+        A ``Loss`` instance is copied with ``reduction=None`` (its
+        ``from_logits``, ``label_smoothing``, ... are kept); a string is
+        resolved with ``keras.losses.get``; a function is called as is.
+
+    Returns
+    -------
+    callable
+        ``f(y_true, y_pred)`` returning a tensor of shape ``(batch,)``: the loss of
+        each sample, averaged over any non-batch axes. Its mean over a batch equals
+        Keras's default ``"sum_over_batch_size"`` reduction (without sample weights).
+
+    Raises
+    ------
+    LossLensError
+        If ``loss`` is None, a list or dict (multi-output models: pass
+        ``loss_fn=`` to :class:`LossLens`), or a ``Loss`` whose config cannot be
+        rebuilt with ``reduction=None``.
+    """
+    if loss is None or isinstance(loss, (list, tuple, dict)):
+        raise LossLensError(
+            f"LossLens: cannot derive a per-sample loss from compile(loss={loss!r}); for multi-output models or "
+            "custom training steps pass loss_fn=callable(y_true, y_pred) -> per-sample losses of shape (batch,)")
+    if isinstance(loss, str):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        try:
+            cfg = loss.get_config()
+            cfg["reduction"] = None
+            fn = type(loss).from_config(cfg)
+        except Exception as exc:  # noqa: BLE001 - any failure means the copy is not usable
+            raise LossLensError(
+                f"LossLens: cannot copy the loss {type(loss).__name__} with reduction=None ({exc}); "
+                "pass loss_fn=callable(y_true, y_pred) -> per-sample losses") from exc
+    elif callable(loss):
+        fn = loss
+    else:
+        raise LossLensError(f"LossLens: compile(loss=...) is {type(loss).__name__}, not a loss")
+
+    def f(y_true: Any, y_pred: Any) -> Any:
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.convert_to_tensor(y_true)
+        # Keras squeezes (n,) against (n, 1) and would then average over the batch axis;
+        # expanding the target keeps one value per sample with the same mean.
+        if len(y_true.shape) == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
+            y_true = ops.expand_dims(y_true, -1)
+        v = fn(y_true, y_pred)
+        v = ops.convert_to_tensor(v)
+        if len(v.shape) == 0:
+            raise LossLensError(
+                f"LossLens: the loss {_loss_name(loss)!r} returned a scalar for a batch; pass loss_fn= that returns "
+                "one loss per sample")
+        if len(v.shape) > 1:
+            v = ops.mean(ops.reshape(v, (v.shape[0], -1)), axis=1)
+        return v
+
+    return f
+
+
+def _baseline(kind: str | None, y: np.ndarray) -> float | None:
+    """Loss of the best constant predictor on targets ``y`` (per sample)."""
+    if kind is None or y.size == 0:
+        return None
+    y = np.asarray(y, dtype=np.float64)
+    if kind == "mse":
+        return float(y.reshape(len(y), -1).var(axis=0).mean())
+    if kind == "mae":
+        y2 = y.reshape(len(y), -1)
+        return float(np.abs(y2 - np.median(y2, axis=0)).mean())
+    if kind == "cross_entropy":
+        labels = y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
+        p = np.bincount(labels) / labels.size
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+    if kind == "binary_cross_entropy":
+        p = np.clip(y.reshape(len(y), -1).mean(axis=0), 1e-12, 1 - 1e-12)
+        return float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# data handling
+# ---------------------------------------------------------------------------------------------
+def _is_array(a: Any) -> bool:
+    return hasattr(a, "shape") and hasattr(a, "__getitem__") and len(getattr(a, "shape", ())) >= 1
+
+
+def _n_samples(x: Any) -> int:
+    leaves = keras.tree.flatten(x)
+    return int(leaves[0].shape[0])
+
+
+def _take(x: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of every array in a (possibly nested) structure, as NumPy."""
+    def one(a: Any) -> Any:
+        a = keras.ops.convert_to_numpy(a) if not isinstance(a, np.ndarray) else a
+        return a[idx]
+    return keras.tree.map_structure(one, x)
+
+
+def _as_numpy(x: Any) -> Any:
+    return keras.tree.map_structure(lambda a: a if isinstance(a, np.ndarray) else keras.ops.convert_to_numpy(a), x)
+
+
+def _indexable(x: Any) -> bool:
+    try:
+        return all(_is_array(a) for a in keras.tree.flatten(x))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _materialize_pydataset(ds: Any, what: str) -> tuple[Any, Any, int]:
+    """Concatenate every batch of a ``keras.utils.PyDataset``.
+
+    Returns ``(x, y, batch_size)`` as NumPy structures.
+    """
+    n = ds.num_batches
+    if n is None:
+        raise LossLensError(f"LossLens: the {what} PyDataset has no num_batches (infinite); pass {what}=(x, y) arrays")
+    xs, ys, bs = [], [], 0
+    for i in range(n):
+        batch = ds[i]
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise LossLensError(f"LossLens: the {what} PyDataset item {i} is not an (x, y) or (x, y, w) tuple")
+        xs.append(_as_numpy(batch[0]))
+        ys.append(_as_numpy(batch[1]))
+        bs = max(bs, _n_samples(batch[0]))
+    x = keras.tree.map_structure(lambda *a: np.concatenate(a, axis=0), *xs)
+    y = keras.tree.map_structure(lambda *a: np.concatenate(a, axis=0), *ys)
+    return x, y, bs
+
+
+def _to_tensors(x: Any) -> Any:
+    """NumPy structure -> backend tensors (floating arrays cast to ``keras.backend.floatx()``)."""
+    def one(a: Any) -> Any:
+        a = np.asarray(a)
+        if np.issubdtype(a.dtype, np.floating):
+            a = a.astype(keras.backend.floatx(), copy=False)
+        return ops.convert_to_tensor(a)
+    return keras.tree.map_structure(one, x)
+
+
+def _fit_locals(model: Any) -> dict[str, Any] | None:
+    """The arguments of the running ``model.fit`` call, read from its stack frame.
+
+    Keras does not hand its training and validation data to callbacks; the
+    ``fit`` methods of all three backend trainers (Keras 3) bind them to the
+    locals ``x, y, sample_weight`` (the training part, after
+    ``validation_split``), ``val_x, val_y``, ``batch_size``,
+    ``validation_split`` and ``class_weight`` before ``on_train_begin``.
+    Only these names are read; nothing is executed. Returns None outside ``fit``.
+    """
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "fit" and f.f_locals.get("self") is model:
+            loc = f.f_locals
+            keys = ("x", "y", "sample_weight", "val_x", "val_y", "validation_data", "batch_size",
+                    "validation_split", "class_weight", "validation_batch_size", "shuffle")
+            return {k: loc.get(k) for k in keys}
+        f = f.f_back
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG and state guard
+# ---------------------------------------------------------------------------------------------
+class _StateGuard:
+    """Save and restore everything a forward pass may change.
+
+    Restores Python's and NumPy's global RNG, the backend's global RNG (torch
+    CPU and CUDA generators; TensorFlow's global generator), Keras's global
+    ``SeedGenerator`` and every non-trainable variable of the model (batch-norm
+    moving statistics, layer ``SeedGenerator`` states). Inside the block the
+    global RNGs are seeded with ``seed`` so probe passes are reproducible.
+    """
+
+    def __init__(self, model: Any, seed: int) -> None:
+        self.model, self.seed = model, seed
+
+    def __enter__(self) -> "_StateGuard":
+        self.py = random.getstate()
+        self.np = np.random.get_state()
+        # device-side copies: no host transfer; assign() writes them back bit for bit
+        self.vars = [(v, ops.copy(v.value)) for v in self.model.non_trainable_variables]
+        self.global_sg = None
+        try:
+            from keras.src.backend.common import global_state
+            sg = global_state.get_global_attribute("global_seed_generator")
+            if sg is not None:
+                self.global_sg = (sg.state, ops.convert_to_numpy(sg.state.value).copy())
+        except Exception:  # noqa: BLE001 - private location may move; the rest still restores
+            self.global_sg = None
+        self.backend = keras.backend.backend()
+        self.torch_state = None
+        self.no_grad = None
+        if self.backend == "torch":
+            import torch
+            self.torch_state = (torch.get_rng_state(),
+                                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+            torch.manual_seed(self.seed)
+            self.no_grad = torch.no_grad()
+            self.no_grad.__enter__()
+        elif self.backend == "tensorflow":
+            import tensorflow as tf
+            g = tf.random.get_global_generator()
+            self.tf_state = (g, g.state.numpy().copy())
+        random.seed(self.seed)
+        np.random.seed(self.seed % (2 ** 32))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.no_grad is not None:
+            self.no_grad.__exit__(*exc)
+        for v, val in self.vars:
+            v.assign(val)
+        if self.global_sg is not None:
+            self.global_sg[0].assign(self.global_sg[1])
+        if self.torch_state is not None:
+            import torch
+            torch.set_rng_state(self.torch_state[0])
+            if self.torch_state[1] is not None:
+                torch.cuda.set_rng_state_all(self.torch_state[1])
+        elif self.backend == "tensorflow":
+            g, st = self.tf_state
+            g.state.assign(st)
+        np.random.set_state(self.np)
+        random.setstate(self.py)
+
+
+# ---------------------------------------------------------------------------------------------
+# the callback
+# ---------------------------------------------------------------------------------------------
+class LossLens(keras.callbacks.Callback):
+    """Measure a Keras ``fit`` run with the losslens protocol and store it.
+
+    Place it **before** any callback that should see its numbers
+    (``EarlyStopping``, ``ModelCheckpoint``, ``CSVLogger``, ``TensorBoard``,
+    ``ReduceLROnPlateau``): Keras calls callbacks in list order with the same
+    ``logs`` dict, and ``History`` always comes last.
+
+    Parameters
+    ----------
+    probe : tuple (x, y), keras.utils.PyDataset or None
+        Training data to draw the probe set from. The probe is a fixed, seeded
+        random subset of these samples, the same every epoch. None: the
+        training data passed to ``fit`` (NumPy/JAX/torch arrays or a
+        ``PyDataset``; with ``validation_split`` only the training part). If the
+        given arrays are the full arrays that ``fit`` split with
+        ``validation_split``, the validation tail is removed. Inputs are used as
+        they are (clean): pass un-augmented data.
+    validation : tuple (x, y), keras.utils.PyDataset or None
+        Validation data for ``V``. None: the ``validation_data`` (or
+        ``validation_split`` part) of ``fit``; no validation -> ``V`` is not measured.
+    run : str
+        Name of the run in the store.
+    store : str, os.PathLike or None
+        SQLite store file (created if missing); None keeps the run in memory only
+        (:attr:`run`).
+    probe_size : int, "all" or None
+        Number of probe samples. None: the validation size capped at
+        :data:`DEFAULT_PROBE_CAP` (the whole training set if smaller; 10 000 without
+        validation). ``"all"``: every training sample.
+    probe_seed : int
+        Seed of the probe subset and of the RNG inside the probe passes.
+    batch_size : int or None
+        Batch size of the train-mode probe pass ``T``; None: the ``fit`` batch
+        size (default 32), because batch-norm batch statistics depend on it.
+    eval_batch_size : int or None
+        Batch size of the eval-mode passes (``C``, ``V``); None: max(batch_size, 256).
+    loss_fn : callable or None
+        ``loss_fn(y_true, y_pred) -> per-sample losses, shape (batch,)``; None:
+        derived from ``model.loss`` with :func:`per_sample_loss`.
+    train_mode : bool or "auto"
+        Measure ``T``. "auto": only when the model has a layer that behaves
+        differently in training (dropout/noise, batch norm, recurrent dropout,
+        augmentation layers, or any non-Keras layer).
+    experiment : str or None
+        Group name stored with the run.
+    seed : int or None
+        The user's seed, recorded in the metadata.
+
+    Attributes
+    ----------
+    run : losslens.record.Run
+        The run being recorded (in memory; also in the store).
+    probe_indices : numpy.ndarray
+        Indices of the probe samples in the training data.
+
+    Notes
+    -----
+    Keys added to ``logs`` at each epoch end (so ``History``, ``CSVLogger``,
+    ``EarlyStopping`` see them): ``eval_train_loss`` (C), ``train_mode_loss``
+    (T, when measured), ``data_loss`` (R), ``penalty_loss`` (Ω) and
+    ``losslens_val_loss`` (V, data part).
+
+    Per-step losses are recovered exactly from Keras's loss tracker (a
+    ``keras.metrics.Mean`` weighted by batch size): its running ``total`` and
+    ``count`` are copied on the device in ``on_train_batch_begin`` and read once
+    per epoch, so the callback adds no host synchronisation per batch and
+    does not override ``on_train_batch_end`` (Keras keeps its asynchronous
+    batch-end dispatch). Step ``k``'s loss is
+    ``(total_k − total_{k−1}) / (count_k − count_{k−1})``. The penalty of each
+    step is ``sum(model.losses)`` as that step computed it: the weight
+    regularizers at the weights it used (read when the batch begins) plus the
+    activity-regularizer and ``add_loss`` terms of its forward pass (read before
+    the next one). On the JAX backend both are per epoch (see the module notes).
+
+    Calling ``fit`` again with the same callback records a new run.
+
+    Raises
+    ------
+    LossLensError
+        At ``on_train_begin`` when the training or validation data cannot be
+        indexed (``tf.data``, generators): pass ``probe=(x, y)`` (and
+        ``validation=(x_val, y_val)``) as arrays.
+    """
+
+    def __init__(
+        self,
+        probe: Any = None,
+        *,
+        validation: Any = None,
+        run: str = "keras",
+        store: Any = "losslens.db",
+        probe_size: int | str | None = None,
+        probe_seed: int = 0,
+        batch_size: int | None = None,
+        eval_batch_size: int | None = None,
+        loss_fn: Callable[[Any, Any], Any] | None = None,
+        train_mode: bool | str = "auto",
+        experiment: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if probe_size is not None and probe_size != "all" and (not isinstance(probe_size, int) or probe_size < 2):
+            raise ValueError(f"LossLens: probe_size must be an int >= 2, 'all' or None, got {probe_size!r}")
+        if train_mode not in (True, False, "auto"):
+            raise ValueError(f"LossLens: train_mode must be True, False or 'auto', got {train_mode!r}")
+        self._probe_arg = probe
+        self._val_arg = validation
+        self.run_name = run
+        self.store_path = store
+        self.probe_size = probe_size
+        self.probe_seed = int(probe_seed)
+        self._bs_arg = batch_size
+        self._eval_bs_arg = eval_batch_size
+        self._loss_fn_arg = loss_fn
+        self._train_mode_arg = train_mode
+        self.experiment = experiment
+        self.seed = seed
+        self.run: Run | None = None
+        self._store = None
+        self._in_epoch = False
+        self._final = True
+
+    # -- setup -------------------------------------------------------------------------------
+    def _resolve_data(self, fit: dict[str, Any] | None) -> None:
+        fit = fit or {}
+        # training data for the probe
+        src = self._probe_arg
+        train_bs = self._bs_arg or fit.get("batch_size")
+        if src is None:
+            if fit.get("x") is None:
+                raise LossLensError("LossLens: no training data found; pass probe=(x_train, y_train)")
+            if isinstance(fit["x"], keras.utils.PyDataset):
+                src = fit["x"]
+            elif fit.get("y") is not None and _indexable(fit["x"]) and _indexable(fit["y"]):
+                src = (fit["x"], fit["y"])
+            else:
+                raise LossLensError(
+                    f"LossLens: cannot index the training data passed to fit (type {type(fit['x']).__name__}, e.g. "
+                    "a tf.data.Dataset or a generator); pass probe=(x_train, y_train): NumPy arrays of (a subset of) "
+                    "the clean training data")
+        if isinstance(src, keras.utils.PyDataset):
+            px, py, pbs = _materialize_pydataset(src, "probe")
+            train_bs = train_bs or pbs
+        elif isinstance(src, (tuple, list)) and len(src) == 2 and _indexable(src[0]) and _indexable(src[1]):
+            px, py = src
+        else:
+            raise LossLensError(
+                f"LossLens: probe must be (x, y) arrays or a keras.utils.PyDataset, got {type(src).__name__}")
+        # validation data
+        vsrc = self._val_arg
+        if vsrc is None and fit.get("val_x") is not None:
+            vx = fit["val_x"]
+            if isinstance(vx, keras.utils.PyDataset):
+                vsrc = vx
+            elif fit.get("val_y") is not None and _indexable(vx) and _indexable(fit["val_y"]):
+                vsrc = (vx, fit["val_y"])
+            else:
+                raise LossLensError(
+                    f"LossLens: cannot index the validation data passed to fit (type {type(vx).__name__}); "
+                    "pass validation=(x_val, y_val) arrays")
+        if vsrc is None:
+            vx = vy = None
+        elif isinstance(vsrc, keras.utils.PyDataset):
+            vx, vy, _ = _materialize_pydataset(vsrc, "validation")
+        elif isinstance(vsrc, (tuple, list)) and len(vsrc) >= 2 and _indexable(vsrc[0]) and _indexable(vsrc[1]):
+            vx, vy = vsrc[0], vsrc[1]
+        else:
+            raise LossLensError(
+                f"LossLens: validation must be (x, y) arrays or a keras.utils.PyDataset, got {type(vsrc).__name__}")
+        n_train = _n_samples(px)
+        # validation_split: the explicit probe arrays may be the full arrays fit split; keep the training head.
+        split = fit.get("validation_split") or 0.0
+        if self._probe_arg is not None and split and vx is not None and fit.get("x") is not None \
+                and _indexable(fit["x"]):
+            n_fit, n_val = _n_samples(fit["x"]), _n_samples(vx)
+            if n_train == n_fit + n_val:
+                n_train = n_fit
+                px = keras.tree.map_structure(lambda a: a[:n_fit], px)
+                py = keras.tree.map_structure(lambda a: a[:n_fit], py)
+        self.train_size = n_train
+        self._train_full = (px, py)   # for the content fingerprints; released after on_train_begin
+        self.val_size = _n_samples(vx) if vx is not None else 0
+        # probe subset
+        if self.probe_size == "all":
+            k = n_train
+        elif self.probe_size is None:
+            k = min(self.val_size if self.val_size else DEFAULT_PROBE_CAP, DEFAULT_PROBE_CAP, n_train)
+        else:
+            k = min(int(self.probe_size), n_train)
+        rng = np.random.default_rng(self.probe_seed)
+        idx = np.sort(rng.choice(n_train, size=k, replace=False)) if k < n_train else np.arange(n_train)
+        self.probe_indices = idx
+        self._px, self._py = _take(px, idx), _take(py, idx)
+        self._vx = _as_numpy(vx) if vx is not None else None
+        self._vy = _as_numpy(vy) if vy is not None else None
+        self.batch_size = int(train_bs or 32)
+        self.eval_batch_size = int(self._eval_bs_arg or max(self.batch_size, 256))
+
+    def _layers(self) -> list[Any]:
+        try:
+            return list(self.model._flatten_layers(include_self=False))
+        except Exception:  # noqa: BLE001 - fall back on the public attribute
+            out, stack = [], list(getattr(self.model, "layers", []))
+            while stack:
+                layer = stack.pop(0)
+                out.append(layer)
+                stack.extend(getattr(layer, "layers", []))
+            return out
+
+    def _inspect_layers(self) -> None:
+        dropout, bn, aug, custom = [], [], [], []
+        for layer in self._layers():
+            cls = type(layer)
+            names = {c.__name__ for c in cls.__mro__}
+            builtin = cls.__module__.startswith("keras.")
+            rates = [getattr(layer, a, None) for a in ("dropout", "recurrent_dropout")]
+            if names & set(_TRAIN_MODE_LAYER_NAMES) or any(
+                    isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates):
+                dropout.append(layer.name)
+            elif names & set(_BATCHNORM_NAMES):
+                bn.append(layer.name)
+            elif cls.__name__.startswith("Random") and builtin:
+                aug.append(layer.name)
+            elif not builtin and not isinstance(layer, (keras.Model,)):
+                custom.append(layer.name)
+        self.dropout_layers, self.batchnorm_layers, self.augmentation_layers = dropout, bn, aug
+        self.custom_layers = custom
+        if self._train_mode_arg == "auto":
+            self.measure_train_mode = bool(dropout or bn or aug or custom)
+        else:
+            self.measure_train_mode = bool(self._train_mode_arg)
+
+    def _optimizer_meta(self) -> tuple[str | None, float]:
+        opt = getattr(self.model, "optimizer", None)
+        if opt is None:
+            return None, 0.0
+        wd = getattr(opt, "weight_decay", None)
+        try:
+            wd = float(wd) if wd is not None else 0.0
+        except (TypeError, ValueError):
+            wd = math.nan
+        return type(opt).__name__, wd
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # The JAX trainer keeps the model's state outside its variables during an epoch and writes it
+        # back only at the epoch end (Keras 3 ``jax_state_sync``): batch hooks would read stale values.
+        self._per_step = keras.backend.backend() != "jax"
+        fit = _fit_locals(self.model)
+        self._resolve_data(fit)
+        self._inspect_layers()
+        self.sample_weighted = bool(fit and (fit.get("sample_weight") is not None or fit.get("class_weight")))
+        if self.sample_weighted:
+            warnings.warn("LossLens: fit uses sample_weight/class_weight; Keras's 'loss' (and R) is weighted, the "
+                          "probe and validation passes are not", stacklevel=2)
+        loss = getattr(self.model, "loss", None)
+        self._loss_fn = self._loss_fn_arg or per_sample_loss(loss)
+        kind = _loss_kind(loss) if self._loss_fn_arg is None else None
+        # Regularized trainable weights: model.losses lists them last (Layer.losses, Keras 3).
+        self._n_reg = sum(1 for v in self.model.trainable_weights if getattr(v, "regularizer", None) is not None)
+        opt_name, wd = self._optimizer_meta()
+        skipped = {"eval_augmented": (
+            "Keras augmentation layers run inside the model in training mode only; the train_mode term includes "
+            f"them ({', '.join(self.augmentation_layers)})" if self.augmentation_layers else
+            "no augmentation measured: the probe inputs are used as given (A = C)")}
+        if not self.measure_train_mode:
+            skipped["train_mode"] = ("no dropout, noise, batch-norm or augmentation layer" if
+                                     self._train_mode_arg == "auto" else "disabled (train_mode=False)")
+        if not self.val_size:
+            skipped["validation"] = "no validation data"
+        meta = {
+            "framework": "keras",
+            "keras_version": keras.__version__,
+            "keras_backend": keras.backend.backend(),
+            "loss": (_loss_name(loss) if self._loss_fn_arg is None
+                     else getattr(self._loss_fn_arg, "__name__", "loss_fn")),
+            "loss_kind": kind,
+            "baseline_loss": _baseline(kind, np.asarray(keras.tree.flatten(self._py)[0])),
+            "batch_size": self.batch_size,
+            "train_size": self.train_size,
+            "val_size": self.val_size,
+            "probe_size": int(self.probe_indices.size),
+            "probe_fingerprint": fingerprint_indices(self.probe_indices, self.train_size),
+            "probe_seed": self.probe_seed,
+            "seed": self.seed,
+            "dropout_layers": self.dropout_layers,
+            "batchnorm_layers": self.batchnorm_layers,
+            "augmentation_layers": self.augmentation_layers,
+            "optimizer": opt_name,
+            "weight_decay": wd,
+            "penalty_source": "model.losses",
+            "penalty_measured": ("per step: sum(model.losses) of each training step, batch-size weighted"
+                                 if self._per_step else
+                                 "per epoch: sum(model.losses) at the end-of-epoch weights (JAX backend)"),
+            "step_losses": ("per step, recovered from Keras's loss tracker" if self._per_step else
+                            "per epoch only (JAX backend: variables are synchronised at the epoch end)"),
+            "penalty_in_validation": True,
+            "penalty_in_validation_note": (
+                "Keras's val_loss includes the penalty sum(model.losses) (regularizers at the end-of-epoch weights, "
+                "activity regularizers and add_loss on the validation batches); losslens's validation loss is the "
+                "data loss only"),
+            "sample_weighted": self.sample_weighted,
+            "reported_loss_kind": "epoch_mean",
+            "skipped": skipped,
+        }
+        meta["per_sample_loss_check"] = self._check_per_sample()
+        meta.update(self._content_fingerprints())
+        self.run = Run(self.run_name, meta=meta, experiment=self.experiment)
+        if self.store_path is not None:
+            from .store import Store
+            self._store = Store(self.store_path)
+            self.run.id = self._store.create_run(self.run_name, meta, self.experiment)
+
+    def _content_fingerprints(self) -> dict[str, Any]:
+        """Content fingerprints of the training and validation sets (:mod:`losslens.experiment.fingerprint`).
+
+        Lets the runs of one experiment be checked for a changed split. Sets that
+        are too large to hash cheaply are listed under ``fingerprint_skipped``; a
+        failure is recorded, never raised (it must not stop training).
+        """
+        train, self._train_full = self._train_full, None
+        try:
+            from .experiment.fingerprint import auto_fingerprints
+            val = (self._vx, self._vy) if self._vx is not None else None
+            return auto_fingerprints(train=_as_numpy(train), val=val)
+        except Exception as exc:  # noqa: BLE001 - optional metadata
+            return {"fingerprint_skipped": {"all": f"{type(exc).__name__}: {exc}"}}
+
+    def _check_per_sample(self) -> dict[str, Any]:
+        """Compare the mean of the per-sample losses with Keras's compiled loss on one probe batch.
+
+        Uses the model's ``compute_loss`` minus ``sum(model.losses)`` (Keras 3) in
+        inference mode; the two agree to float32 rounding when the per-sample
+        function matches the compiled loss. The result is recorded in the metadata
+        (``per_sample_loss_check``) and a mismatch warns.
+        """
+        n = min(_n_samples(self._px), self.eval_batch_size)
+        idx = np.arange(n)
+        try:
+            with _StateGuard(self.model, self.probe_seed):
+                xb = _to_tensors(_take(self._px, idx))
+                yb = _to_tensors(_take(self._py, idx))
+                yp = self.model(xb, training=False)
+                mine = float(ops.convert_to_numpy(ops.mean(self._loss_fn(yb, yp))))
+                total = self.model.compute_loss(x=xb, y=yb, y_pred=yp)
+                pen = sum(float(ops.convert_to_numpy(ops.sum(v))) for v in self.model.losses)
+                ref = float(ops.convert_to_numpy(total)) - pen
+        except Exception as exc:  # noqa: BLE001 - custom compute_loss signatures: record, do not fail
+            return {"consistent": None, "error": f"{type(exc).__name__}: {exc}"}
+        ok = math.isclose(mine, ref, rel_tol=1e-4, abs_tol=1e-6)
+        if not ok:
+            warnings.warn(f"LossLens: the per-sample loss (mean {mine:.6g}) differs from the compiled loss "
+                          f"({ref:.6g}) on a probe batch; pass loss_fn= matching compile(loss=...)", stacklevel=3)
+        return {"consistent": bool(ok), "mean_of_per_sample": mine, "compiled_loss": ref, "n": n}
+
+    # -- per step ------------------------------------------------------------------------------
+    def _tracker(self) -> Any:
+        for m in self.model.metrics:
+            if m.name == "loss" and isinstance(m, keras.metrics.Mean):
+                return m
+        return None
+
+    def _snapshot(self) -> tuple[Any, Any]:
+        """Device copies of the loss tracker's (total, count); the penalty parts now in ``model.losses``.
+
+        Returns ``(activity, weights)``: the sum of the ``add_loss``/activity-regularizer
+        terms left by the last forward pass, and the sum of the weight regularizers at
+        the current weights (device scalars, or None when there are none).
+        """
+        if self._tracker_obj is not None:
+            total, count = self._tracker_obj.variables[:2]
+            self._totals.append(ops.copy(total.value))
+            self._counts.append(ops.copy(count.value))
+        losses = self.model.losses if self._track_penalty else []
+        if losses:
+            n_act = len(losses) - self._n_reg
+            act = ops.stop_gradient(ops.sum(ops.stack([ops.sum(ops.cast(x, "float32")) for x in losses[:n_act]]))) \
+                if n_act > 0 else None
+            reg = ops.stop_gradient(ops.sum(ops.stack([ops.sum(ops.cast(x, "float32")) for x in losses[n_act:]]))) \
+                if self._n_reg else None
+        else:
+            act = reg = None
+        return act, reg
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._in_epoch = True
+        self._final = False
+        self._tracker_obj = self._tracker()
+        self._totals, self._counts = [], []
+        self._weight_pen: list[Any] = []   # weight regularizers at the weights step k uses
+        self._act_pen: list[Any] = []      # activity / add_loss terms of step k
+        self._step = 0
+        # model.losses is walked once per step only while the model has any penalty: regularized weights,
+        # or add_loss/activity terms left by the first forward pass (checked at step 1, see on_train_batch_begin).
+        self._track_penalty = True
+        self._t0 = time.perf_counter()
+        self._t_train = math.nan
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if not self._in_epoch:
+            return
+        if not self._per_step:
+            self._step += 1
+            return
+        if self._step == 0:
+            # state after reset_metrics is zero; only the weight penalty of step 0 is needed
+            self._weight_pen.append(self._sum_last(self.model.losses, self._n_reg) if self._n_reg else None)
+        else:
+            if self._step == 1 and not self._n_reg and not self.model.losses:
+                self._track_penalty = False   # no regularizer and the first forward pass added no loss
+            act, reg = self._snapshot()
+            self._act_pen.append(act)
+            self._weight_pen.append(reg)
+        self._step += 1
+
+    @staticmethod
+    def _sum_last(losses: list[Any], n: int) -> Any:
+        if not n or not losses:
+            return None
+        return ops.stop_gradient(ops.sum(ops.stack([ops.sum(ops.cast(x, "float32")) for x in losses[-n:]])))
+
+    def _final_snapshot(self) -> None:
+        if self._final or not self._in_epoch:
+            return
+        if not self._per_step:
+            # JAX: one snapshot per epoch; the penalty at the end-of-epoch weights stands for the epoch's
+            act, reg = self._snapshot()
+            self._act_pen.append(act)
+            self._weight_pen.append(reg)
+        elif self._step > 0:
+            act, _ = self._snapshot()
+            self._act_pen.append(act)
+        self._final = True
+        self._t_train = time.perf_counter() - self._t0
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        # fit's evaluate() calls on_test_begin before reset_metrics(): the tracker still holds the epoch.
+        self._final_snapshot()
+
+    # -- end of epoch ----------------------------------------------------------------------------
+    def _passes(self, x: Any, y: Any, training: bool, batch_size: int) -> np.ndarray:
+        n = _n_samples(x)
+        out = []
+        for i in range(0, n, batch_size):
+            sl = slice(i, min(i + batch_size, n))
+            xb = _to_tensors(keras.tree.map_structure(lambda a: a[sl], x))
+            yb = _to_tensors(keras.tree.map_structure(lambda a: a[sl], y))
+            yp = self.model(xb, training=training)
+            out.append(ops.convert_to_numpy(ops.cast(self._loss_fn(yb, yp), "float32")))
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def _eval_passes(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Inference-mode per-sample losses of the probe set (C) and the validation set (V).
+
+        Both sets go through one sequence of forward calls when their arrays can be
+        concatenated: in inference mode a sample's output does not depend on the rest
+        of its batch, and small sets then cost one call instead of two.
+        """
+        n_p = _n_samples(self._px)
+        if self._vx is None:
+            return self._passes(self._px, self._py, False, self.eval_batch_size), None
+        try:
+            cat = lambda a, b: keras.tree.map_structure(lambda u, v: np.concatenate([u, v]), a, b)  # noqa: E731
+            x, y = cat(self._px, self._vx), cat(self._py, self._vy)
+        except (ValueError, TypeError):
+            return (self._passes(self._px, self._py, False, self.eval_batch_size),
+                    self._passes(self._vx, self._vy, False, self.eval_batch_size))
+        vals = self._passes(x, y, False, self.eval_batch_size)
+        return vals[:n_p], vals[n_p:]
+
+    def _steps(self, epoch: int) -> tuple[Steps, float, float, int]:
+        """Per-step losses (data part), penalties; R, Ω and the sample count of the epoch."""
+        if self._tracker_obj is None or not self._totals:
+            return Steps(), math.nan, 0.0, 0
+        totals = np.asarray(ops.convert_to_numpy(ops.stack(self._totals)), dtype=np.float64)
+        counts = np.asarray(ops.convert_to_numpy(ops.stack(self._counts)), dtype=np.float64)
+        d_tot = np.diff(np.concatenate([[0.0], totals]))
+        d_cnt = np.diff(np.concatenate([[0.0], counts]))
+        total_loss = d_tot / np.where(d_cnt > 0, d_cnt, np.nan)
+        k = total_loss.size
+        if not self._per_step:
+            # one row standing for the whole epoch: its mean, at the epoch centre, spanning every step
+            pen = self._weight_pen[0], self._act_pen[0]
+            p = float(sum(float(ops.convert_to_numpy(v)) for v in pen if v is not None))
+            n = float(counts[-1])
+            r = float(totals[-1] / n) - p if n > 0 else math.nan
+            steps = Steps.build([epoch], [r], position=[epoch + 0.5], batch_size=[n], penalty=[p],
+                                span=[max(self._step, 1)])
+            return steps, r, p, int(n)
+
+        def col(vals: list[Any]) -> np.ndarray:
+            out = np.zeros(k)
+            idx = [i for i, v in enumerate(vals[:k]) if v is not None]
+            if idx:   # one device-to-host transfer per epoch
+                out[idx] = np.asarray(ops.convert_to_numpy(ops.stack([vals[i] for i in idx])), dtype=np.float64)
+            return out
+
+        penalty = col(self._weight_pen) + col(self._act_pen)
+        data = total_loss - penalty
+        w = d_cnt
+        n = float(w.sum())
+        omega = float((penalty * w).sum() / n) if n > 0 else 0.0
+        r = float(totals[-1] / counts[-1]) - omega if counts[-1] > 0 else math.nan
+        steps = Steps.build(np.full(k, epoch), data, batch_size=w, penalty=penalty)
+        return steps, r, omega, int(n)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.run is None:
+            return
+        self._final_snapshot()
+        self._in_epoch = False
+        steps, r, omega, n_samples = self._steps(epoch)
+        if not math.isfinite(r) and logs and "loss" in logs:
+            r = float(logs["loss"]) - omega
+        t0 = time.perf_counter()
+        ms: dict[str, Measurement] = {}
+        if self.measure_train_mode:
+            # its own guard: the batch-norm moving statistics it updates are restored before the eval passes
+            with _StateGuard(self.model, self.probe_seed + epoch):
+                ms[TRAIN_MODE] = Measurement.from_values(TRAIN_MODE, self._passes(
+                    self._px, self._py, True, self.batch_size))
+        with _StateGuard(self.model, self.probe_seed + epoch):
+            c_vals, v_vals = self._eval_passes()
+            ms[EVAL_CLEAN] = Measurement.from_values(EVAL_CLEAN, c_vals)
+            if v_vals is not None:
+                ms[VALIDATION] = Measurement.from_values(VALIDATION, v_vals)
+        probe_s = time.perf_counter() - t0
+        metrics = {}
+        for key, val in (logs or {}).items():
+            try:
+                metrics[key] = float(val)
+            except (TypeError, ValueError):
+                pass
+        ep = Epoch(index=int(epoch), train_loss=r, penalty=omega, n_steps=len(steps), n_samples=n_samples,
+                   measurements=ms, metrics=metrics, seconds=self._t_train, probe_seconds=probe_s)
+        self.run.epochs.append(ep)
+        self.run.steps = Steps.concat([self.run.steps, steps])
+        if self._store is not None:
+            self._store.append_epoch(self.run.id, ep, steps)
+        if logs is not None:
+            logs["eval_train_loss"] = ms[EVAL_CLEAN].mean
+            if TRAIN_MODE in ms:
+                logs["train_mode_loss"] = ms[TRAIN_MODE].mean
+            logs["data_loss"] = r
+            logs["penalty_loss"] = omega
+            if VALIDATION in ms:
+                logs["losslens_val_loss"] = ms[VALIDATION].mean
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.run is None:
+            return
+        self.run.status = "finished"
+        if self._store is not None:
+            self._store.set_status(self.run.id, "finished")
+            self._store.close()
+            self._store = None
+
+    # -- results -----------------------------------------------------------------------------------
+    def diagnose(self) -> Any:
+        """The diagnosis of the recorded run as a :class:`losslens.report.Report`.
+
+        Raises
+        ------
+        RuntimeError
+            If called before ``fit`` recorded an epoch.
+        """
+        if self.run is None or not self.run.epochs:
+            raise RuntimeError("LossLens.diagnose(): no epoch recorded yet; call model.fit(..., callbacks=[lens])")
+        from .diagnose import diagnose
+        from .report import Report
+        return Report(diagnose(self.run))
