@@ -1,6 +1,9 @@
-"""Shared test setup: Keras runs on the torch backend; figures render off-screen."""
+"""Shared test setup: Keras runs on the torch backend; figures render off-screen; one math thread."""
 
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Small models train faster on one thread; two threads on a 2-core CI machine shared with a
+# second process oversubscribe it (measured: 30x slower for one LSTM fit under load).
+os.environ.setdefault("OMP_NUM_THREADS", "1")

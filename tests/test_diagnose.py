@@ -183,3 +183,18 @@ def test_all_nan_validation_says_so():
         e.measurements[VALIDATION] = Measurement.from_values(VALIDATION, np.full(5, np.nan))
     f = diagnose(run).get("regime.no_validation")
     assert f is not None and "NaN" in f.message
+
+
+def test_val_below_train_reported_at_last_epoch_where_it_holds():
+    run = make_run(np.full(8, 0.6), train_mode_extra=0.3)
+    last = run.epochs[-1]
+    last.measurements[VALIDATION] = Measurement.from_values(VALIDATION, last.measurements[VALIDATION].values + 1.0)
+    f = diagnose(run).get("gap.val_below_train")
+    assert f is not None and f.data["epoch"] == 6 and f.data["epochs_holding"] == 7
+    assert f.data["causes"][0] == "train_mode"
+
+
+def test_negative_train_mode_term_flags_batchnorm_statistics():
+    res = diagnose(make_run(np.full(6, 0.6), train_mode_extra=-0.2))
+    assert res.get("gap.batchnorm_running_stats") is not None
+    assert diagnose(make_run(np.full(6, 0.6), train_mode_extra=0.2)).get("gap.batchnorm_running_stats") is None

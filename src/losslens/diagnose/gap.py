@@ -89,6 +89,8 @@ class EpochDecomposition:
         R + Ω, the training loss the framework shows.
     validation : float
         V.
+    validation_se : float
+        Standard error of V (NaN when unknown).
     terms : dict of str -> Term
         In the order penalty, timing, train_mode, augmentation, generalization
         (or penalty, unmeasured when the run has no probe measurements).
@@ -98,6 +100,7 @@ class EpochDecomposition:
     reported: float
     validation: float
     terms: dict[str, Term] = field(default_factory=dict)
+    validation_se: float = math.nan
 
     @property
     def total(self) -> float:
@@ -155,7 +158,7 @@ def decompose_epoch(epoch: Epoch) -> EpochDecomposition | None:
             rest = t.mean
         se = v.sem if t is None else math.hypot(t.sem, v.sem)
         terms["unmeasured"] = Term("unmeasured", rest - v.mean, se, NOT_MEASURED)
-        return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms)
+        return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms, v.sem)
     a_eff = a if a is not None else c
     t_eff = t if t is not None else a_eff
     terms["timing"] = Term("timing", epoch.train_loss - t_eff.mean, t_eff.sem)
@@ -169,7 +172,7 @@ def decompose_epoch(epoch: Epoch) -> EpochDecomposition | None:
         terms["augmentation"] = Term("augmentation", *paired_difference(a, c))
     se_cv = math.sqrt(c.sem ** 2 + v.sem ** 2) if math.isfinite(c.sem) and math.isfinite(v.sem) else math.nan
     terms["generalization"] = Term("generalization", c.mean - v.mean, se_cv)
-    return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms)
+    return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms, v.sem)
 
 
 def decompose(run: Run) -> list[EpochDecomposition]:
@@ -188,13 +191,28 @@ def _fmt(x: float, se: float) -> str:
     return f"{x:+.4g}"
 
 
+def _val_below(d: EpochDecomposition) -> bool:
+    """Reported training loss above validation loss beyond noise.
+
+    R averages every training step of the epoch (no sampling error); V's
+    standard error is that of the validation set.
+    """
+    diff = d.reported - d.validation
+    se = d.validation_se
+    return diff > 0 and (se == 0 or not math.isfinite(se) or diff > Z_NOISE * se)
+
+
 def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None) -> list[Finding]:
     """Findings of the gap family, judged at the last decomposable epoch.
 
     * ``gap.decomposition`` (info): the split of reported − validation into
       measured parts, largest first.
     * ``gap.val_below_train`` (info): validation loss below the reported
-      training loss beyond noise, with the measured causes ranked by size.
+      training loss beyond noise, with the measured causes ranked by size,
+      at the last epoch where it holds (and in how many epochs it holds).
+    * ``gap.batchnorm_running_stats`` (warning): the train-mode term is
+      negative beyond noise: eval mode (running statistics) is worse than
+      train mode (batch statistics) on the same inputs.
     * ``gap.val_easier`` (warning): V < C beyond noise (the eval-mode training
       loss is above the validation loss): the data, not the training
       procedure, makes validation easier; audit the split.
@@ -218,28 +236,49 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             "and `lens.step(loss, batch_size=len(y))` / `lens.end_epoch()`) to measure them.",
             ev, (d.epoch,)))
         return findings
-    ranked = sorted((t for t in d.terms.values() if t.status == MEASURED), key=lambda t: -abs(t.value))
     parts = "; ".join(f"{n}: {_fmt(t.value, t.se)}" for n, t in d.terms.items())
     findings.append(Finding(
         "gap.decomposition", "info",
         f"Reported training loss − validation loss = {diff:+.4g} at epoch {d.epoch}, split into measured parts",
         f"{parts} (loss per sample; terms sum to {d.total:+.4g}).", "", ev, (d.epoch,),
         {"epoch": d.epoch, **{f"term_{n}": t.value for n, t in d.terms.items()}}))
-    se_diff = d.terms["timing"].se
-    if diff > 0 and (se_diff == 0 or not math.isfinite(se_diff) or diff > Z_NOISE * se_diff):
-        causes = [t for t in ranked if t.value > 0 and (t.significant or (t.name == "penalty" and t.value > 0))]
+    below = [x for x in dec if _val_below(x)]
+    if below:
+        # Judged at the last epoch where it holds: curves that cross late (validation above training at the
+        # very end) still get their explanation, with the count of epochs it held in.
+        db = below[-1]
+        diff_b = db.reported - db.validation
+        ranked_b = sorted((t for t in db.terms.values() if t.status == MEASURED), key=lambda t: -abs(t.value))
+        causes = [t for t in ranked_b if t.value > 0 and (t.significant or (t.name == "penalty" and t.value > 0))]
+        when = f"at epoch {db.epoch}" + ("" if db.epoch == d.epoch else f" (the last epoch where it holds)")
+        held = f" It holds beyond noise in {len(below)} of {len(dec)} epochs."
         if causes:
-            lines = ", ".join(f"{t.name} {t.value:+.4g} ({100 * t.value / diff:.0f} %)" for t in causes)
-            msg = (f"The validation loss ({d.validation:.4g}) is below the reported training loss ({d.reported:.4g}) "
-                   f"at epoch {d.epoch}. Measured causes, largest first: {lines}.")
+            lines = ", ".join(f"{t.name} {t.value:+.4g} ({100 * t.value / diff_b:.0f} %)" for t in causes)
+            msg = (f"The validation loss ({db.validation:.4g}) is below the reported training loss "
+                   f"({db.reported:.4g}) {when}. Measured causes, largest first: {lines}.{held}")
         else:
-            msg = (f"The validation loss is below the reported training loss at epoch {d.epoch}, but no single "
-                   "measured part is beyond noise.")
+            msg = (f"The validation loss is below the reported training loss {when}, but no single measured part "
+                   f"is beyond noise.{held}")
         rec = _RECOMMEND.get(causes[0].name, "") if causes else ""
         findings.append(Finding(
             "gap.val_below_train", "info", "Why the validation loss is below the training loss", msg, rec,
-            [Evidence(TERM_LABELS[t.name], t.value, t.se, (d.epoch,)) for t in causes], (d.epoch,),
-            {"causes": [t.name for t in causes]}))
+            [Evidence(TERM_LABELS[t.name], t.value, t.se, (db.epoch,)) for t in causes], (db.epoch,),
+            {"causes": [t.name for t in causes], "epoch": db.epoch, "epochs_holding": len(below)}))
+    tm = d.terms.get("train_mode")
+    if tm is not None and tm.value < 0 and tm.significant:
+        n_neg = sum(1 for x in dec if x.terms["train_mode"].significant and x.terms["train_mode"].value < 0)
+        findings.append(Finding(
+            "gap.batchnorm_running_stats", "warning",
+            "Eval mode is worse than train mode: batch-norm running statistics lag the weights",
+            f"At epoch {d.epoch} the probe loss in train mode is {-tm.value:.4g} ± {tm.se:.2g} lower than in eval "
+            f"mode on the same inputs (beyond noise in {n_neg} of {len(dec)} epochs). Dropout can only raise the "
+            "train-mode loss; batch norm's running mean/variance, used in eval mode, differ from the batch "
+            "statistics the weights were trained with.",
+            "Recompute the batch-norm statistics at the end-of-epoch weights before evaluating (e.g. "
+            "torch.optim.swa_utils.update_bn, or a few forward passes in train mode without gradient), use a larger "
+            "momentum, or larger batches.",
+            [Evidence(TERM_LABELS["train_mode"], tm.value, tm.se, (d.epoch,))], (d.epoch,),
+            {"epochs_beyond_noise": n_neg}))
     g = d.terms["generalization"]
     if g.value > 0 and g.significant:
         n_ep = sum(1 for x in dec if x.terms["generalization"].significant and x.terms["generalization"].value > 0)

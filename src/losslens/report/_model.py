@@ -115,6 +115,11 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
         if m.get(key):
             v = m[key]
             facts.append((label, ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)))
+    if m.get("penalty_in_validation") is True:
+        facts.append(("framework validation loss", "includes the regularization penalty (Keras adds model.losses "
+                      "to val_loss); losslens's validation loss V is the data loss only"))
+    elif m.get("penalty_in_validation") is False:
+        facts.append(("framework validation loss", "data loss only (no penalty)"))
     if m.get("baseline_loss") is not None:
         facts.append(("baseline loss", f"{fmt(m['baseline_loss'])} (best constant predictor)"))
     skipped = m.get("skipped")
