@@ -1,0 +1,255 @@
+"""Import existing training logs as :class:`~losslens.record.Run` s.
+
+>>> from losslens.importers import load_log          # doctest: +SKIP
+>>> run = load_log("lightning_logs/version_0/metrics.csv")
+>>> from losslens.diagnose import diagnose
+>>> diagnose(run).codes()
+
+Formats (detected from the content; ``format=`` overrides):
+
+==================  ===========================================================  ==========================
+format              what                                                         module
+==================  ===========================================================  ==========================
+``keras_csv``       Keras ``CSVLogger`` file                                     :mod:`.keras_csv`
+``keras_history``   Keras ``History.history`` dumped to JSON                     :mod:`.keras_history`
+``keras_pickle``    the same, pickled (refused unless ``allow_pickle=True``)      :mod:`.keras_history`
+``lightning_csv``   Lightning ``CSVLogger`` ``metrics.csv``                       :mod:`.lightning_csv`
+``trainer_state``   Hugging Face ``trainer_state.json``                          :mod:`.trainer_state`
+``tensorboard``     event files / run folders (Keras, torch, Lightning, HF)      :mod:`.tensorboard`
+``fastai``          fastai ``CSVLogger`` ``history.csv``                          :mod:`.fastai`
+==================  ===========================================================  ==========================
+
+What a log cannot tell is never guessed: the only inferred quantity is the
+end-of-epoch training loss (:mod:`losslens.diagnose.timing`), stored as an
+estimate with its standard error. No input is ever executed: pickles are
+refused by default and, when allowed, loaded with an unpickler restricted to
+containers and numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Union
+
+from ..record import Run
+from ._common import LogFormatError, PickleRefusedError, read_bytes
+from .tables import real_logs_table, verdict
+
+__all__ = ["load_log", "load_logs", "detect_format", "FORMATS", "LogFormatError", "PickleRefusedError",
+           "real_logs_table", "verdict"]
+
+FORMATS = ("keras_csv", "keras_history", "keras_pickle", "lightning_csv", "trainer_state", "tensorboard", "fastai")
+
+RunOrRuns = Union[Run, list[Run]]
+
+
+def _csv_header(data: bytes) -> list[str]:
+    text = data[:65536].decode("utf-8-sig", errors="replace").replace("\r", "\n")
+    first = next((ln for ln in text.split("\n") if ln.strip()), "")
+    for d in (",", "\t", ";"):
+        if d in first:
+            return [c.strip().strip('"') for c in first.split(d)]
+    return [first.strip()]
+
+
+def detect_format(path: Any) -> str:
+    """The format of a log file or folder, from its content.
+
+    Parameters
+    ----------
+    path : path-like
+        A file or a folder.
+
+    Returns
+    -------
+    str
+        One of :data:`FORMATS`, or ``"runs"`` for a folder holding several runs.
+
+    Raises
+    ------
+    LogFormatError
+        When the path does not exist or no format matches (the message says
+        what was seen).
+    """
+    from . import fastai, keras_csv, keras_history, lightning_csv, tensorboard, trainer_state
+
+    p = str(path)
+    if os.path.isdir(p):
+        if tensorboard.event_files(p):
+            return "tensorboard"
+        for name, fmt in (("metrics.csv", "lightning_csv"), ("trainer_state.json", "trainer_state"),
+                          ("history.csv", "fastai")):
+            if os.path.isfile(os.path.join(p, name)):
+                return fmt
+        if _run_folders(p) or _log_files(p):
+            return "runs"
+        raise LogFormatError(p, "no training log found in this folder (looked for TensorBoard event files, "
+                                "metrics.csv, trainer_state.json, history.csv, sub-folders holding them, and "
+                                "log files of a known format)")
+    if not os.path.exists(p):
+        raise LogFormatError(p, "no such file or folder")
+    if tensorboard.is_event_file(p):
+        return "tensorboard"
+    data = read_bytes(p)
+    if not data.strip():
+        raise LogFormatError(p, "empty file")
+    if keras_history.is_pickle(data):
+        return "keras_pickle"
+    head = data.lstrip()[:1]
+    if head in (b"{", b"["):
+        try:
+            obj = json.loads(data.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise LogFormatError(p, f"looks like JSON but is not valid JSON: {exc}") from None
+        if trainer_state.looks_like_trainer_state(obj):
+            return "trainer_state"
+        if keras_history.looks_like_history(obj):
+            return "keras_history"
+        keys = list(obj)[:8] if isinstance(obj, dict) else f"a list of {len(obj)} items"
+        raise LogFormatError(p, f"JSON that is neither a trainer_state.json (no 'log_history') nor a Keras "
+                                f"History (dict of per-epoch lists with a loss key); top level: {keys}")
+    if b"\x00" in data[:4096]:
+        raise LogFormatError(p, "binary file that is not a TensorBoard event file or a pickle")
+    header = _csv_header(data)
+    if fastai.sniff(header):
+        return "fastai"
+    if lightning_csv.sniff(header):
+        return "lightning_csv"
+    if keras_csv.sniff(header):
+        return "keras_csv"
+    shown = ", ".join(header[:10])[:200]
+    raise LogFormatError(p, f"unrecognised log format (first line: {shown!r}); expected a Keras/Lightning/fastai "
+                            "CSV with an 'epoch' column, a trainer_state.json, a Keras History JSON or TensorBoard "
+                            "event files; use --format to say which")
+
+
+def _log_files(folder: str) -> list[str]:
+    """Files directly in ``folder`` whose content is a known log format (each one run)."""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        f = os.path.join(folder, name)
+        if not os.path.isfile(f) or name.startswith("."):
+            continue
+        try:
+            detect_format(f)
+        except LogFormatError:
+            continue
+        out.append(f)
+    return out
+
+
+def _run_folders(folder: str) -> list[str]:
+    """Immediate or nested sub-folders (depth ≤ 3) that each hold one run's log."""
+    from .tensorboard import event_files
+
+    found: list[str] = []
+
+    def visit(d: str, depth: int) -> None:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            return
+        for n in names:
+            sub = os.path.join(d, n)
+            if not os.path.isdir(sub):
+                continue
+            if n in ("train", "validation") and event_files(d):
+                continue
+            if event_files(sub) or any(os.path.isfile(os.path.join(sub, f))
+                                       for f in ("metrics.csv", "trainer_state.json", "history.csv")):
+                found.append(sub)
+            elif depth < 3:
+                visit(sub, depth + 1)
+
+    visit(folder, 1)
+    # Hugging Face output folders keep a trainer_state.json in every checkpoint-N: each is a prefix of the
+    # last one, so only the latest checkpoint of a folder is a run.
+    latest: dict[str, tuple[int, str]] = {}
+    rest = []
+    for f in found:
+        m = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(f))
+        if m and os.path.isfile(os.path.join(f, "trainer_state.json")):
+            parent = os.path.dirname(f)
+            if parent not in latest or int(m.group(1)) > latest[parent][0]:
+                latest[parent] = (int(m.group(1)), f)
+        else:
+            rest.append(f)
+    return sorted(rest + [f for _, f in latest.values()])
+
+
+def load_log(path: Any, format: str | None = None, train_loss: str | None = None, val_loss: str | None = None,
+             allow_pickle: bool = False, steps_per_epoch: float | None = None) -> RunOrRuns:
+    """Import a training log.
+
+    Parameters
+    ----------
+    path : path-like
+        A log file, a run folder (TensorBoard run, Lightning version folder,
+        Hugging Face checkpoint folder) or a folder of runs.
+    format : str, optional
+        One of :data:`FORMATS`; detected from the content when omitted.
+    train_loss, val_loss : str, optional
+        The metric names to use as training and validation loss
+        (:mod:`.roles` chooses otherwise).
+    allow_pickle : bool
+        Load pickled Keras histories (with a warning). Default False: refused
+        with :class:`PickleRefusedError`, because unpickling can execute code.
+    steps_per_epoch : float, optional
+        Optimizer steps per epoch, for logs that do not record it (fastai's
+        EMA lag; TensorBoard logs without validation).
+
+    Returns
+    -------
+    Run or list of Run
+        A list for a folder of runs (or a JSON file nesting several histories).
+        Losses are per sample as logged; every run has ``status="imported"``.
+
+    Raises
+    ------
+    LogFormatError
+        A subclass of ``ValueError`` whose message names the file and the
+        reason, for every unreadable, unrecognised or inconsistent input.
+    """
+    from . import fastai, keras_csv, keras_history, lightning_csv, tensorboard, trainer_state
+
+    p = str(path)
+    if format is not None and format not in FORMATS:
+        raise LogFormatError(p, f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    fmt = format or detect_format(p)
+    if fmt == "runs":
+        runs = []
+        for sub in _run_folders(p) or _log_files(p):
+            r = load_log(sub, None, train_loss, val_loss, allow_pickle, steps_per_epoch)
+            runs.extend(r if isinstance(r, list) else [r])
+        return runs
+    if os.path.isdir(p) and fmt != "tensorboard":
+        name = {"lightning_csv": "metrics.csv", "trainer_state": "trainer_state.json", "fastai": "history.csv"}.get(fmt)
+        if name is None or not os.path.isfile(os.path.join(p, name)):
+            raise LogFormatError(p, f"format {fmt!r} needs a file, not a folder")
+        p = os.path.join(p, name)
+    if not os.path.exists(p):
+        raise LogFormatError(p, "no such file or folder")
+    if fmt == "keras_csv":
+        return keras_csv.read(p, train_loss, val_loss)
+    if fmt == "keras_history":
+        return keras_history.read(p, train_loss, val_loss)
+    if fmt == "keras_pickle":
+        return keras_history.read_pickle(p, train_loss, val_loss, allow_pickle=allow_pickle)
+    if fmt == "lightning_csv":
+        return lightning_csv.read(p, train_loss, val_loss)
+    if fmt == "trainer_state":
+        return trainer_state.read(p, train_loss, val_loss)
+    if fmt == "fastai":
+        return fastai.read(p, train_loss, val_loss, steps_per_epoch=steps_per_epoch)
+    return tensorboard.read(p, train_loss, val_loss, steps_per_epoch=steps_per_epoch)
+
+
+def load_logs(paths: Any, **kwargs: Any) -> list[Run]:
+    """Import several logs (each path as in :func:`load_log`) into one flat list of runs."""
+    out: list[Run] = []
+    for p in paths:
+        r = load_log(p, **kwargs)
+        out.extend(r if isinstance(r, list) else [r])
+    return out

@@ -1,0 +1,442 @@
+"""Shared parsing helpers of the importers (private).
+
+Every importer reads its file with these helpers so that every failure becomes
+a :class:`LogFormatError` naming the file and the reason, and builds its run
+with :func:`finish_run`, which places the timing estimate
+(:mod:`losslens.diagnose.timing`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..diagnose.timing import add_end_of_epoch_estimates
+from ..record import VALIDATION, Epoch, Measurement, Run, Steps
+
+#: Largest text log read into memory (bytes). A 1 000 000-step CSV is ~40 MB.
+MAX_TEXT_BYTES = 512 * 1024 * 1024
+
+#: Cell values read as "missing" (Keras writes ``NA`` for empty ``val_`` columns).
+MISSING = {"", "na", "n/a", "none", "null", "nan"}
+#: Cell values meaning "not logged" (as opposed to a logged ``nan``, which records a divergence).
+_ABSENT = {"", "na", "n/a", "none", "null"}
+
+
+class LogFormatError(ValueError):
+    """A log that cannot be imported: names the file and the reason.
+
+    Attributes
+    ----------
+    path : str
+        The file (or folder).
+    reason : str
+        What is wrong, with the offending field, line or value.
+    """
+
+    def __init__(self, path: Any, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class PickleRefusedError(LogFormatError):
+    """A pickled log, refused because unpickling can execute code."""
+
+
+def fail(path: Any, reason: str) -> LogFormatError:
+    return LogFormatError(path, reason)
+
+
+def read_bytes(path: Any, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The file's bytes; :class:`LogFormatError` when unreadable or too large."""
+    try:
+        size = os.path.getsize(path)
+        if size > limit:
+            raise LogFormatError(path, f"file is {size} bytes, above the {limit}-byte limit for text logs")
+        with open(path, "rb") as fh:
+            return fh.read()
+    except LogFormatError:
+        raise
+    except OSError as exc:
+        raise LogFormatError(path, f"cannot read the file: {exc.strerror or exc}") from None
+
+
+def read_text(path: Any) -> str:
+    """The file as text (UTF-8, BOM accepted; newlines normalised)."""
+    data = read_bytes(path)
+    if b"\x00" in data[:4096]:
+        raise LogFormatError(path, "binary content (NUL bytes) where a text log was expected")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LogFormatError(path, f"not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def to_float(value: Any, path: Any, where: str) -> float:
+    """A number from a cell or JSON value; missing markers give NaN.
+
+    Raises
+    ------
+    LogFormatError
+        If the value is neither a number nor a missing marker; ``where`` names
+        the field and line.
+    """
+    if value is None:
+        return math.nan
+    if isinstance(value, bool):
+        raise LogFormatError(path, f"{where}: expected a number, got {value!r}")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if s.lower() in MISSING:
+            return math.nan
+        try:
+            return float(s)
+        except ValueError:
+            pass
+        # "tensor(0.123)" as written by some loggers
+        if s.startswith("tensor(") and s.endswith(")"):
+            inner = s[7:-1].split(",")[0]
+            try:
+                return float(inner)
+            except ValueError:
+                pass
+    shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+    raise LogFormatError(path, f"{where}: expected a number, got {shown}")
+
+
+@dataclass
+class Table:
+    """A CSV log as columns: ``columns[name][i]`` is the text of row ``i`` (None where absent).
+
+    Tables read by the vectorised path (:func:`read_csv`) carry their numeric
+    columns already parsed (``numeric``) and ``columns`` only for the others.
+    """
+
+    names: list[str]
+    columns: dict[str, Any]
+    lines: Any
+    notes: list[str] = field(default_factory=list)
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    present_masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def has(self, name: str) -> bool:
+        return name in self.columns or name in self.numeric
+
+    def present(self, name: str) -> np.ndarray:
+        """True where the cell holds a value (a number, ``nan`` or ``inf``), false where empty or ``NA``."""
+        if name in self.present_masks:
+            return self.present_masks[name]
+        if name in self.numeric and name not in self.columns:
+            return ~np.isnan(self.numeric[name])
+        return np.array([c is not None and c.strip().lower() not in _ABSENT for c in self.columns[name]], dtype=bool)
+
+    def floats(self, name: str, path: Any) -> np.ndarray:
+        """The column as float64 (NaN where absent).
+
+        Raises
+        ------
+        LogFormatError
+            At the first cell that is not a number, naming the column and line.
+        """
+        if name in self.numeric:
+            return self.numeric[name]
+        col = self.columns[name]
+        out = np.empty(len(col))
+        for i, c in enumerate(col):
+            out[i] = to_float(c, path, f"column {name!r}, line {self.lines[i]}") if c is not None else math.nan
+        self.numeric[name] = out
+        return out
+
+    def text(self, name: str) -> list:
+        """The column's cells as text (None where absent)."""
+        if name in self.columns:
+            return list(self.columns[name])
+        return [None if math.isnan(v) else repr(float(v)) for v in self.numeric[name]]
+
+
+_NAN_LITERAL = re.compile(r"(?im)(?:^|[,;\t])\s*[+-]?nan\s*(?=$|[,;\t])")
+
+
+def _read_csv_fast(path: Any, text: str, delim: str, header: list[str], body: list[str],
+                   body_lines: np.ndarray) -> Table | None:
+    """Vectorised parse with pandas when the file is plain (one header, no quotes, equal field counts)."""
+    if '"' in text or len(body) < 1000:
+        return None
+    ncols = len(header)
+    if sum(ln.count(delim) for ln in body[:1]) != ncols - 1:
+        return None
+    if text.count(delim) != (ncols - 1) * (len(body) + 1):
+        return None
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=delim, header=0, skip_blank_lines=True, engine="c",
+                         low_memory=False)
+    except Exception:  # any parser complaint: the exact slow path reports it
+        return None
+    if list(df.columns) != header or len(df) != len(body):
+        return None
+    numeric: dict[str, np.ndarray] = {}
+    columns: dict[str, Any] = {}
+    nan_literal = "nan" in text.lower() and _NAN_LITERAL.search(text) is not None
+    present: dict[str, np.ndarray] = {}
+    for h in header:
+        col = df[h]
+        if col.dtype.kind in "fiu":
+            numeric[h] = col.to_numpy(dtype=np.float64)
+        else:
+            columns[h] = [None if (isinstance(c, float) and math.isnan(c)) else str(c) for c in col.tolist()]
+    if nan_literal:
+        raw = pd.read_csv(io.StringIO(text), sep=delim, header=0, dtype=str, keep_default_na=False,
+                          skip_blank_lines=True, engine="c")
+        for h in numeric:
+            cells = raw[h].str.strip().str.lower()
+            present[h] = ~cells.isin(list(_ABSENT)).to_numpy()
+    return Table(list(header), columns, body_lines, [], numeric, present)
+
+
+def _is_number(cell: str) -> bool:
+    s = cell.strip().lower()
+    if s in MISSING:
+        return True
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def read_csv(path: Any, text: str | None = None) -> Table:
+    """Parse a CSV log whose header may change or repeat.
+
+    Lightning's CSVLogger rewrites the header when new keys appear and Keras's
+    ``CSVLogger(append=True)`` repeats it after a resume: a row whose cells are
+    all non-numeric names, sharing a name with the current header, starts a
+    new header. Blank rows (``\\r\\r\\n`` line endings) are skipped. A shorter
+    last row (a file cut while being written) is dropped with a note.
+
+    Raises
+    ------
+    LogFormatError
+        Empty file, no header, or a row (other than the last) whose number of
+        fields differs from its header's.
+    """
+    if text is None:
+        text = read_text(path)
+    first = text.split("\n", 1)[0]
+    delim = ","
+    if "," not in first:
+        for d in ("\t", ";"):
+            if d in first:
+                delim = d
+                break
+    if text.count("\n") > 1000 and '"' not in text and "\n\n" not in text.strip("\n"):
+        raw_lines = text.strip("\n").split("\n")
+        head_line = raw_lines[0]
+        head_cells = [c.strip() for c in head_line.split(delim)]
+        if (len(set(head_cells)) == len(head_cells) and all(head_cells)
+                and not all(_is_number(c) for c in head_cells)
+                and text.count("\n" + head_line + "\n") == 0):
+            offset = len(text) - len(text.lstrip("\n"))
+            first_line = text[:offset].count("\n") + 1
+            fast = _read_csv_fast(path, text.strip("\n") + "\n", delim, head_cells, raw_lines[1:],
+                                  np.arange(len(raw_lines) - 1, dtype=np.int64) + first_line + 1)
+            if fast is not None:
+                return fast
+    try:
+        rows = list(csv.reader(io.StringIO(text), delimiter=delim))
+    except csv.Error as exc:
+        raise LogFormatError(path, f"not a valid CSV file: {exc}") from None
+    numbered = [(i + 1, r) for i, r in enumerate(rows) if r and any(c.strip() for c in r)]
+    if not numbered:
+        raise LogFormatError(path, "empty file: no header and no rows")
+    header = [c.strip() for c in numbered[0][1]]
+    if all(_is_number(c) for c in header):
+        raise LogFormatError(path, f"line {numbered[0][0]}: expected a header of column names, got numbers")
+    if len(set(header)) != len(header) or any(not h for h in header):
+        raise LogFormatError(path, f"line {numbered[0][0]}: header has empty or repeated column names: {header}")
+    names: list[str] = list(header)
+    columns: dict[str, list[str | None]] = {h: [] for h in header}
+    lines: list[int] = []
+    notes: list[str] = []
+    n_rows = 0
+    for j, (lineno, row) in enumerate(numbered[1:], start=1):
+        cells = [c.strip() for c in row]
+        if not all(_is_number(c) for c in cells if c) and set(cells) & set(header) and \
+                sum(1 for c in cells if c and not _is_number(c)) == len([c for c in cells if c]):
+            if len(set(cells)) != len(cells) or any(not c for c in cells):
+                raise LogFormatError(path, f"line {lineno}: header has empty or repeated column names")
+            header = cells
+            for h in header:
+                if h not in columns:
+                    names.append(h)
+                    columns[h] = [None] * n_rows
+            continue
+        if len(cells) != len(header):
+            if j == len(numbered) - 1 and len(cells) < len(header):
+                notes.append(f"line {lineno} has {len(cells)} of {len(header)} fields (file cut while written); "
+                             "dropped")
+                continue
+            raise LogFormatError(path, f"line {lineno}: {len(cells)} fields but the header has {len(header)}")
+        present = dict(zip(header, cells))
+        for h in names:
+            columns[h].append(present.get(h))
+        lines.append(lineno)
+        n_rows += 1
+    return Table(names, columns, lines, notes)
+
+
+def run_name(path: Any) -> str:
+    """A run name from a path: the file name, or its folder for generic file names."""
+    p = os.path.abspath(str(path))
+    base = os.path.basename(p.rstrip(os.sep))
+    generic = {"metrics.csv", "trainer_state.json", "history.csv", "training.log", "log.csv"}
+    if base in generic or base.startswith("events.out.tfevents"):
+        parent = os.path.basename(os.path.dirname(p))
+        return f"{parent}/{base}" if parent else base
+    return base
+
+
+def place_in_epochs(ends_count: np.ndarray, bounds: np.ndarray, widths: np.ndarray | None = None,
+                    extend: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch and fractional position of points logged at cumulative counters.
+
+    Parameters
+    ----------
+    ends_count : numpy.ndarray, shape (n,)
+        The counter (steps or samples, "end" convention: the value after the
+        point's steps) at which each point was logged.
+    bounds : numpy.ndarray, shape (m + 1,)
+        Counter at the start of epoch 0 followed by the counter at the end of
+        each epoch ``0 … m − 1`` (increasing).
+    widths : numpy.ndarray, shape (n,), optional
+        How many counter units each point averages (1 for a step); the point
+        sits at the centre ``end − width / 2``.
+    extend : bool
+        Points after the last bound continue into further epochs of the last
+        epoch's length.
+
+    Returns
+    -------
+    epoch : numpy.ndarray of int64, shape (n,)
+    position : numpy.ndarray of float64, shape (n,)
+        ``e + (centre − bound_e) / (bound_{e+1} − bound_e)``.
+    """
+    ends_count = np.asarray(ends_count, dtype=np.float64)
+    w = np.ones_like(ends_count) if widths is None else np.asarray(widths, dtype=np.float64)
+    b = np.asarray(bounds, dtype=np.float64)
+    if b.size < 2:
+        raise ValueError("place_in_epochs: need at least one epoch")
+    if extend:
+        last = b[-1] - b[-2]
+        if last > 0 and ends_count.size and np.nanmax(ends_count) > b[-1]:
+            k = int(math.ceil((np.nanmax(ends_count) - b[-1]) / last))
+            b = np.concatenate([b, b[-1] + last * np.arange(1, k + 1)])
+    centre = ends_count - w / 2.0
+    # a point belongs to the epoch whose interval (b_e, b_{e+1}] holds its end counter
+    e = np.searchsorted(b, ends_count, side="left") - 1
+    e = np.clip(e, 0, b.size - 2)
+    lo, hi = b[e], b[e + 1]
+    pos = e + np.clip((centre - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
+    return e.astype(np.int64), pos
+
+
+def mean_by_epoch(epoch: np.ndarray, values: np.ndarray, weights: np.ndarray | None = None) -> dict[int, float]:
+    """Weighted mean of the finite values of each epoch."""
+    out: dict[int, float] = {}
+    if epoch.size == 0:
+        return out
+    w = np.ones_like(values) if weights is None else weights
+    ok = np.isfinite(values) & np.isfinite(w)
+    for e in np.unique(epoch):
+        m = (epoch == e)
+        mm = m & ok
+        if mm.any():
+            out[int(e)] = float(np.sum(values[mm] * w[mm]) / np.sum(w[mm]))
+        elif m.any():
+            # every value of the epoch is non-finite: keep that (divergence is reported, never hidden)
+            v = values[m]
+            out[int(e)] = float(v[~np.isnan(v)][-1]) if np.any(~np.isnan(v)) else math.nan
+    return out
+
+
+def build_epochs(indices: Iterable[int], *, train: dict[int, float], val: dict[int, float],
+                 positions: dict[int, float] | None = None, metrics: dict[int, dict[str, float]] | None = None,
+                 n_steps: dict[int, int] | None = None) -> list[Epoch]:
+    """Epoch records from per-epoch dictionaries (validation → imported ``VALIDATION`` measurement)."""
+    out = []
+    for i in sorted(set(int(x) for x in indices)):
+        ep = Epoch(i, train_loss=float(train.get(i, math.nan)),
+                   position=float((positions or {}).get(i, i + 1.0)),
+                   metrics={k: float(v) for k, v in (metrics or {}).get(i, {}).items()},
+                   n_steps=int((n_steps or {}).get(i, 0)))
+        v = val.get(i)
+        if v is not None and not math.isnan(v):
+            ep.measurements[VALIDATION] = Measurement(VALIDATION, float(v), math.nan, 0, None, "imported")
+        out.append(ep)
+    return out
+
+
+#: The change to the user's training code that would measure what a log cannot tell (the probe passes).
+_HINTS = {
+    "keras": "add the losslens callback: model.fit(..., callbacks=[losslens.keras.LossLens()])",
+    "torch": "record the loop with lens = losslens.torch.Lens(model, loss_fn, probe=train_ds, val=val_ds), calling "
+             "lens.step(loss, batch_size=len(y)) after each step and lens.end_epoch() after each epoch",
+}
+
+
+def measure_hint(framework: str | None) -> str:
+    """One line: what to add to the training code to measure the parts of the gap a log cannot split."""
+    fw = str(framework or "")
+    if fw in _HINTS:
+        return _HINTS[fw]
+    return (f"losslens has no {fw or 'framework'} adapter yet; train the same model in a plain PyTorch loop with "
+            "lens = losslens.torch.Lens(model, loss_fn, probe=train_ds, val=val_ds) (or in Keras with "
+            "callbacks=[losslens.keras.LossLens()])")
+
+
+def finish_run(path: Any, *, epochs: list[Epoch], steps: Steps | None, importer: str, framework: str,
+               reported_loss_kind: str, roles: dict[str, Any], notes: Sequence[str] = (),
+               extra_meta: dict[str, Any] | None = None, name: str | None = None,
+               ema_beta: float | None = None) -> Run:
+    """Assemble an imported run and add the end-of-epoch training-loss estimates.
+
+    Raises
+    ------
+    LogFormatError
+        When the log holds neither a training nor a validation loss value.
+    """
+    steps = steps if steps is not None else Steps()
+    has_train = any(math.isfinite(e.train_loss) or np.isinf(e.train_loss) for e in epochs) or len(steps) > 0
+    has_val = any(VALIDATION in e.measurements for e in epochs)
+    if not epochs or not (has_train or has_val):
+        raise LogFormatError(path, "no training or validation loss values in the log")
+    meta = {
+        "how_to_measure": measure_hint(framework),
+        "framework": framework,
+        "importer": importer,
+        "source_file": os.path.abspath(str(path)),
+        "reported_loss_kind": reported_loss_kind,
+        "roles": {k: v for k, v in roles.items() if v is not None},
+        "import_notes": list(notes),
+    }
+    if extra_meta:
+        meta.update(extra_meta)
+    run = Run(name or run_name(path), epochs=sorted(epochs, key=lambda e: e.index), steps=steps, meta=meta,
+              status="imported")
+    add_end_of_epoch_estimates(run, ema_beta=ema_beta)
+    return run

@@ -1,0 +1,201 @@
+"""``losslens diagnose PATH [PATH ...]``: diagnose existing training logs.
+
+Each path (a log file, a run folder, or a folder of runs) is imported with
+:func:`losslens.importers.load_log`, diagnosed, printed, and written as
+``report.html`` and ``report.json``. One path with one run: the two files go
+in ``--out``. Several paths or runs: one sub-folder per run in ``--out`` plus ``overview.html`` and
+``overview.json``, and an overview table is printed. A path that cannot be
+imported is reported (file and reason) and the others go on; the exit status
+is 1 when any path failed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from ..record import TRAIN_MODE, VALIDATION, Run
+from . import FORMATS, LogFormatError, load_log
+from ._common import measure_hint as _measure_hint
+
+__all__ = ["diagnose", "measure_hint", "overview_rows"]
+
+def measure_hint(run: Run) -> str:
+    """One line: what to add to the training code to measure the parts of the gap this log cannot split."""
+    return str(run.meta.get("how_to_measure") or _measure_hint(run.meta.get("framework")))
+
+
+def _num(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def overview_rows(runs: list[tuple[Run, Any]]) -> list[dict[str, Any]]:
+    """One summary dict per (run, diagnosis): name, source, epochs, last R, V and estimated T, verdict."""
+    from .tables import verdict
+
+    out = []
+    for run, diag in runs:
+        last_v = next((e for e in reversed(run.epochs) if VALIDATION in e.measurements), None)
+        last_r = next((e for e in reversed(run.epochs) if e.train_loss == e.train_loss), None)
+        t = last_r.measurements.get(TRAIN_MODE) if last_r is not None else None
+        out.append({
+            "run": run.name,
+            "source": run.meta.get("source_file"),
+            "importer": run.meta.get("importer"),
+            "epochs": len(run.epochs),
+            "last_train_loss": _num(last_r.train_loss) if last_r else None,
+            "last_train_loss_epoch": last_r.index if last_r else None,
+            "end_of_epoch_train_loss_estimate": _num(t.mean) if t is not None else None,
+            "end_of_epoch_train_loss_se": _num(t.sem) if t is not None else None,
+            "last_val_loss": _num(last_v.measurements[VALIDATION].mean) if last_v else None,
+            "last_val_loss_epoch": last_v.index if last_v else None,
+            "codes": diag.codes(),
+            "verdict": verdict(diag),
+        })
+    return out
+
+
+def _slug(name: str, used: set[str]) -> str:
+    s = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._") or "run"
+    s = s[:80]
+    base, k = s, 2
+    while s in used:
+        s = f"{base}_{k}"
+        k += 1
+    used.add(s)
+    return s
+
+
+def _fmt(x: Any) -> str:
+    return "—" if x is None else f"{x:.4g}"
+
+
+def _overview_html(rows: list[dict[str, Any]], links: list[str]) -> str:
+    esc = html.escape
+    head = ("<tr><th>run</th><th>source</th><th>epochs</th><th>last reported training loss</th>"
+            "<th>end-of-epoch training loss (estimated)</th><th>last validation loss</th><th>verdict</th></tr>")
+    body = []
+    for r, link in zip(rows, links):
+        est = _fmt(r["end_of_epoch_train_loss_estimate"])
+        if r["end_of_epoch_train_loss_se"] is not None:
+            est += f" ± {r['end_of_epoch_train_loss_se']:.2g}"
+        body.append(
+            f"<tr><td><a href=\"{esc(link, quote=True)}\">{esc(str(r['run']))}</a></td><td>{esc(str(r['source']))}</td>"
+            f"<td>{r['epochs']}</td><td>{esc(_fmt(r['last_train_loss']))}</td><td>{esc(est)}</td>"
+            f"<td>{esc(_fmt(r['last_val_loss']))}</td><td>{esc(r['verdict'])}</td></tr>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>losslens overview</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid "
+            "#ccc;padding:4px 8px;vertical-align:top;font-size:90%}th{background:#f3f3f3}</style></head><body>"
+            "<h1>losslens: overview of imported runs</h1><p>Losses per sample as logged. The end-of-epoch training "
+            "loss is estimated from the within-epoch trend of the logged losses (an estimate, with its standard "
+            "error); everything else needs probe passes.</p>"
+            f"<table>{head}{''.join(body)}</table></body></html>\n")
+
+
+@click.command("diagnose")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Log format (default: detected from the content).")
+@click.option("--train-loss", default=None, metavar="NAME", help="Metric to use as the training loss.")
+@click.option("--val-loss", default=None, metavar="NAME", help="Metric to use as the validation loss.")
+@click.option("--allow-pickle", is_flag=True, default=False,
+              help="Read pickled Keras histories (unpickling can execute code: only for files you trust).")
+@click.option("--steps-per-epoch", type=float, default=None, metavar="N",
+              help="Optimizer steps per epoch, for logs that do not record it (fastai history.csv).")
+@click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for report.html / report.json (one sub-folder per run when there are several).")
+@click.option("--quiet", "-q", is_flag=True, default=False, help="Do not print the per-run reports.")
+def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, val_loss: str | None,
+             allow_pickle: bool, steps_per_epoch: float | None, out_dir: str, quiet: bool) -> None:
+    """Diagnose existing training logs: TensorBoard, Keras, Lightning, Hugging Face, fastai.
+
+    PATHS are log files, run folders or folders of runs. The end-of-epoch
+    training loss is estimated from the logged losses (labelled as an
+    estimate); what needs probe passes is stated as not measured, with the
+    change to the training code that would measure it.
+    """
+    from ..diagnose import diagnose as run_diagnosis
+    from ..report import Report
+
+    runs: list[Run] = []
+    failures: list[str] = []
+    for p in paths:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                got = load_log(p, format=fmt, train_loss=train_loss, val_loss=val_loss, allow_pickle=allow_pickle,
+                               steps_per_epoch=steps_per_epoch)
+            except LogFormatError as exc:
+                failures.append(str(exc))
+                click.echo(f"error: {exc}", err=True)
+                continue
+        for w in caught:
+            click.echo(f"warning: {w.message}", err=True)
+        got = got if isinstance(got, list) else [got]
+        if not got:
+            failures.append(f"{p}: no runs found")
+            click.echo(f"error: {p}: no runs found", err=True)
+        runs.extend(got)
+    if not runs:
+        raise click.ClickException("nothing imported" + (f" ({len(failures)} error(s) above)" if failures else ""))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create the output folder {out_dir!r}: {exc.strerror or exc}") from None
+    multi = len(runs) > 1 or len(paths) > 1
+    diagnosed = []
+    used: set[str] = set()
+    links = []
+    for run in runs:
+        diag = run_diagnosis(run)
+        diagnosed.append((run, diag))
+        rep = Report(diag)
+        target = os.path.join(out_dir, _slug(run.name, used)) if multi else out_dir
+        os.makedirs(target, exist_ok=True)
+        rep.save_html(os.path.join(target, "report.html"))
+        rep.save_json(os.path.join(target, "report.json"))
+        links.append(os.path.relpath(os.path.join(target, "report.html"), out_dir))
+        if not quiet:
+            rep.print()
+            notes = run.meta.get("import_notes") or []
+            for n in notes:
+                click.echo(f"  import note: {n}")
+            click.echo(f"  estimated: the end-of-epoch training loss ({run.meta.get('timing_method', 'none')} "
+                       "method); not measured from a log: dropout/batch-norm, augmentation and the generalization "
+                       "gap.")
+            click.echo(f"  to measure them, {measure_hint(run)}")
+            click.echo(f"  wrote {os.path.join(target, 'report.html')} and {os.path.join(target, 'report.json')}")
+    if multi:
+        rows = overview_rows(diagnosed)
+        with open(os.path.join(out_dir, "overview.json"), "w", encoding="utf-8") as fh:
+            json.dump(rows, fh, indent=2, ensure_ascii=False, allow_nan=False)
+        with open(os.path.join(out_dir, "overview.html"), "w", encoding="utf-8") as fh:
+            fh.write(_overview_html(rows, links))
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"losslens overview: {len(rows)} runs", show_lines=False)
+        for col in ("run", "epochs", "last R", "est. end R", "last V", "verdict"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            est = _fmt(r["end_of_epoch_train_loss_estimate"])
+            if r["end_of_epoch_train_loss_se"] is not None:
+                est += f" ± {r['end_of_epoch_train_loss_se']:.2g}"
+            table.add_row(str(r["run"]), str(r["epochs"]), _fmt(r["last_train_loss"]), est,
+                          _fmt(r["last_val_loss"]), r["verdict"], )
+        Console(file=sys.stdout, width=max(100, Console().width), markup=False).print(table)
+        click.echo(f"wrote {os.path.join(out_dir, 'overview.html')} and {os.path.join(out_dir, 'overview.json')}")
+    if failures:
+        sys.exit(1)

@@ -1,0 +1,96 @@
+"""Keras ``CSVLogger`` files.
+
+Format (Keras 2 and 3): a header ``epoch,<metric>,...,val_<metric>,...`` with
+the keys sorted, one row per epoch, ``epoch`` 0-based, ``NA`` in a column with
+no value that epoch (``val_`` columns on epochs without validation,
+``validation_freq > 1``). ``append=True`` after a resume repeats the header.
+``loss`` is the epoch's running mean of the batch losses (train mode, weights
+changing, penalties from ``model.losses`` included); ``val_loss`` is computed
+after the epoch with the end-of-epoch weights (eval mode, penalties included
+as well in Keras 3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._common import LogFormatError, read_csv, read_text, run_name
+from ._epochs import run_from_epoch_columns
+
+__all__ = ["read", "sniff", "split_restarts"]
+
+
+def sniff(header: list[str]) -> bool:
+    """True for a CSV header that looks like a Keras ``CSVLogger`` file."""
+    h = [c.strip() for c in header]
+    return bool(h) and h[0] == "epoch" and "step" not in h and "created_at" not in h and \
+        any("loss" in c for c in h)
+
+
+def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, text: str | None = None):
+    """Import a Keras ``CSVLogger`` file.
+
+    Returns
+    -------
+    Run, or list of Run
+        A list when several training runs were appended to the file (the epoch
+        restarts at 0: :func:`split_restarts`). One epoch per row; ``train_loss`` = Keras ``loss`` (an epoch mean,
+        ``meta["reported_loss_kind"] = "epoch_mean"``), ``VALIDATION`` =
+        ``val_loss`` (imported, no standard error), the other columns in
+        ``Epoch.metrics``; the end-of-epoch training loss estimated from the
+        trend between epoch means (:mod:`losslens.diagnose.timing`).
+
+    Raises
+    ------
+    LogFormatError
+        No ``epoch`` column, a non-numeric cell in a loss or epoch column,
+        inconsistent rows, ambiguous loss columns.
+    """
+    table = read_csv(path, text if text is not None else read_text(path))
+    if not table.has("epoch"):
+        raise LogFormatError(path, f"no 'epoch' column (header: {', '.join(table.names)}); not a Keras CSVLogger file")
+    if len(table) == 0:
+        raise LogFormatError(path, "header only: no epoch rows")
+    epoch = table.floats("epoch", path)
+    cols: dict[str, np.ndarray] = {}
+    notes = list(table.notes)
+    for name in table.names:
+        if name == "epoch":
+            continue
+        try:
+            cols[name] = table.floats(name, path)
+        except LogFormatError:
+            if "loss" in name.lower():
+                raise
+            notes.append(f"column {name!r} is not numeric; ignored")
+    segments = split_restarts(epoch)
+    runs = []
+    for k, (a, b) in enumerate(segments):
+        seg_notes = list(notes)
+        name = None
+        if len(segments) > 1:
+            name = f"{run_name(path)}[run {k + 1}]"
+            seg_notes.append(f"rows {a + 1}–{b} of {len(epoch)}: training run {k + 1} of {len(segments)} appended to "
+                             "the same file (the epoch count restarts at 0)")
+        runs.append(run_from_epoch_columns(path, epoch[a:b], {c: v[a:b] for c, v in cols.items()},
+                                           importer="keras_csv", framework="keras", train_loss=train_loss,
+                                           val_loss=val_loss, notes=seg_notes, name=name,
+                                           extra_meta={"penalty_in_validation": None, "rows": [a + 1, b]}))
+    return runs[0] if len(runs) == 1 else runs
+
+
+def split_restarts(epoch: np.ndarray) -> list[tuple[int, int]]:
+    """Row ranges ``[a, b)`` of the training runs in one file: a new run starts where the epoch drops back to 0.
+
+    ``CSVLogger(append=True)`` appends a fresh ``fit`` (epochs from 0) to the same
+    file; a resume from a checkpoint restarts at its epoch k > 0 instead, which
+    stays in the same run (the later rows replace the earlier ones).
+    """
+    starts = [0]
+    for i in range(1, len(epoch)):
+        if epoch[i] == 0 and epoch[i - 1] > 0:
+            starts.append(i)
+    bounds = starts + [len(epoch)]
+    return [(bounds[j], bounds[j + 1]) for j in range(len(starts))]
