@@ -61,6 +61,18 @@ MEASUREMENT_LABELS = {
     VALIDATION: "validation loss (end-of-epoch weights, eval mode)",
 }
 
+#: Label of a TRAIN_MODE measurement with source "estimated" (imported logs): not a probe pass.
+ESTIMATED_TRAIN_LABEL = ("end-of-epoch training loss (train mode) estimated from the within-epoch trend of the "
+                         "logged training losses; not a probe measurement")
+
+
+def measurement_label(kind: str, source: str = "measured") -> str:
+    """What a measurement is, in words, for every report (an estimate says so)."""
+    if kind == TRAIN_MODE and source == "estimated":
+        return ESTIMATED_TRAIN_LABEL
+    return MEASUREMENT_LABELS[kind]
+
+
 #: Documented keys of :attr:`Run.meta` (all optional).
 META_KEYS = {
     "framework": "writer of the record: 'torch', 'keras', 'lightning', 'transformers', or an importer name",

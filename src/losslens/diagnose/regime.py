@@ -108,6 +108,10 @@ def suggest_patience(values: np.ndarray, acceptable: np.ndarray) -> tuple[int, i
     return None
 
 
+def _relative(x: float, ref: float) -> str:
+    return f" ({100 * x / ref:+.1f} %)" if ref > 0 else ""
+
+
 def regime_findings(run: Run) -> list[Finding]:
     """The fit-regime finding of a run (a list of zero or one :class:`Finding`)."""
     idx, pos, vms = _curve(run, VALIDATION)
@@ -166,7 +170,7 @@ def regime_findings(run: Run) -> list[Finding]:
             return [Finding(
                 "regime.overfitting", "warning", f"Overfitting: validation loss is lowest at epoch {idx[b]}",
                 f"The validation loss reached its minimum {v[b]:.4g} at epoch {idx[b]} and is {rise:+.4g} ± "
-                f"{se_rise:.2g} ({100 * rise / v[b]:+.1f} %) higher at epoch {idx[last]}; it was beyond noise "
+                f"{se_rise:.2g}{_relative(rise, v[b])} higher at epoch {idx[last]}; it was beyond noise "
                 f"from epoch {idx[first_bad]} on.{tr_msg}",
                 rec,
                 [Evidence("best validation loss (eval mode, end of epoch)", float(v[b]), vms[b].sem, (idx[b],)),

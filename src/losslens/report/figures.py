@@ -30,7 +30,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..record import EVAL_AUGMENTED, EVAL_CLEAN, MEASUREMENT_LABELS, TRAIN_MODE, VALIDATION, Run
+from ..diagnose.timing import epoch_starts
+from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Run, measurement_label
 
 __all__ = [
     "DECIMATE_THRESHOLD",
@@ -187,9 +188,8 @@ def loss_curves(run: Run, max_points: int = DECIMATE_THRESHOLD) -> Figure:
                     label=f"{SERIES_LABELS['non_finite']} ({int(bad.sum())} steps)", zorder=5)
 
     if run.epochs:
-        idx = np.array([e.index for e in run.epochs], dtype=np.float64)
         end = np.array([e.position for e in run.epochs], dtype=np.float64)
-        centre = (idx + end) / 2.0
+        centre = (epoch_starts(run) + end) / 2.0  # evaluation intervals of imported logs need not be epochs
         r = np.array([e.train_loss for e in run.epochs], dtype=np.float64)
         ok = _finite(r) & _finite(centre)
         if ok.any():
@@ -216,7 +216,7 @@ def loss_curves(run: Run, max_points: int = DECIMATE_THRESHOLD) -> Figure:
                 estimated = source == "estimated"
                 ax.plot(px, py, color=color, lw=1.6, ls="--" if estimated else "-", marker=marker, ms=4,
                         mfc="white" if estimated else color,
-                        label=f"{sym}: {MEASUREMENT_LABELS[kind]}, at the epoch end{_source_suffix(source)}",
+                        label=f"{sym}: {measurement_label(kind, source)}, at the epoch end{_source_suffix(source)}",
                         zorder=4)
                 drawn.append(py)
                 band = np.isfinite(ps)
