@@ -20,22 +20,19 @@ prints losslens's verdict next to the tutorial's: ``regime.still_improving``,
 point, and a suggested early-stopping patience).
 
 Results (CPU, seed 0, full runs; the baseline loss of the best constant
-predictor is 0.02 for MSE and 0.12 for MAE):
+predictor is 0.02 for MSE and 0.12 for MAE) -- all four agree with the tutorial:
 
 * underfit: ``regime.still_improving`` (validation loss 0.544 -> 0.196, still
-  falling) -- agrees;
-* underfit_capacity: ``regime.still_improving`` -- the validation loss still falls
-  by 2.7e-5 ± 0.9e-5 per epoch at 0.461 (0.465 one hundred epochs earlier), while
-  the eval-mode training loss 0.107 is only 11 % below the baseline. The fall is
-  real but immaterial; the tutorial reads "under-provisioned". With ``--quick``
-  (10x learning rate) the curve is flat and losslens says
-  ``regime.underfit_capacity``;
-* good_fit: ``regime.overfitting`` -- on this seed the validation loss reaches its
-  minimum 1.0e-5 at epoch 722 and rises to 2.7e-4 by epoch 799 (beyond noise from
-  epoch 771): the same curve as the over-fit run, whose first 800 epochs it is.
-  Against the baseline 0.02 the rise is 1.4 %;
+  falling 0.0029 ± 0.0005 per epoch);
+* underfit_capacity: ``regime.underfit_capacity`` -- the validation loss still
+  falls by 2.7e-5 ± 0.9e-5 per epoch, but the eval-mode training loss 0.107 is
+  only 11 % below the baseline and, at its current 9e-6 per epoch, another 300
+  epochs would bring it only to 0.104: training longer will not fix it;
+* good_fit: ``regime.good_fit``, with the onset of overfitting noted: the
+  validation loss reaches its minimum 1.0e-5 at epoch 722 and is beyond noise
+  above it only for the last 29 epochs (3.6 % of the run);
 * overfit: ``regime.overfitting`` with the minimum at epoch 722 (the inflection
-  point), 1.0e-3 at epoch 1199 -- agrees.
+  point), 1.0e-3 at epoch 1199, beyond noise since epoch 771.
 
 Run::
 

@@ -198,3 +198,27 @@ def test_negative_train_mode_term_flags_batchnorm_statistics():
     res = diagnose(make_run(np.full(6, 0.6), train_mode_extra=-0.2))
     assert res.get("gap.batchnorm_running_stats") is not None
     assert diagnose(make_run(np.full(6, 0.6), train_mode_extra=0.2)).get("gap.batchnorm_running_stats") is None
+
+
+def test_late_rise_is_the_onset_not_the_regime():
+    # the validation loss turns up beyond noise only in the last 2 of 40 epochs: good fit, onset reported
+    x = np.arange(40)
+    val = 0.05 + 0.5 * np.exp(-x / 3) + 0.01 * np.maximum(0, x - 37)
+    run = make_run(val, val - 0.01, baseline=2.3, noise_sd=0.002, difficulty_sd=0.05)
+    res = diagnose(run)
+    assert "regime.overfitting" not in res.codes()
+    f = res.get("regime.good_fit")
+    assert f is not None and "onset of overfitting" in f.message
+    # the same rise sustained over the last 12 epochs is overfitting
+    sustained = make_run(0.05 + 0.5 * np.exp(-x / 3) + 0.01 * np.maximum(0, x - 27), val - 0.01, baseline=2.3,
+                         noise_sd=0.002, difficulty_sd=0.05)
+    assert "regime.overfitting" in diagnose(sustained).codes()
+
+
+def test_slow_progress_with_high_loss_is_capacity_not_more_epochs():
+    x = np.arange(30)
+    slow = 1.8 - 0.002 * x  # falls beyond noise, but doubling training reaches only ~1.7 of baseline 2.3
+    res = diagnose(make_run(slow, slow - 0.05, baseline=2.3, noise_sd=0.001, difficulty_sd=0.05))
+    assert "regime.underfit_capacity" in res.codes()
+    fast = 1.8 - 0.05 * x
+    assert "regime.still_improving" in diagnose(make_run(fast, fast - 0.05, baseline=2.3)).codes()

@@ -81,9 +81,6 @@ def test_regime_underfit_capacity(regimes):
     assert "regime.underfit_capacity" in diag.codes(), diag.codes()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "regime: the validation loss is still falling by 7e-4/epoch at 2e-5 (baseline 0.02): judged "
-    "'still improving' although the remaining improvement is immaterial; reported to the lead"))
 def test_regime_good_fit(regimes):
     _, _, diag = regimes.run_config("good_fit", quick=True)
     assert "regime.good_fit" in diag.codes(), diag.codes()

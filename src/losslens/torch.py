@@ -474,7 +474,14 @@ class Lens:
         batch of inputs would exceed 64 MiB), 8192 on CUDA, halved on CUDA
         out-of-memory errors.
     meta : dict, optional
-        Extra metadata stored with the run.
+        Extra metadata stored with the run (it overrides the keys losslens sets).
+    fingerprint_split : bool
+        Store order-independent content fingerprints and per-sample hashes of the
+        training (``probe``) and validation sets in ``run.meta``
+        (:func:`losslens.experiment.fingerprint.auto_fingerprints`: in-memory
+        tensors/arrays, ``TensorDataset``, ``Subset``, folder datasets' sample ids;
+        other datasets are skipped, not read), so runs of one experiment can be
+        checked for a changed split. Default True.
 
     Raises
     ------
@@ -554,6 +561,7 @@ class Lens:
         forward: Callable[[nn.Module, Any], Any] | None = None,
         eval_batch_size: int | None = None,
         meta: dict[str, Any] | None = None,
+        fingerprint_split: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -674,6 +682,12 @@ class Lens:
         self._run_T = self._probes_on and TRAIN_MODE not in skipped
         self._run_A = self._probes_on and self._train is not None
 
+        # --- split fingerprints (losslens.experiment, issue 7) ---
+        if fingerprint_split:
+            from .experiment.fingerprint import auto_fingerprints
+
+            m.update(auto_fingerprints(train=probe, val=val))
+        # --- end split fingerprints ---
         if meta:
             try:
                 json.dumps(_jsonable(meta))

@@ -215,11 +215,11 @@ class AuditResult:
             lines.append(f"Note: {n}")
         return lines
 
-    def to_html(self, max_pairs: int = 12) -> str:
+    def to_html(self, max_pairs: int = 12, include_findings: bool = True) -> str:
         """HTML fragment of the audit (every user string escaped); see :mod:`losslens.audit.report`."""
         from .report import render_fragment
 
-        return render_fragment(self, max_pairs=max_pairs)
+        return render_fragment(self, max_pairs=max_pairs, include_findings=include_findings)
 
     def save_html(self, path: str, title: str = "losslens split audit") -> None:
         """Write a self-contained HTML page with :meth:`to_html`."""

@@ -38,13 +38,13 @@ _FRAGMENT = """\
 </style>
 <p>{{ r.n_train }} training × {{ r.n_val }} validation samples ({{ r.kind }}).
 Training: {{ r.train_source }}. Validation: {{ r.val_source }}.</p>
-<h3>Findings</h3>
+{% if findings %}<h3>Findings</h3>
 <ul>
 {% for f in findings %}
 <li><span class="{{ 'ok' if f.severity == 'info' else 'flag' }}">[{{ f.severity }}] {{ f.title }}</span>
 <code>{{ f.code }}</code><br>{{ f.message }}{% if f.recommendation %}<br><em>{{ f.recommendation }}</em>{% endif %}</li>
 {% endfor %}
-</ul>
+</ul>{% endif %}
 <h3>Checks</h3>
 <ul>{% for line in lines %}<li>{{ line }}</li>{% endfor %}</ul>
 {% for block in blocks %}
@@ -184,7 +184,7 @@ def _blocks(res: "AuditResult", max_pairs: int) -> list[dict[str, Any]]:
     return blocks
 
 
-def render_fragment(res: "AuditResult", max_pairs: int = 12) -> str:
+def render_fragment(res: "AuditResult", max_pairs: int = 12, include_findings: bool = True) -> str:
     """HTML fragment (no ``<html>``/``<body>``) of an audit, every user string escaped.
 
     Parameters
@@ -192,6 +192,9 @@ def render_fragment(res: "AuditResult", max_pairs: int = 12) -> str:
     res : AuditResult
     max_pairs : int
         Pairs shown per kind (exact, near); the rest are counted.
+    include_findings : bool
+        List the audit's findings (off inside a full report, whose findings
+        section already has them).
 
     Returns
     -------
@@ -207,7 +210,7 @@ def render_fragment(res: "AuditResult", max_pairs: int = 12) -> str:
     fs = res.feature_shift
     if fs is not None and fs.top_features:
         feats = [{k: _g(v) for k, v in f.items()} for f in fs.top_features]
-    return _ENV.from_string(_FRAGMENT).render(r=res, findings=res.findings(), lines=res.summary_lines()[1:],
+    return _ENV.from_string(_FRAGMENT).render(r=res, findings=res.findings() if include_findings else [], lines=res.summary_lines()[1:],
                                               blocks=_blocks(res, max_pairs), label=label, features=feats)
 
 

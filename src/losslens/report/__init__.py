@@ -85,7 +85,7 @@ class Report:
         """
         if not isinstance(run, Run):
             raise TypeError(f"Report.from_run(run=...) expects a losslens.record.Run, got {type(run).__name__}")
-        return cls(diagnose(run), audit=audit)
+        return cls(diagnose(run, audit=audit), audit=audit)
 
     @property
     def run(self) -> Run:

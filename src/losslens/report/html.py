@@ -123,7 +123,14 @@ def _context(report: "Report") -> dict[str, Any]:
                     "so the term is exactly 0"),
         ("not measured", "no probe passes were recorded, so this part cannot be split"),
     ]
-    audit_html = Markup(report.audit.to_html()) if report.audit is not None else None
+    audit_html = None
+    if report.audit is not None:
+        # The findings section already lists split.* findings when the diagnosis was given the audit.
+        listed = any(f.code.startswith("split.") for f in report.diagnosis.findings)
+        try:
+            audit_html = Markup(report.audit.to_html(include_findings=not listed))
+        except TypeError:
+            audit_html = Markup(report.audit.to_html())
     return {
         "run": run,
         "facts": run_facts(run),
