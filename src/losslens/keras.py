@@ -62,9 +62,23 @@ from .record import (
 
 __all__ = ["LossLens", "per_sample_loss", "LossLensError"]
 
-#: Default cap of the probe size (samples), from the issue that specified the adapter:
-#: the probe defaults to the validation size, capped at this count.
-DEFAULT_PROBE_CAP = 10_000
+#: Upper bound of the default probe size (samples), as in :mod:`losslens.torch`: above
+#: ~10 000 samples the standard error of a probe mean (it shrinks as 1/sqrt(n)) is far
+#: below the epoch-to-epoch changes the diagnosis judges; DESIGN.md sets this cap.
+PROBE_CAP = 10_000
+DEFAULT_PROBE_CAP = PROBE_CAP   # the name of the first version of this module
+
+#: Smallest probe the cost budget may choose (samples), unless the training set (or the
+#: validation set) is smaller: 200 samples bound the standard error of a probe mean at
+#: ~7 % of the per-sample standard deviation (1/sqrt(200)); the same floor as
+#: :mod:`losslens.torch`, set on its scenario tests.
+PROBE_MIN = 200
+
+#: Samples in the timed pilot pass that sets the per-sample cost of the probe passes.
+PILOT_SIZE = 256
+
+#: Index pairs kept in ``run.meta["split_exact_duplicates"]`` (the counts are exact).
+DUPLICATE_PAIRS_KEPT = 100
 
 #: Keras layer classes whose output differs between training and inference.
 _TRAIN_MODE_LAYER_NAMES = (
@@ -277,6 +291,31 @@ def _fit_locals(model: Any) -> dict[str, Any] | None:
     return None
 
 
+def _joined_rows(train: list[np.ndarray], val: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(n, bytes)`` uint8 row per sample from several input arrays (for the duplicate check).
+
+    Arrays ``k`` of the two sets are cast to float64 when their dtypes differ; float
+    arrays are canonicalized (``-0.0 + 0.0 = 0.0``, every NaN the same NaN) so equal
+    values give equal bytes.
+    """
+    def rows(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        a = np.ascontiguousarray(a, dtype=dtype)
+        if a.dtype.kind == "f":
+            a = a + a.dtype.type(0.0)
+            a[np.isnan(a)] = np.nan
+        elif a.dtype.kind not in "biuc":
+            raise ValueError(f"inputs of dtype {a.dtype} are not compared in multi-input structures")
+        return a.reshape(len(a), -1).view(np.uint8).reshape(len(a), -1)
+
+    out_t, out_v = [], []
+    for a, b in zip(train, val):
+        a, b = np.asarray(a), np.asarray(b)
+        dt = a.dtype if a.dtype == b.dtype else np.dtype(np.float64)
+        out_t.append(rows(a, dt))
+        out_v.append(rows(b, dt))
+    return np.concatenate(out_t, axis=1), np.concatenate(out_v, axis=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # RNG and state guard
 # ---------------------------------------------------------------------------------------------
@@ -372,12 +411,20 @@ class LossLens(keras.callbacks.Callback):
     store : str, os.PathLike or None
         SQLite store file (created if missing); None keeps the run in memory only
         (:attr:`run`).
-    probe_size : int, "all" or None
-        Number of probe samples. None: the validation size capped at
-        :data:`DEFAULT_PROBE_CAP` (the whole training set if smaller; 10 000 without
-        validation). ``"all"``: every training sample.
+    probe_size : "auto", "all", int or None
+        Number of probe samples. ``"auto"`` (default; None means the same):
+        ``min(validation size (10 000 without validation), 10 000, training size,
+        the cost budget)``, at least 200 (or the whole cap if smaller), fixed at the
+        end of the first epoch (see Notes). ``"all"``: every training sample; an
+        int >= 2: that many samples (at most the training size). ``"all"`` and an
+        int override the budget.
+    probe_budget : float
+        With ``probe_size="auto"``: the fraction of the first epoch's training wall
+        time that the probe passes (``T`` and ``C``) may cost per epoch (default
+        0.03, as in :mod:`losslens.torch`). The validation pass is not part of it.
     probe_seed : int
-        Seed of the probe subset and of the RNG inside the probe passes.
+        Seed of the probe subset (``numpy.random.default_rng(probe_seed)
+        .permutation(N)[:n]``, sorted) and of the RNG inside the probe passes.
     batch_size : int or None
         Batch size of the train-mode probe pass ``T``; None: the ``fit`` batch
         size (default 32), because batch-norm batch statistics depend on it.
@@ -394,16 +441,43 @@ class LossLens(keras.callbacks.Callback):
         Group name stored with the run.
     seed : int or None
         The user's seed, recorded in the metadata.
+    check_duplicates : bool
+        At the start of training, look for validation inputs that occur exactly in
+        the training inputs (:func:`losslens.audit.exact_duplicates`: one hashing
+        pass over both sets, no model compute) and store the counts and up to 100
+        ``[train_index, val_index]`` pairs in ``run.meta["split_exact_duplicates"]``
+        (indices into the training part, i.e. the ``probe=`` arrays or ``fit``'s
+        ``x``, and into the validation set); the diagnosis cites them. Runs when
+        both are in-memory arrays (any Keras input structure); a failure is
+        recorded as ``{"error": ...}``, never raised. Default True.
 
     Attributes
     ----------
     run : losslens.record.Run
         The run being recorded (in memory; also in the store).
-    probe_indices : numpy.ndarray
-        Indices of the probe samples in the training data.
+    probe_indices : numpy.ndarray or None
+        Sorted indices of the probe samples in the training data; with
+        ``probe_size="auto"`` known from the end of the first epoch.
 
     Notes
     -----
+    **Probe size and cost.** With ``probe_size="auto"`` the size is fixed at the
+    end of the first epoch, with the rule of :class:`losslens.torch.Lens`: the
+    epoch's training wall time ``t_epoch`` (``on_epoch_begin`` to the end of the
+    last training step, Keras's own validation excluded) and the per-sample cost
+    ``c`` of the probe passes (``C``, and ``T`` where it runs; timed on a pilot of
+    256 probe samples) give ``n_budget = probe_budget * t_epoch / c``; then
+    ``n = min(cap, max(min(200, cap), n_budget))`` with ``cap = min(validation
+    size or 10 000, 10 000, training size)``. ``run.meta`` records
+    ``probe_size``, ``probe_budget``, ``probe_cost_per_sample_s``,
+    ``probe_size_reason`` and ``probe_fingerprint``; the standard errors of the
+    recorded measurements say what precision the chosen size bought. The
+    validation pass ``V`` is **not** part of the budget: Keras's ``val_loss``
+    contains the penalty and gives no per-sample losses, so the callback runs its
+    own inference pass over the whole validation set every epoch, costing about
+    as much as Keras's validation evaluation (which is why it is never subsampled:
+    ``V`` must be the same set as Keras's ``val_loss``).
+
     Keys added to ``logs`` at each epoch end (so ``History``, ``CSVLogger``,
     ``EarlyStopping`` see them): ``eval_train_loss`` (C), ``train_mode_loss``
     (T, when measured), ``data_loss`` (R), ``penalty_loss`` (Ω) and
@@ -438,7 +512,8 @@ class LossLens(keras.callbacks.Callback):
         validation: Any = None,
         run: str = "keras",
         store: Any = "losslens.db",
-        probe_size: int | str | None = None,
+        probe_size: int | str | None = "auto",
+        probe_budget: float = 0.03,
         probe_seed: int = 0,
         batch_size: int | None = None,
         eval_batch_size: int | None = None,
@@ -446,17 +521,26 @@ class LossLens(keras.callbacks.Callback):
         train_mode: bool | str = "auto",
         experiment: str | None = None,
         seed: int | None = None,
+        check_duplicates: bool = True,
     ) -> None:
         super().__init__()
-        if probe_size is not None and probe_size != "all" and (not isinstance(probe_size, int) or probe_size < 2):
-            raise ValueError(f"LossLens: probe_size must be an int >= 2, 'all' or None, got {probe_size!r}")
+        if probe_size is None:
+            probe_size = "auto"
+        if probe_size not in ("auto", "all") and (
+                isinstance(probe_size, bool) or not isinstance(probe_size, (int, np.integer)) or probe_size < 2):
+            raise ValueError(f"LossLens: probe_size must be 'auto', 'all' or an int >= 2, got {probe_size!r}")
+        if isinstance(probe_budget, bool) or not isinstance(probe_budget, (int, float)) \
+                or not 0 < probe_budget <= 1:
+            raise ValueError(f"LossLens: probe_budget must be a fraction in (0, 1], got {probe_budget!r}")
         if train_mode not in (True, False, "auto"):
             raise ValueError(f"LossLens: train_mode must be True, False or 'auto', got {train_mode!r}")
         self._probe_arg = probe
         self._val_arg = validation
         self.run_name = run
         self.store_path = store
-        self.probe_size = probe_size
+        self.probe_size = probe_size if isinstance(probe_size, str) else int(probe_size)
+        self.probe_budget = float(probe_budget)
+        self.check_duplicates = bool(check_duplicates)
         self.probe_seed = int(probe_seed)
         self._bs_arg = batch_size
         self._eval_bs_arg = eval_batch_size
@@ -527,23 +611,18 @@ class LossLens(keras.callbacks.Callback):
                 px = keras.tree.map_structure(lambda a: a[:n_fit], px)
                 py = keras.tree.map_structure(lambda a: a[:n_fit], py)
         self.train_size = n_train
-        self._train_full = (px, py)   # for the content fingerprints; released after on_train_begin
+        # the training part, until the probe is fixed (content fingerprints, duplicate check, probe subset);
+        # NumPy arrays are referenced, not copied
+        self._train_full: tuple[Any, Any] | None = (_as_numpy(px), _as_numpy(py))
         self.val_size = _n_samples(vx) if vx is not None else 0
-        # probe subset
-        if self.probe_size == "all":
-            k = n_train
-        elif self.probe_size is None:
-            k = min(self.val_size if self.val_size else DEFAULT_PROBE_CAP, DEFAULT_PROBE_CAP, n_train)
-        else:
-            k = min(int(self.probe_size), n_train)
-        rng = np.random.default_rng(self.probe_seed)
-        idx = np.sort(rng.choice(n_train, size=k, replace=False)) if k < n_train else np.arange(n_train)
-        self.probe_indices = idx
-        self._px, self._py = _take(px, idx), _take(py, idx)
         self._vx = _as_numpy(vx) if vx is not None else None
         self._vy = _as_numpy(vy) if vy is not None else None
         self.batch_size = int(train_bs or 32)
         self.eval_batch_size = int(self._eval_bs_arg or max(self.batch_size, 256))
+        # probe subset: a seeded permutation's prefix, so every smaller probe is part of a larger one
+        self._perm = np.random.default_rng(self.probe_seed).permutation(n_train)
+        self.probe_indices: np.ndarray | None = None
+        self._px = self._py = None
 
     def _layers(self) -> list[Any]:
         try:
@@ -623,12 +702,13 @@ class LossLens(keras.callbacks.Callback):
             "loss": (_loss_name(loss) if self._loss_fn_arg is None
                      else getattr(self._loss_fn_arg, "__name__", "loss_fn")),
             "loss_kind": kind,
-            "baseline_loss": _baseline(kind, np.asarray(keras.tree.flatten(self._py)[0])),
+            # the label prior / target variance of the whole training part (the probe is not fixed yet)
+            "baseline_loss": _baseline(kind, np.asarray(_as_numpy(keras.tree.flatten(self._train_full[1])[0]))),
             "batch_size": self.batch_size,
             "train_size": self.train_size,
             "val_size": self.val_size,
-            "probe_size": int(self.probe_indices.size),
-            "probe_fingerprint": fingerprint_indices(self.probe_indices, self.train_size),
+            "probe_size": None,            # set when the probe is fixed (at once, or at the first epoch end)
+            "probe_budget": self.probe_budget if self.probe_size == "auto" else None,
             "probe_seed": self.probe_seed,
             "seed": self.seed,
             "dropout_layers": self.dropout_layers,
@@ -649,15 +729,53 @@ class LossLens(keras.callbacks.Callback):
                 "data loss only"),
             "sample_weighted": self.sample_weighted,
             "reported_loss_kind": "epoch_mean",
+            "validation_pass": ("the callback's own inference pass over the whole validation set each epoch "
+                                "(per-sample data losses), besides Keras's validation evaluation; not part of "
+                                "probe_budget") if self.val_size else None,
             "skipped": skipped,
         }
         meta["per_sample_loss_check"] = self._check_per_sample()
         meta.update(self._content_fingerprints())
+        if self.check_duplicates and self._vx is not None:
+            dup = self._exact_duplicates()
+            if dup is not None:
+                meta["split_exact_duplicates"] = dup
         self.run = Run(self.run_name, meta=meta, experiment=self.experiment)
         if self.store_path is not None:
             from .store import Store
             self._store = Store(self.store_path)
             self.run.id = self._store.create_run(self.run_name, meta, self.experiment)
+        if self.probe_size != "auto":
+            n = self.train_size if self.probe_size == "all" else min(int(self.probe_size), self.train_size)
+            self._fix_probe(n, f"probe_size={self.probe_size!r}")
+
+    def _exact_duplicates(self) -> dict[str, Any] | None:
+        """Exact copies of validation inputs among the training inputs (:func:`losslens.audit.exact_duplicates`).
+
+        Returns :meth:`losslens.audit.ExactDuplicates.to_dict` with at most
+        :data:`DUPLICATE_PAIRS_KEPT` pairs, None when an input is not an in-memory
+        array structure, or ``{"error": ...}`` when the check fails (training goes on).
+        Single-array inputs are passed as they are (the audit's normalization applies);
+        a structure of several arrays (multi-input models) is compared on the
+        concatenated bytes of each sample's arrays, floats canonicalized first
+        (``-0.0`` as ``0.0``, one NaN), both sides cast to float64 where their dtypes differ.
+        """
+        try:
+            from .audit import exact_duplicates
+            tx, vx = self._train_full[0], self._vx
+            if not (_indexable(tx) and _indexable(vx)):
+                return None
+            tl, vl = keras.tree.flatten(_as_numpy(tx)), keras.tree.flatten(vx)
+            if len(tl) == 1 and len(vl) == 1:
+                res = exact_duplicates(tl[0], vl[0])
+            else:
+                if len(tl) != len(vl):
+                    raise ValueError(f"the training inputs have {len(tl)} arrays and the validation inputs "
+                                     f"{len(vl)}")
+                res = exact_duplicates(*_joined_rows(tl, vl), kind="array")
+            return res.to_dict(max_pairs=DUPLICATE_PAIRS_KEPT)
+        except Exception as exc:  # noqa: BLE001 - the check never stops training
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     def _content_fingerprints(self) -> dict[str, Any]:
         """Content fingerprints of the training and validation sets (:mod:`losslens.experiment.fingerprint`).
@@ -666,7 +784,7 @@ class LossLens(keras.callbacks.Callback):
         are too large to hash cheaply are listed under ``fingerprint_skipped``; a
         failure is recorded, never raised (it must not stop training).
         """
-        train, self._train_full = self._train_full, None
+        train = self._train_full
         try:
             from .experiment.fingerprint import auto_fingerprints
             val = (self._vx, self._vy) if self._vx is not None else None
@@ -675,19 +793,19 @@ class LossLens(keras.callbacks.Callback):
             return {"fingerprint_skipped": {"all": f"{type(exc).__name__}: {exc}"}}
 
     def _check_per_sample(self) -> dict[str, Any]:
-        """Compare the mean of the per-sample losses with Keras's compiled loss on one probe batch.
+        """Compare the mean of the per-sample losses with Keras's compiled loss on one training batch.
 
         Uses the model's ``compute_loss`` minus ``sum(model.losses)`` (Keras 3) in
         inference mode; the two agree to float32 rounding when the per-sample
         function matches the compiled loss. The result is recorded in the metadata
         (``per_sample_loss_check``) and a mismatch warns.
         """
-        n = min(_n_samples(self._px), self.eval_batch_size)
-        idx = np.arange(n)
+        n = min(self.train_size, self.eval_batch_size)
+        idx = np.sort(self._perm[:n])   # the first samples of any probe
         try:
             with _StateGuard(self.model, self.probe_seed):
-                xb = _to_tensors(_take(self._px, idx))
-                yb = _to_tensors(_take(self._py, idx))
+                xb = _to_tensors(_take(self._train_full[0], idx))
+                yb = _to_tensors(_take(self._train_full[1], idx))
                 yp = self.model(xb, training=False)
                 mine = float(ops.convert_to_numpy(ops.mean(self._loss_fn(yb, yp))))
                 total = self.model.compute_loss(x=xb, y=yb, y_pred=yp)
@@ -852,6 +970,56 @@ class LossLens(keras.callbacks.Callback):
         steps = Steps.build(np.full(k, epoch), data, batch_size=w, penalty=penalty)
         return steps, r, omega, int(n)
 
+    # -- probe size ----------------------------------------------------------------------------------
+    def _fix_probe(self, n: int, reason: str) -> None:
+        """Fix the probe set: the sorted first ``n`` indices of the seeded permutation; record it."""
+        idx = np.sort(self._perm[:n]).astype(np.int64)
+        self.probe_indices = idx
+        px, py = self._train_full
+        self._px, self._py = _take(px, idx), _take(py, idx)
+        self._train_full = None   # the probe copy is all the callback keeps of the training data
+        meta = self.run.meta
+        meta["probe_size"] = int(n)
+        meta["probe_size_reason"] = reason
+        meta["probe_fingerprint"] = fingerprint_indices(idx, self.train_size)
+        if self._store is not None:
+            self._store.update_meta(self.run.id, meta)
+
+    def _choose_probe(self, epoch_seconds: float) -> None:
+        """Fix the size of an ``"auto"`` probe from the cost budget (rule in the class Notes)."""
+        n_total = self.train_size
+        cap = min(self.val_size or PROBE_CAP, PROBE_CAP, n_total)
+        n_pilot = min(PILOT_SIZE, cap)
+        pilot = np.sort(self._perm[:n_pilot])
+        px, py = _take(self._train_full[0], pilot), _take(self._train_full[1], pilot)
+        t0 = time.perf_counter()
+        if self.measure_train_mode:
+            with _StateGuard(self.model, self.probe_seed):
+                self._passes(px, py, True, min(self.batch_size, n_pilot))
+        with _StateGuard(self.model, self.probe_seed):
+            self._passes(px, py, False, self.eval_batch_size)
+        per_sample = (time.perf_counter() - t0) / n_pilot
+        lo = min(PROBE_MIN, cap)
+        if math.isfinite(epoch_seconds) and epoch_seconds > 0 and per_sample > 0:
+            by_budget = int(self.probe_budget * epoch_seconds / per_sample)
+        else:
+            by_budget = cap
+        n = int(min(cap, max(lo, by_budget)))
+        limit = ("validation size" if self.val_size and cap == self.val_size else
+                 "training-set size" if cap == n_total else f"cap {PROBE_CAP}")
+        if n == cap and by_budget >= cap:
+            why = f"limited by the {limit} ({cap})"
+        elif n == lo and by_budget < lo:
+            why = f"budget allows {by_budget}, raised to the minimum {lo}"
+        else:
+            why = "limited by the cost budget"
+        passes = "train-mode and eval-mode passes" if self.measure_train_mode else "eval-mode pass"
+        reason = (f"auto: {why}; budget {100 * self.probe_budget:g} % of the first epoch's {epoch_seconds:.3g} s "
+                  f"training time at {1e6 * per_sample:.3g} µs per probe sample ({passes}, timed on {n_pilot} "
+                  "samples)")
+        self.run.meta["probe_cost_per_sample_s"] = per_sample
+        self._fix_probe(n, reason)
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.run is None:
             return
@@ -860,6 +1028,8 @@ class LossLens(keras.callbacks.Callback):
         steps, r, omega, n_samples = self._steps(epoch)
         if not math.isfinite(r) and logs and "loss" in logs:
             r = float(logs["loss"]) - omega
+        if self._px is None:
+            self._choose_probe(getattr(self, "_t_train", math.nan))   # = this epoch's Epoch.seconds
         t0 = time.perf_counter()
         ms: dict[str, Measurement] = {}
         if self.measure_train_mode:
@@ -897,6 +1067,7 @@ class LossLens(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.run is None:
             return
+        self._train_full = None
         self.run.status = "finished"
         if self._store is not None:
             self._store.set_status(self.run.id, "finished")

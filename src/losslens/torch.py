@@ -482,6 +482,13 @@ class Lens:
         tensors/arrays, ``TensorDataset``, ``Subset``, folder datasets' sample ids;
         other datasets are skipped, not read), so runs of one experiment can be
         checked for a changed split. Default True.
+    check_duplicates : bool
+        Once, at construction, look for validation inputs that occur exactly in the
+        training (``probe``) inputs (:func:`losslens.audit.exact_duplicates`: one pass
+        of hashing, no model compute) and store the counts and up to 100 index pairs
+        in ``run.meta["split_exact_duplicates"]``; the diagnosis cites them. Runs when
+        both are in-memory tensor data (tuples of tensors or ``TensorDataset``) with a
+        single input tensor; other data are not read. Default True.
 
     Raises
     ------
@@ -562,6 +569,7 @@ class Lens:
         eval_batch_size: int | None = None,
         meta: dict[str, Any] | None = None,
         fingerprint_split: bool = True,
+        check_duplicates: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -688,6 +696,10 @@ class Lens:
 
             m.update(auto_fingerprints(train=probe, val=val))
         # --- end split fingerprints ---
+        if check_duplicates:
+            dup = self._exact_duplicates()
+            if dup is not None:
+                m["split_exact_duplicates"] = dup
         if meta:
             try:
                 json.dumps(_jsonable(meta))
@@ -713,6 +725,21 @@ class Lens:
             self._stored_meta = repr(self.run.meta)
 
     # ---------------------------------------------------------------------------------------
+    def _exact_duplicates(self) -> dict[str, Any] | None:
+        """Exact validation/training input duplicates, for tensor data with one input tensor."""
+        p, v = self._probe, self._val
+        if p is None or v is None or p.tensors is None or v.tensors is None:
+            return None
+        if len(p.tensors) != 2 or len(v.tensors) != 2:
+            return None
+        from .audit import exact_duplicates
+
+        try:
+            res = exact_duplicates(p.tensors[0].detach().cpu().numpy(), v.tensors[0].detach().cpu().numpy())
+        except Exception as exc:  # recording never fails because of the check
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        return res.to_dict(max_pairs=100)
+
     @staticmethod
     def _weight_decay(optimizer: torch.optim.Optimizer | None) -> Any:
         if optimizer is None:

@@ -62,6 +62,31 @@ class Diagnosis:
         })
 
 
+def _recorded_duplicates(run: Run) -> list[Finding]:
+    """``split.exact_duplicates`` from the check the adapters run at the start of training.
+
+    The adapters store :meth:`losslens.audit.ExactDuplicates.to_dict` in
+    ``run.meta["split_exact_duplicates"]``; a clean split adds nothing.
+    """
+    d = run.meta.get("split_exact_duplicates")
+    if not isinstance(d, dict) or not d.get("n_val_duplicated"):
+        return []
+    n, n_val = int(d["n_val_duplicated"]), int(d.get("n_val") or 0)
+    pairs = d.get("pairs") or []
+    shown = ", ".join(f"{a}↔{b}" for a, b in pairs[:5])
+    return [Finding(
+        "split.exact_duplicates", "warning",
+        f"{n} validation samples are exact copies of training samples",
+        f"{n} of {n_val} validation inputs ({100 * n / max(n_val, 1):.1f} %) occur exactly in the training set "
+        f"(found at the start of training by hashing both splits; training↔validation index pairs: {shown}"
+        f"{', …' if len(pairs) > 5 else ''}). Their validation loss measures memorization, not generalization.",
+        "Remove the copies from the validation set (or deduplicate before splitting), then compare the validation "
+        "loss on the clean part; `losslens audit` also finds near duplicates and shift.",
+        [Evidence("validation samples with an exact training copy", float(n), unit="samples"),
+         Evidence("fraction of the validation set", n / max(n_val, 1), unit="fraction")],
+        (), {"n_val_duplicated": n, "pairs": pairs[:100]})]
+
+
 def diagnose(run: Run, audit: Any = None) -> Diagnosis:
     """Diagnose a run.
 
@@ -73,7 +98,9 @@ def diagnose(run: Run, audit: Any = None) -> Diagnosis:
     audit : losslens.audit.AuditResult, optional
         A split audit of the run's training and validation data. Its findings
         are appended, and a ``gap.val_easier`` finding cites them (duplicates,
-        group leaks, shift, per-sample difficulty).
+        group leaks, shift, per-sample difficulty). Without it, the exact-duplicate
+        check the adapters ran at the start of training
+        (``run.meta["split_exact_duplicates"]``) is used the same way.
 
     Returns
     -------
@@ -81,8 +108,8 @@ def diagnose(run: Run, audit: Any = None) -> Diagnosis:
     """
     dec = decompose(run)
     findings = stability_findings(run) + regime_findings(run) + gap_findings(run, dec)
-    if audit is not None:
-        split = list(audit.findings())
+    split = list(audit.findings()) if audit is not None else _recorded_duplicates(run)
+    if audit is not None or split:
         easier = next((f for f in findings if f.code == "gap.val_easier"), None)
         if easier is not None:
             causes = [f for f in split if f.severity != "info"]
@@ -93,5 +120,5 @@ def diagnose(run: Run, audit: Any = None) -> Diagnosis:
                 easier.message += (" The split audit found no duplicates, leaks or shift: look at per-sample "
                                    "difficulty and label noise in the training set.")
                 easier.data["audit_codes"] = []
-        findings += split
+    findings += split
     return Diagnosis(run, findings, dec)
