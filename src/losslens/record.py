@@ -101,6 +101,15 @@ META_KEYS = {
     "probe_budget": "fraction of an epoch's training time the probe passes may cost when probe_size='auto'",
     "probe_cost_per_sample_s": "measured seconds per probe sample over all probe passes (timed pilot)",
     "probe_size_reason": "why the probe has its size (cap, budget, user setting)",
+    "train_fingerprint": "order-independent content fingerprint of the training set (losslens.experiment.fingerprint)",
+    "val_fingerprint": "order-independent content fingerprint of the validation set",
+    "probe_content_fingerprint": "content fingerprint of the probe set (probe_fingerprint is index-based)",
+    "train_hashes": "base64 per-sample content hashes of the training set (possibly a hash-threshold subsample)",
+    "val_hashes": "base64 per-sample content hashes of the validation set",
+    "train_hashes_rate": "fraction of training hashes kept by the subsample (1.0 = all)",
+    "val_hashes_rate": "fraction of validation hashes kept by the subsample",
+    "fingerprint_skipped": "sets not fingerprinted and why (not in memory, too large, not hashable)",
+    "split_exact_duplicates": "losslens.audit.exact_duplicates(...).to_dict(): counts and index pairs found at the start",
 }
 
 
@@ -453,7 +462,8 @@ class Run:
             "id": self.id,
             "status": self.status,
             "experiment": self.experiment,
-            "meta": _jsonable(self.meta),
+            # per-sample hash lists are for comparing runs inside the store, not for reports
+            "meta": _jsonable({k: v for k, v in self.meta.items() if not k.endswith("_hashes")}),
             "epochs": epochs,
             "n_steps": len(self.steps),
         }

@@ -1,0 +1,132 @@
+"""Split fingerprints: order independence, sensitivity, storage, overlap estimates."""
+
+import numpy as np
+import pytest
+import torch
+
+from losslens.experiment.fingerprint import (auto_fingerprints, decode_hashes, encode_hashes, fingerprint_samples, overlap,
+                                              sample_hashes, split_fingerprints, stored_hashes)
+
+
+def _data(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 8)).astype(np.float32), rng.integers(0, 5, n)
+
+
+def test_fingerprint_is_order_independent_and_content_sensitive():
+    X, y = _data()
+    base = fingerprint_samples((X, y))
+    perm = np.random.default_rng(1).permutation(len(X))
+    assert fingerprint_samples((X[perm], y[perm]))["fingerprint"] == base["fingerprint"]
+    X2 = X.copy()
+    X2[17, 3] += 1e-3
+    assert fingerprint_samples((X2, y))["fingerprint"] != base["fingerprint"]
+    y2 = y.copy()
+    y2[5] = (y2[5] + 1) % 5
+    assert fingerprint_samples((X, y2))["fingerprint"] != base["fingerprint"], "a relabelled sample is another sample"
+    # a subset, and the same inputs without labels, are different sets
+    assert fingerprint_samples((X[:-1], y[:-1]))["fingerprint"] != base["fingerprint"]
+    assert fingerprint_samples(X)["fingerprint"] != base["fingerprint"]
+    # the per-sample hashes are sorted uint64, one per sample
+    h = base["hashes"]
+    assert h.dtype == np.uint64 and h.size == len(X) and np.all(np.diff(h.astype(np.float64)) >= 0)
+
+
+def test_dtype_normalisation_torch_and_dataset_agree_with_numpy():
+    X, y = _data(50)
+    ref = fingerprint_samples((X, y))["fingerprint"]
+    assert fingerprint_samples((X.astype(np.float64), y.astype(np.int32)))["fingerprint"] == ref
+    assert fingerprint_samples((torch.from_numpy(X), torch.from_numpy(y)))["fingerprint"] == ref
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
+    assert fingerprint_samples(ds)["fingerprint"] == ref
+    z = np.zeros((2, 3))
+    assert np.array_equal(sample_hashes(z), sample_hashes(-z)), "-0.0 and 0.0 are the same value"
+    # shape is part of the content
+    assert sample_hashes(np.arange(6.0).reshape(1, 6))[0] != sample_hashes(np.arange(6.0).reshape(1, 2, 3))[0]
+
+
+def test_ids_and_errors():
+    ids = [f"img_{i:04d}.png" for i in range(20)]
+    assert fingerprint_samples(ids)["fingerprint"] == fingerprint_samples(ids[::-1])["fingerprint"]
+    assert fingerprint_samples(ids)["fingerprint"] != fingerprint_samples(ids[:-1] + ["other.png"])["fingerprint"]
+    with pytest.raises(ValueError, match="different numbers of samples"):
+        sample_hashes((np.zeros((3, 2)), np.zeros(4)))
+    with pytest.raises(TypeError, match="unsupported type"):
+        sample_hashes(object())
+    with pytest.raises(TypeError, match="single str"):
+        sample_hashes("abc")
+    with pytest.raises(ValueError, match="scalar"):
+        sample_hashes(np.float64(1.0))
+    with pytest.raises(ValueError, match="max_hashes"):
+        split_fingerprints(train=np.zeros((2, 2)), max_hashes=0)
+
+
+def test_meta_round_trip_and_malformed_fields_are_named():
+    X, y = _data(100)
+    meta = split_fingerprints(train=(X[:70], y[:70]), val=(X[70:], y[70:]), probe=(X[:20], y[:20]))
+    assert set(meta) == {"train_fingerprint", "val_fingerprint", "probe_content_fingerprint", "train_hashes",
+                         "val_hashes", "train_hashes_rate", "val_hashes_rate"}
+    v, rate = stored_hashes(meta, "val")
+    assert rate == 1.0 and np.array_equal(v, fingerprint_samples((X[70:], y[70:]))["hashes"])
+    assert np.array_equal(decode_hashes(encode_hashes(v[::-1])), v)
+    with pytest.raises(ValueError, match="val_hashes"):
+        stored_hashes({"val_hashes": "abc"}, "val")
+    with pytest.raises(ValueError, match="not base64"):
+        stored_hashes({"train_hashes": "!!!!"}, "train")
+
+
+def test_sampled_hashes_estimate_the_overlap():
+    """Threshold sampling keeps the same hash region in every set, so overlap is still found and estimated."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(20000, 4))
+    tr_a, va_a = X[:16000], X[16000:]
+    # run b's training set holds 25 % of run a's validation set
+    tr_b = np.concatenate([X[4000:16000], X[16000:17000], X[:3000]])
+    full = overlap(stored_hashes(split_fingerprints(val=va_a), "val"),
+                   stored_hashes(split_fingerprints(train=tr_b), "train"),
+                   exclude=[stored_hashes(split_fingerprints(train=tr_a), "train")])
+    assert full[0] == 1000 and full[2] == pytest.approx(0.25)
+    ma, mb = split_fingerprints(train=tr_a, val=va_a, max_hashes=2000), split_fingerprints(train=tr_b, max_hashes=2000)
+    assert 0.08 < ma["train_hashes_rate"] < 0.2 and len(decode_hashes(ma["train_hashes"])) < 2600
+    found, checked, frac = overlap(stored_hashes(ma, "val"), stored_hashes(mb, "train"),
+                                   exclude=[stored_hashes(ma, "train")])
+    assert found > 0
+    # binomial sampling error of the estimated fraction over `checked` samples
+    assert abs(frac - 0.25) < 4 * np.sqrt(0.25 * 0.75 / checked)
+
+
+def test_auto_fingerprints_hash_in_memory_sets_and_skip_the_rest():
+    X, y = _data(120)
+    tX, ty = torch.from_numpy(X), torch.from_numpy(y)
+    ref = fingerprint_samples((X[:100], y[:100]))["fingerprint"]
+    ds = torch.utils.data.TensorDataset(tX, ty)
+    sub = torch.utils.data.Subset(ds, list(range(100)))
+    loader = torch.utils.data.DataLoader(sub, batch_size=16)
+    for data in ((tX[:100], ty[:100]), sub, loader, {"x": X[:100], "y": y[:100]}):
+        assert auto_fingerprints(train=data)["train_fingerprint"] == ref, type(data)
+
+    class Decoding(torch.utils.data.Dataset):  # reads "files" in __getitem__: not hashed automatically
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            raise AssertionError("auto_fingerprints must not read samples")
+
+    class Folder:  # torchvision DatasetFolder-like: ids are hashed
+        samples = [(f"/data/img{i}.png", i % 3) for i in range(30)]
+
+    out = auto_fingerprints(train=Decoding(), val=Folder())
+    assert "train_fingerprint" not in out and "Decoding" in out["fingerprint_skipped"]["train"]
+    assert out["val_fingerprint"] == fingerprint_samples([f"/data/img{i}.png\x00{i % 3}" for i in range(30)])[
+        "fingerprint"]
+    big = auto_fingerprints(val=(X, y), max_bytes=100)
+    assert "val_fingerprint" not in big and "above the automatic limit" in big["fingerprint_skipped"]["val"]
+
+
+def test_auto_fingerprints_never_raise_and_handle_bfloat16():
+    X, y = _data(40)
+    bf = torch.from_numpy(X).to(torch.bfloat16)
+    out = auto_fingerprints(train=(bf, torch.from_numpy(y)))
+    assert out["train_fingerprint"] == fingerprint_samples((bf.float().numpy(), y))["fingerprint"]
+    weird = auto_fingerprints(train=(np.zeros((3, 2)), np.zeros(4)), val=np.array([[np.datetime64("2020-01-01")]]))
+    assert set(weird["fingerprint_skipped"]) == {"train", "val"} and "train_fingerprint" not in weird
