@@ -304,10 +304,167 @@ def test_store_roundtrip_and_diagnose(tmp_path):
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="probe_size"):
         LossLens(probe_size=1)
+    with pytest.raises(ValueError, match="probe_size"):
+        LossLens(probe_size="some")
+    with pytest.raises(ValueError, match="probe_budget"):
+        LossLens(probe_budget=0)
+    with pytest.raises(ValueError, match="probe_budget"):
+        LossLens(probe_budget=1.5)
     with pytest.raises(ValueError, match="train_mode"):
         LossLens(train_mode="yes")
     with pytest.raises(RuntimeError, match="no epoch"):
         LossLens(store=None).diagnose()
+
+
+# --- probe size: cost budget ------------------------------------------------------------------------------------
+def _budget_fit(budget=None, probe_size="auto", store=None, n=3000, epochs=2):
+    """3000 training and 3000 validation samples, dropout (T is measured), batch 64: the validation size
+    (3000) would cost far more than 3 % of an epoch."""
+    x, y = _data(n)
+    xv, yv = _data(n, seed=5)
+    model = _model(dropout=0.2, bn=False)
+    kw = {} if budget is None else {"probe_budget": budget}
+    lens = LossLens(store=store, probe_size=probe_size, **kw)
+    h = model.fit(x, y, batch_size=64, epochs=epochs, validation_data=(xv, yv), callbacks=[lens], verbose=0)
+    return lens, h
+
+
+def _expected_auto_size(meta, first_epoch_seconds, budget):
+    """The rule of the class docstring, from the recorded cost numbers."""
+    cap = min(meta["val_size"], 10_000, meta["train_size"])
+    by_budget = int(budget * first_epoch_seconds / meta["probe_cost_per_sample_s"])
+    return min(cap, max(min(200, cap), by_budget))
+
+
+@pytest.mark.parametrize("budget", [None, 0.2])
+def test_auto_probe_size_is_bounded_by_the_cost_budget(tmp_path, budget):
+    path = tmp_path / "ll.db"
+    lens, h = _budget_fit(budget, store=str(path))
+    run, meta = lens.run, lens.run.meta
+    b = 0.03 if budget is None else budget
+    assert meta["probe_budget"] == b
+    n = meta["probe_size"]
+    # the size follows from the recorded first-epoch training time and pilot cost, and is below the validation size
+    assert meta["probe_cost_per_sample_s"] > 0 and run.epochs[0].seconds > 0
+    assert n == _expected_auto_size(meta, run.epochs[0].seconds, b)
+    assert 200 <= n < meta["val_size"] == 3000
+    assert meta["probe_size_reason"].startswith("auto: ")
+    # the reason names the binding limit
+    by_budget = int(b * run.epochs[0].seconds / meta["probe_cost_per_sample_s"])
+    why = ("raised to the minimum 200" if by_budget < 200 else "limited by the cost budget" if by_budget < 3000
+           else "limited by the validation size (3000)")
+    assert why in meta["probe_size_reason"]
+    # a seeded permutation's prefix, fixed at the first epoch end and measured in every epoch from the first
+    perm = np.random.default_rng(0).permutation(3000)
+    np.testing.assert_array_equal(lens.probe_indices, np.sort(perm[:n]))
+    assert meta["probe_fingerprint"] == fingerprint_indices(np.sort(perm[:n]), 3000)
+    assert len(h.history["eval_train_loss"]) == len(h.history["train_mode_loss"]) == 2
+    for e in run.epochs:
+        assert e.get(EVAL_CLEAN).n == e.get(TRAIN_MODE).n == n
+        assert e.get(VALIDATION).n == 3000                   # the validation pass is never subsampled
+    # C equals a direct computation on exactly these samples
+    x, y = _data(3000)
+    assert h.history["eval_train_loss"][-1] == pytest.approx(
+        _batch_data_loss(lens.model, x[lens.probe_indices], y[lens.probe_indices]), rel=1e-5)
+    # the stored metadata was updated when the probe was fixed
+    with Store(path) as s:
+        back = s.load_run(run.name)
+    for k in ("probe_size", "probe_budget", "probe_cost_per_sample_s", "probe_size_reason", "probe_fingerprint"):
+        assert back.meta[k] == meta[k]
+
+
+def test_auto_probe_takes_the_whole_cap_when_the_budget_allows():
+    """A budget of 100 % of a 3000-sample epoch covers a 600-sample validation-sized probe."""
+    x, y = _data(3000)
+    xv, yv = _data(150, seed=5)
+    model = _model(dropout=0.2, bn=False)
+    lens = LossLens(store=None, probe_budget=1.0)
+    model.fit(x, y, batch_size=64, epochs=1, validation_data=(xv, yv), callbacks=[lens], verbose=0)
+    meta = lens.run.meta
+    assert meta["probe_size"] == _expected_auto_size(meta, lens.run.epochs[0].seconds, 1.0) == 150
+    assert "limited by the validation size (150)" in meta["probe_size_reason"]
+
+
+@pytest.mark.parametrize("probe_size, expected", [(50, 50, ), ("all", 3000), (5000, 3000)])
+def test_probe_size_int_or_all_overrides_the_budget(probe_size, expected):
+    lens, h = _budget_fit(budget=0.001, probe_size=probe_size, epochs=1)
+    meta = lens.run.meta
+    assert meta["probe_size"] == expected == lens.run.epochs[0].get(EVAL_CLEAN).n
+    assert meta["probe_size_reason"] == f"probe_size={probe_size!r}"
+    assert "probe_cost_per_sample_s" not in meta and meta["probe_budget"] is None
+    assert lens.probe_indices.tolist() == np.sort(np.random.default_rng(0).permutation(3000)[:expected]).tolist()
+
+
+# --- exact duplicates across the split -----------------------------------------------------------------------------
+def test_exact_duplicate_check_at_the_start_of_training():
+    x, y = _data(200)
+    xv, yv = _data(60, seed=4)
+    rows = np.random.default_rng(1).choice(200, size=20, replace=False)     # training rows copied ...
+    at = np.arange(0, 60, 3)                                                 # ... to these validation rows
+    xv[at] = x[rows]
+    model = _model(dropout=0, bn=False)
+    lens = LossLens(store=None)
+    model.fit(x, y, batch_size=32, epochs=1, validation_data=(xv, yv), callbacks=[lens], verbose=0)
+    d = lens.run.meta["split_exact_duplicates"]
+    assert d["n_val_duplicated"] == 20 and d["n_train_duplicated"] == 20 and d["n_pairs"] == 20
+    assert (d["n_train"], d["n_val"]) == (200, 60)
+    assert d["pairs"] == [[int(r), int(v)] for r, v in zip(rows, at)]
+    from losslens.diagnose import diagnose
+    assert "split.exact_duplicates" in diagnose(lens.run).codes()
+
+    # validation_split: the training part and the split-off tail (rows 80..99); rows 80..84 copy rows 3..7
+    x2, y2 = _data(100, seed=6)
+    x2[80:85] = x2[3:8]
+    model = _model(dropout=0, bn=False)
+    lens = LossLens(store=None)
+    model.fit(x2, y2, batch_size=20, epochs=1, validation_split=0.2, callbacks=[lens], verbose=0)
+    d = lens.run.meta["split_exact_duplicates"]
+    assert (d["n_train"], d["n_val"], d["n_val_duplicated"]) == (80, 20, 5)
+    assert d["pairs"] == [[3 + k, k] for k in range(5)]
+
+    # switched off: not computed, not recorded
+    model = _model(dropout=0, bn=False)
+    lens = LossLens(store=None, check_duplicates=False)
+    model.fit(x, y, batch_size=32, epochs=1, validation_data=(xv, yv), callbacks=[lens], verbose=0)
+    assert "split_exact_duplicates" not in lens.run.meta
+
+
+def test_exact_duplicate_check_on_a_multi_input_model():
+    """Two input arrays per sample: a validation sample is a copy only when both of its arrays are;
+    -0.0 equals 0.0."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(90, 3)).astype("float32"), rng.integers(0, 5, size=(90, 2)).astype("int64")
+    y = rng.normal(size=(90, 1)).astype("float32")
+    av, bv = rng.normal(size=(30, 3)).astype("float32"), rng.integers(0, 5, size=(30, 2)).astype("int64")
+    a[10, 0] = 0.0
+    av[[0, 5, 7]], bv[[0, 5, 7]] = a[[10, 11, 12]], b[[10, 11, 12]]
+    av[0, 0] = -0.0
+    av[9], bv[9] = a[20], (b[20] + 1) % 5                       # first input equal, second not: no copy
+    yv = rng.normal(size=(30, 1)).astype("float32")
+    keras.utils.set_random_seed(0)
+    i1, i2 = keras.Input((3,)), keras.Input((2,))
+    h = L.Concatenate()([i1, L.Lambda(lambda t: keras.ops.cast(t, "float32"))(i2)])
+    model = keras.Model([i1, i2], L.Dense(1)(h))
+    model.compile(optimizer="adam", loss="mse")
+    lens = LossLens(store=None)
+    model.fit([a, b], y, batch_size=30, epochs=1, validation_data=([av, bv], yv), callbacks=[lens], verbose=0)
+    d = lens.run.meta["split_exact_duplicates"]
+    assert d["pairs"] == [[10, 0], [11, 5], [12, 7]] and d["n_val_duplicated"] == 3
+
+
+def test_a_failing_duplicate_check_is_recorded_not_raised(monkeypatch):
+    import losslens.audit as audit
+
+    def broken(train, val, **kw):
+        raise MemoryError("out of memory while hashing")
+
+    monkeypatch.setattr(audit, "exact_duplicates", broken)
+    x, y = _data(64)
+    model = _model(dropout=0, bn=False)
+    lens = LossLens(store=None)
+    h = model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, callbacks=[lens], verbose=0)
+    assert lens.run.meta["split_exact_duplicates"] == {"error": "MemoryError: out of memory while hashing"}
+    assert len(h.history["eval_train_loss"]) == 2 and lens.run.status == "finished"
 
 
 # --- per-sample losses ------------------------------------------------------------------------------------------
