@@ -241,3 +241,13 @@ def test_default_demo_shows_what_its_docstring_claims(tmp_path):
     assert any(c.startswith("regime.") for c in report.diagnosis.codes())
     assert "gap.val_easier" not in report.diagnosis.codes()
     assert "HTML report written to" in out.getvalue()
+
+
+def test_unavailable_command_explains_why(monkeypatch):
+    """A sub-command whose module cannot be imported answers with the reason, not a traceback."""
+    from losslens import cli as cli_module
+
+    monkeypatch.setitem(cli_module._COMMANDS, "broken", "losslens.no_such_module:cmd")
+    result = CliRunner().invoke(cli_module.main, ["broken", "--anything"])
+    assert result.exit_code != 0
+    assert "unavailable in this installation" in result.output and "no_such_module" in result.output

@@ -46,10 +46,13 @@ class _LazyGroup(click.Group):
         module, attr = target.split(":")
         try:
             return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:  # pragma: no cover - depends on the installation
-            @click.command(name=name, help=f"(unavailable: {exc})")
-            def _unavailable(**_: Any) -> None:
-                raise click.ClickException(f"'losslens {name}' is unavailable in this installation: {exc}")
+        except (ImportError, AttributeError) as exc:  # depends on the installation
+            reason = str(exc)  # `exc` is unbound once the except block ends
+
+            @click.command(name=name, help=f"(unavailable: {reason})",
+                           context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+            def _unavailable() -> None:
+                raise click.ClickException(f"'losslens {name}' is unavailable in this installation: {reason}")
 
             return _unavailable
 

@@ -60,22 +60,18 @@ from .record import (
     fingerprint_indices,
 )
 
+from .protocol import (  # the probe rule and the baseline loss, shared with the PyTorch adapter
+    PILOT_SIZE,
+    PROBE_CAP,
+    baseline_loss,
+    budget_probe_size,
+    probe_permutation,
+    probe_size_cap,
+)
+
 __all__ = ["LossLens", "per_sample_loss", "LossLensError"]
 
-#: Upper bound of the default probe size (samples), as in :mod:`losslens.torch`: above
-#: ~10 000 samples the standard error of a probe mean (it shrinks as 1/sqrt(n)) is far
-#: below the epoch-to-epoch changes the diagnosis judges; DESIGN.md sets this cap.
-PROBE_CAP = 10_000
 DEFAULT_PROBE_CAP = PROBE_CAP   # the name of the first version of this module
-
-#: Smallest probe the cost budget may choose (samples), unless the training set (or the
-#: validation set) is smaller: 200 samples bound the standard error of a probe mean at
-#: ~7 % of the per-sample standard deviation (1/sqrt(200)); the same floor as
-#: :mod:`losslens.torch`, set on its scenario tests.
-PROBE_MIN = 200
-
-#: Samples in the timed pilot pass that sets the per-sample cost of the probe passes.
-PILOT_SIZE = 256
 
 #: Index pairs kept in ``run.meta["split_exact_duplicates"]`` (the counts are exact).
 DUPLICATE_PAIRS_KEPT = 100
@@ -185,27 +181,6 @@ def per_sample_loss(loss: Any) -> Callable[[Any, Any], Any]:
         return v
 
     return f
-
-
-def _baseline(kind: str | None, y: np.ndarray) -> float | None:
-    """Loss of the best constant predictor on targets ``y`` (per sample)."""
-    if kind is None or y.size == 0:
-        return None
-    y = np.asarray(y, dtype=np.float64)
-    if kind == "mse":
-        return float(y.reshape(len(y), -1).var(axis=0).mean())
-    if kind == "mae":
-        y2 = y.reshape(len(y), -1)
-        return float(np.abs(y2 - np.median(y2, axis=0)).mean())
-    if kind == "cross_entropy":
-        labels = y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
-        p = np.bincount(labels) / labels.size
-        p = p[p > 0]
-        return float(-(p * np.log(p)).sum())
-    if kind == "binary_cross_entropy":
-        p = np.clip(y.reshape(len(y), -1).mean(axis=0), 1e-12, 1 - 1e-12)
-        return float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,7 +595,7 @@ class LossLens(keras.callbacks.Callback):
         self.batch_size = int(train_bs or 32)
         self.eval_batch_size = int(self._eval_bs_arg or max(self.batch_size, 256))
         # probe subset: a seeded permutation's prefix, so every smaller probe is part of a larger one
-        self._perm = np.random.default_rng(self.probe_seed).permutation(n_train)
+        self._perm = probe_permutation(self.probe_seed, n_train)
         self.probe_indices: np.ndarray | None = None
         self._px = self._py = None
 
@@ -703,7 +678,7 @@ class LossLens(keras.callbacks.Callback):
                      else getattr(self._loss_fn_arg, "__name__", "loss_fn")),
             "loss_kind": kind,
             # the label prior / target variance of the whole training part (the probe is not fixed yet)
-            "baseline_loss": _baseline(kind, np.asarray(_as_numpy(keras.tree.flatten(self._train_full[1])[0]))),
+            "baseline_loss": baseline_loss(kind, np.asarray(_as_numpy(keras.tree.flatten(self._train_full[1])[0]))),
             "batch_size": self.batch_size,
             "train_size": self.train_size,
             "val_size": self.val_size,
@@ -988,7 +963,7 @@ class LossLens(keras.callbacks.Callback):
     def _choose_probe(self, epoch_seconds: float) -> None:
         """Fix the size of an ``"auto"`` probe from the cost budget (rule in the class Notes)."""
         n_total = self.train_size
-        cap = min(self.val_size or PROBE_CAP, PROBE_CAP, n_total)
+        cap, limit = probe_size_cap(n_total, self.val_size)
         n_pilot = min(PILOT_SIZE, cap)
         pilot = np.sort(self._perm[:n_pilot])
         px, py = _take(self._train_full[0], pilot), _take(self._train_full[1], pilot)
@@ -999,20 +974,7 @@ class LossLens(keras.callbacks.Callback):
         with _StateGuard(self.model, self.probe_seed):
             self._passes(px, py, False, self.eval_batch_size)
         per_sample = (time.perf_counter() - t0) / n_pilot
-        lo = min(PROBE_MIN, cap)
-        if math.isfinite(epoch_seconds) and epoch_seconds > 0 and per_sample > 0:
-            by_budget = int(self.probe_budget * epoch_seconds / per_sample)
-        else:
-            by_budget = cap
-        n = int(min(cap, max(lo, by_budget)))
-        limit = ("validation size" if self.val_size and cap == self.val_size else
-                 "training-set size" if cap == n_total else f"cap {PROBE_CAP}")
-        if n == cap and by_budget >= cap:
-            why = f"limited by the {limit} ({cap})"
-        elif n == lo and by_budget < lo:
-            why = f"budget allows {by_budget}, raised to the minimum {lo}"
-        else:
-            why = "limited by the cost budget"
+        n, why = budget_probe_size(cap, limit, self.probe_budget, epoch_seconds, per_sample)
         passes = "train-mode and eval-mode passes" if self.measure_train_mode else "eval-mode pass"
         reason = (f"auto: {why}; budget {100 * self.probe_budget:g} % of the first epoch's {epoch_seconds:.3g} s "
                   f"training time at {1e6 * per_sample:.3g} µs per probe sample ({passes}, timed on {n_pilot} "

@@ -71,23 +71,11 @@ from .record import (
     _jsonable,
     fingerprint_indices,
 )
+from .protocol import PILOT_SIZE, baseline_loss, budget_probe_size, probe_permutation, probe_size_cap
 from .store import Store
 
 __all__ = ["Lens", "per_sample_loss_fn", "default_unpack", "default_forward"]
 
-#: Upper bound of the default probe size (samples). Above ~10 000 samples the
-#: standard error of a probe mean is already far below the epoch-to-epoch changes
-#: the diagnosis judges (it shrinks as 1/sqrt(n)); DESIGN.md sets this cap.
-PROBE_CAP = 10_000
-
-#: Smallest probe the cost budget may choose (samples), unless the training set
-#: is smaller. With 200 samples the standard error of a mean loss is ~7 % of the
-#: per-sample standard deviation (1/sqrt(200)), enough to tell the terms apart in
-#: the scenarios of tests/test_torch_scenarios.py.
-PROBE_MIN = 200
-
-#: Samples in the timed pilot pass that sets the per-sample cost of the probe passes.
-PILOT_SIZE = 256
 
 #: Default eval-mode batch size on CPU (samples), further bounded so a batch of inputs
 #: stays under :data:`CPU_EVAL_BYTES`. On CUDA the eval batch starts at
@@ -350,42 +338,6 @@ def per_sample_loss_fn(loss_fn: Callable[..., torch.Tensor]) -> tuple[Callable[[
 
     fn.method = method  # type: ignore[attr-defined]
     return fn, method
-
-
-def _baseline_loss(loss_kind: str | None, targets: torch.Tensor | None) -> float | None:
-    """Per-sample loss of the best constant predictor on ``targets`` (natural log for entropies).
-
-    cross-entropy: entropy of the label prior, −Σ p_k log p_k (class-index targets);
-    binary cross-entropy: mean Bernoulli entropy of the per-output positive rates;
-    MSE: mean over outputs of the target variance (ddof=0, the mean predictor);
-    MAE: mean absolute deviation from the median. None when unknown.
-    """
-    if targets is None or loss_kind is None or targets.numel() == 0:
-        return None
-    t = targets.detach().cpu()
-    if loss_kind == "cross_entropy":
-        if t.dtype.is_floating_point:
-            if t.ndim == 2:  # probabilities / one-hot
-                p = t.double().mean(0)
-            else:
-                return None
-        else:
-            t = t.reshape(-1)
-            t = t[t >= 0]
-            if t.numel() == 0:
-                return None
-            p = torch.bincount(t).double() / t.numel()
-        p = p[p > 0]
-        return float(-(p * p.log()).sum())
-    if loss_kind == "binary_cross_entropy":
-        q = t.double().reshape(t.shape[0], -1).mean(0).clamp(1e-12, 1 - 1e-12)
-        return float((-(q * q.log() + (1 - q) * (1 - q).log())).mean())
-    t = t.double().reshape(t.shape[0], -1)
-    if loss_kind == "mse":
-        return float(t.var(dim=0, unbiased=False).mean())
-    if loss_kind == "mae":
-        return float((t - t.median(dim=0).values).abs().mean())
-    return None
 
 
 def _stack_cpu(items: Sequence[Any]) -> np.ndarray:
@@ -941,7 +893,7 @@ class Lens:
                 idx = self.probe_indices
                 clean, targets = self._eval_pass(self._probe, idx, collect_targets=meta["baseline_loss"] is None)
                 if targets is not None and meta["baseline_loss"] is None:
-                    meta["baseline_loss"] = _baseline_loss(self._loss_kind, targets)
+                    meta["baseline_loss"] = baseline_loss(self._loss_kind, targets.detach().cpu().numpy())
                 out[EVAL_CLEAN] = Measurement.from_values(EVAL_CLEAN, clean)
                 if self._run_T or self._run_A:
                     t_vals, a_vals = self._train_mode_pass(idx, b_train, prot)
@@ -954,7 +906,7 @@ class Lens:
     def _choose_probe(self, epoch_seconds: float, b_train: int, prot: "_Protect") -> None:
         """Fix the probe size and indices (first end_epoch); the cost rule is in the class docstring."""
         n_total = len(self._probe)
-        perm = np.random.default_rng(self._probe_seed).permutation(n_total)
+        perm = probe_permutation(self._probe_seed, n_total)
         meta = self.run.meta
         arg = self._probe_size_arg
         if arg == "all":
@@ -962,7 +914,7 @@ class Lens:
         elif arg != "auto":
             n, reason = min(int(arg), n_total), f"probe_size={arg}"
         else:
-            cap = min(len(self._val) if self._val is not None else PROBE_CAP, PROBE_CAP, n_total)
+            cap, limit = probe_size_cap(n_total, len(self._val) if self._val is not None else None)
             n_pilot = min(PILOT_SIZE, cap)
             pilot = np.sort(perm[:n_pilot])
             t0 = time.perf_counter()
@@ -970,20 +922,7 @@ class Lens:
             if self._run_T or self._run_A:
                 self._train_mode_pass(pilot, min(b_train, n_pilot), prot)
             per_sample = (time.perf_counter() - t0) / n_pilot
-            lo = min(PROBE_MIN, cap)
-            if math.isfinite(epoch_seconds) and epoch_seconds > 0 and per_sample > 0:
-                by_budget = int(self._probe_budget * epoch_seconds / per_sample)
-            else:
-                by_budget = cap
-            n = int(min(cap, max(lo, by_budget)))
-            limit = "validation size" if self._val is not None and cap == len(self._val) else (
-                "training-set size" if cap == n_total else f"cap {PROBE_CAP}")
-            if n == cap and by_budget >= cap:
-                why = f"limited by the {limit} ({cap})"
-            elif n == lo and by_budget < lo:
-                why = f"budget allows {by_budget}, raised to the minimum {lo}"
-            else:
-                why = "limited by the cost budget"
+            n, why = budget_probe_size(cap, limit, self._probe_budget, epoch_seconds, per_sample)
             reason = (f"auto: {why}; budget {100 * self._probe_budget:g} % of the first epoch's "
                       f"{epoch_seconds:.3g} s training time at {1e6 * per_sample:.3g} µs per probe sample "
                       f"(all probe passes, timed on {n_pilot} samples)")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..record import EVAL_AUGMENTED, EVAL_CLEAN, MEASUREMENT_LABELS, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run
+from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run
 from .findings import Z_NOISE, Evidence, Finding
 
 __all__ = ["Term", "EpochDecomposition", "decompose", "decompose_epoch", "paired_difference", "TERM_LABELS",
@@ -250,7 +250,7 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
         diff_b = db.reported - db.validation
         ranked_b = sorted((t for t in db.terms.values() if t.status == MEASURED), key=lambda t: -abs(t.value))
         causes = [t for t in ranked_b if t.value > 0 and (t.significant or (t.name == "penalty" and t.value > 0))]
-        when = f"at epoch {db.epoch}" + ("" if db.epoch == d.epoch else f" (the last epoch where it holds)")
+        when = f"at epoch {db.epoch}" + ("" if db.epoch == d.epoch else " (the last epoch where it holds)")
         held = f" It holds beyond noise in {len(below)} of {len(dec)} epochs."
         if causes:
             lines = ", ".join(f"{t.name} {t.value:+.4g} ({100 * t.value / diff_b:.0f} %)" for t in causes)

@@ -1,0 +1,150 @@
+"""The parts of the measurement protocol every adapter shares (framework-free).
+
+* the probe set: a fixed, seeded random subset of the training set, the same
+  every epoch, whose default size is bounded by a cost budget
+  (DESIGN.md: "where a fixed default count and the budget conflict, the budget
+  wins and the standard error says what precision it bought");
+* the baseline loss: the loss of the best constant predictor, against which
+  the diagnosis judges whether a loss is high (skill = 1 − loss / baseline).
+
+The adapters (:mod:`losslens.torch`, :mod:`losslens.keras`) time the passes and
+call these functions, so the rule is the same whatever records the run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PROBE_CAP", "PROBE_MIN", "PILOT_SIZE", "probe_permutation", "probe_size_cap", "budget_probe_size",
+           "baseline_loss"]
+
+#: Upper bound of the default probe size (samples). Above ~10 000 samples the
+#: standard error of a probe mean is already far below the epoch-to-epoch changes
+#: the diagnosis judges (it shrinks as 1/sqrt(n)); DESIGN.md sets this cap.
+PROBE_CAP = 10_000
+
+#: Smallest probe the cost budget may choose (samples), unless the training set
+#: is smaller. With 200 samples the standard error of a mean loss is ~7 % of the
+#: per-sample standard deviation (1/sqrt(200)), enough to tell the terms apart in
+#: the scenarios of tests/test_torch_scenarios.py.
+PROBE_MIN = 200
+
+#: Samples in the timed pilot pass that sets the per-sample cost of the probe passes.
+PILOT_SIZE = 256
+
+
+def probe_permutation(seed: int, n_train: int) -> np.ndarray:
+    """The seeded order from which probe sets are taken: a probe of size n is the
+    sorted first n entries, so a larger probe contains every smaller one.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n_train,)
+    """
+    return np.random.default_rng(seed).permutation(n_train).astype(np.int64)
+
+
+def probe_size_cap(n_train: int, n_val: int | None) -> tuple[int, str]:
+    """Largest default probe: min(validation size (or :data:`PROBE_CAP`), PROBE_CAP, training size).
+
+    Returns
+    -------
+    cap : int
+    limit : str
+        What sets the cap, in words ("validation size", "training-set size", "cap 10000").
+    """
+    cap = min(n_val or PROBE_CAP, PROBE_CAP, n_train)
+    limit = ("validation size" if n_val and cap == n_val else
+             "training-set size" if cap == n_train else f"cap {PROBE_CAP}")
+    return cap, limit
+
+
+def budget_probe_size(cap: int, limit: str, budget: float, epoch_seconds: float,
+                      per_sample_seconds: float) -> tuple[int, str]:
+    """Probe size allowed by the cost budget.
+
+    ``n = min(cap, max(min(PROBE_MIN, cap), floor(budget · t_epoch / c)))``
+    where ``t_epoch`` is the first epoch's training time and ``c`` the measured
+    cost of all probe passes per probe sample.
+
+    Parameters
+    ----------
+    cap, limit : from :func:`probe_size_cap`
+    budget : float
+        Fraction of the epoch's training time the probe passes may cost (e.g. 0.03).
+    epoch_seconds : float
+        Wall time of the first epoch's training steps (probes excluded).
+    per_sample_seconds : float
+        Wall time of all probe passes per probe sample (timed pilot).
+
+    Returns
+    -------
+    n : int
+    why : str
+        Which bound decided, in words (for ``run.meta["probe_size_reason"]``).
+    """
+    lo = min(PROBE_MIN, cap)
+    if math.isfinite(epoch_seconds) and epoch_seconds > 0 and per_sample_seconds > 0:
+        by_budget = int(budget * epoch_seconds / per_sample_seconds)
+    else:
+        by_budget = cap
+    n = int(min(cap, max(lo, by_budget)))
+    if n == cap and by_budget >= cap:
+        why = f"limited by the {limit} ({cap})"
+    elif n == lo and by_budget < lo:
+        why = f"budget allows {by_budget}, raised to the minimum {lo}"
+    else:
+        why = "limited by the cost budget"
+    return n, why
+
+
+def baseline_loss(kind: str | None, targets: Any) -> float | None:
+    """Per-sample loss of the best constant predictor on ``targets`` (natural log for entropies).
+
+    Parameters
+    ----------
+    kind : {"cross_entropy", "binary_cross_entropy", "mse", "mae"} or None
+    targets : array-like
+        Shape ``(n,)`` class indices (negative indices are ignored, like
+        ``ignore_index``), ``(n, k)`` one-hot or class probabilities (cross-entropy),
+        or ``(n, ...)`` targets (the other kinds).
+
+    Returns
+    -------
+    float or None
+        cross-entropy: entropy of the label prior, −Σ p_k log p_k; binary
+        cross-entropy: mean Bernoulli entropy of the per-output positive rates;
+        MSE: mean over outputs of the target variance (ddof=0, the mean
+        predictor); MAE: mean absolute deviation from the median (the median
+        predictor). None when the kind is unknown or there are no targets.
+    """
+    if kind is None or targets is None:
+        return None
+    t = np.asarray(targets)
+    if t.size == 0:
+        return None
+    if kind == "cross_entropy":
+        if t.dtype.kind == "f" and t.ndim == 2 and t.shape[1] > 1:
+            p = t.astype(np.float64).mean(axis=0)           # one-hot or probabilities
+        elif t.dtype.kind in "iub" or (t.dtype.kind == "f" and np.all(t == np.round(t))):
+            labels = t.reshape(-1).astype(np.int64)
+            labels = labels[labels >= 0]
+            if labels.size == 0:
+                return None
+            p = np.bincount(labels) / labels.size
+        else:
+            return None
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+    t2 = t.astype(np.float64).reshape(len(t), -1)
+    if kind == "binary_cross_entropy":
+        q = np.clip(t2.mean(axis=0), 1e-12, 1 - 1e-12)
+        return float(np.mean(-(q * np.log(q) + (1 - q) * np.log(1 - q))))
+    if kind == "mse":
+        return float(t2.var(axis=0).mean())
+    if kind == "mae":
+        return float(np.abs(t2 - np.median(t2, axis=0)).mean())
+    return None
