@@ -69,6 +69,16 @@ def read_bytes(path: Any, limit: int = MAX_TEXT_BYTES) -> bytes:
         raise LogFormatError(path, f"cannot read the file: {exc.strerror or exc}") from None
 
 
+def read_json(path: Any) -> Any:
+    """Parse a JSON file (UTF-8, BOM allowed); LogFormatError naming the file when it is not JSON."""
+    import json
+
+    try:
+        return json.loads(read_bytes(path).decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise LogFormatError(path, f"not valid JSON: {exc}") from None
+
+
 def read_text(path: Any) -> str:
     """The file as text (UTF-8, BOM accepted; newlines normalised)."""
     data = read_bytes(path)
@@ -298,6 +308,23 @@ def read_csv(path: Any, text: str | None = None) -> Table:
         lines.append(lineno)
         n_rows += 1
     return Table(names, columns, lines, notes)
+
+
+def numeric_columns(table: "Table", path: Any, skip: Sequence[str] = ("epoch",)) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Every column of ``table`` but ``skip`` as floats; a non-numeric column is dropped with a note, unless its
+    name says it is a loss (then LogFormatError)."""
+    cols: dict[str, np.ndarray] = {}
+    notes = list(table.notes)
+    for name in table.names:
+        if name in skip:
+            continue
+        try:
+            cols[name] = table.floats(name, path)
+        except LogFormatError:
+            if "loss" in name.lower():
+                raise
+            notes.append(f"column {name!r} is not numeric; ignored")
+    return cols, notes
 
 
 def run_name(path: Any) -> str:

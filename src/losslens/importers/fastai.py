@@ -26,7 +26,7 @@ import numpy as np
 
 from ..diagnose.timing import ema_lag
 from ..record import Run, Steps
-from ._common import LogFormatError, read_csv, read_text
+from ._common import LogFormatError, numeric_columns, read_csv, read_text
 from ._epochs import run_from_epoch_columns
 
 __all__ = ["read", "sniff", "FASTAI_BETA"]
@@ -87,20 +87,9 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
     if steps_per_epoch is not None and not (steps_per_epoch > 0):
         raise LogFormatError(path, f"steps_per_epoch must be positive, got {steps_per_epoch!r}")
     epoch = table.floats("epoch", path)
-    cols: dict[str, np.ndarray] = {}
-    notes = list(table.notes)
-    for name in table.names:
-        if name == "epoch":
-            continue
-        if name == "time":
-            cols["seconds"] = np.array([_seconds(c) for c in table.text(name)])
-            continue
-        try:
-            cols[name] = table.floats(name, path)
-        except LogFormatError:
-            if "loss" in name.lower():
-                raise
-            notes.append(f"column {name!r} is not numeric; ignored")
+    cols, notes = numeric_columns(table, path, skip=("epoch", "time"))
+    if "time" in table.names:
+        cols["seconds"] = np.array([_seconds(c) for c in table.text("time")])
     steps = None
     tk = train_loss or ("train_loss" if "train_loss" in cols else None)
     extra: dict[str, Any] = {"ema_beta": beta, "steps_per_epoch": steps_per_epoch}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import LogFormatError, read_csv, read_text, run_name
+from ._common import LogFormatError, numeric_columns, read_csv, read_text, run_name
 from ._epochs import run_from_epoch_columns
 
 __all__ = ["read", "sniff", "split_restarts"]
@@ -54,17 +54,7 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
     if len(table) == 0:
         raise LogFormatError(path, "header only: no epoch rows")
     epoch = table.floats("epoch", path)
-    cols: dict[str, np.ndarray] = {}
-    notes = list(table.notes)
-    for name in table.names:
-        if name == "epoch":
-            continue
-        try:
-            cols[name] = table.floats(name, path)
-        except LogFormatError:
-            if "loss" in name.lower():
-                raise
-            notes.append(f"column {name!r} is not numeric; ignored")
+    cols, notes = numeric_columns(table, path)
     segments = split_restarts(epoch)
     runs = []
     for k, (a, b) in enumerate(segments):

@@ -17,14 +17,13 @@ epoch, so the ``val_`` lists are shorter; they are aligned to epochs
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import warnings
 from typing import Any
 
 import numpy as np
 
-from ._common import LogFormatError, PickleRefusedError, read_bytes, run_name, to_float
+from ._common import LogFormatError, PickleRefusedError, read_bytes, read_json, run_name, to_float
 from ._epochs import run_from_epoch_columns
 
 __all__ = ["read", "read_pickle", "looks_like_history", "is_pickle"]
@@ -124,11 +123,7 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
         lengths do not align.
     """
     if obj is None:
-        data = read_bytes(path)
-        try:
-            obj = json.loads(data.decode("utf-8-sig"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise LogFormatError(path, f"not valid JSON: {exc}") from None
+        obj = read_json(path)
     return _runs_from_obj(path, obj, train_loss, val_loss, "keras_history")
 
 

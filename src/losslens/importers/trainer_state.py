@@ -19,14 +19,13 @@ means are placed at their window's centre.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import numpy as np
 
 from ..record import Run, Steps
-from ._common import LogFormatError, build_epochs, finish_run, read_bytes, to_float
+from ._common import LogFormatError, build_epochs, finish_run, read_json, to_float
 from .roles import assign_roles
 
 __all__ = ["read", "looks_like_trainer_state"]
@@ -55,11 +54,7 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
         no loss entries.
     """
     if obj is None:
-        data = read_bytes(path)
-        try:
-            obj = json.loads(data.decode("utf-8-sig"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise LogFormatError(path, f"not valid JSON: {exc}") from None
+        obj = read_json(path)
     if not looks_like_trainer_state(obj):
         raise LogFormatError(path, "no 'log_history' list: not a Hugging Face trainer_state.json")
     hist = obj["log_history"]
