@@ -761,3 +761,29 @@ def test_augmented_batches_are_shared_by_T_and_A_and_reproducible(digits):
     again = one_run()
     np.testing.assert_array_equal(again.get(TRAIN_MODE).values, ep.get(TRAIN_MODE).values)
     np.testing.assert_array_equal(again.get(EVAL_AUGMENTED).values, ep.get(EVAL_AUGMENTED).values)
+
+
+def test_runs_of_one_experiment_share_the_auto_probe_set(digits, tmp_path):
+    """The automatic probe size depends on wall time; later runs of an experiment reuse the first run's."""
+    Xtr, ytr, Xva, yva = digits
+    store = Store(tmp_path / "s.db")
+    metas = []
+    # a budget of 0.001 gives the minimum size on its own, 1.0 the cap (the validation size)
+    for seed, budget, experiment in ((0, 0.001, "mlp"), (1, 1.0, "mlp"), (2, 1.0, "other")):
+        model = mlp(seed=seed)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), run=f"seed{seed}",
+                    store=store, experiment=experiment, probe_budget=budget)
+        for xb, yb in torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=50):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=len(yb))
+        lens.end_epoch()
+        metas.append(lens.run.meta)
+    assert metas[0]["probe_size"] < metas[2]["probe_size"] == len(yva)  # the budgets alone differ
+    assert metas[1]["probe_size"] == metas[0]["probe_size"]
+    assert metas[1]["probe_fingerprint"] == metas[0]["probe_fingerprint"]
+    assert "first of experiment 'mlp'" in metas[1]["probe_size_reason"]
+    assert store.load_run("seed1").meta["probe_size"] == metas[0]["probe_size"]

@@ -65,6 +65,7 @@ from .protocol import (  # the probe rule and the baseline loss, shared with the
     PROBE_CAP,
     baseline_loss,
     budget_probe_size,
+    inherited_probe_size,
     probe_permutation,
     probe_size_cap,
 )
@@ -963,6 +964,10 @@ class LossLens(keras.callbacks.Callback):
     def _choose_probe(self, epoch_seconds: float) -> None:
         """Fix the size of an ``"auto"`` probe from the cost budget (rule in the class Notes)."""
         n_total = self.train_size
+        inherited = inherited_probe_size(self._store, self.experiment, self.run.id, n_total, self.probe_seed)
+        if inherited is not None:
+            self._fix_probe(min(inherited[0], n_total), inherited[1])
+            return
         cap, limit = probe_size_cap(n_total, self.val_size)
         n_pilot = min(PILOT_SIZE, cap)
         pilot = np.sort(self._perm[:n_pilot])

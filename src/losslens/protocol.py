@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PROBE_CAP", "PROBE_MIN", "PILOT_SIZE", "probe_permutation", "probe_size_cap", "budget_probe_size",
-           "baseline_loss"]
+           "inherited_probe_size", "baseline_loss"]
 
 #: Upper bound of the default probe size (samples). Above ~10 000 samples the
 #: standard error of a probe mean is already far below the epoch-to-epoch changes
@@ -99,6 +99,39 @@ def budget_probe_size(cap: int, limit: str, budget: float, epoch_seconds: float,
     else:
         why = "limited by the cost budget"
     return n, why
+
+
+def inherited_probe_size(store: Any, experiment: str | None, run_id: int | None, n_train: int,
+                         probe_seed: int) -> tuple[int, str] | None:
+    """The probe size of the experiment's first run, when this run can share its probe set.
+
+    The automatic size depends on measured wall time, so two seeds of one
+    configuration would otherwise get different probe sets; runs of one
+    experiment with the same training-set size and probe seed reuse the first
+    run's size, hence the very same probe samples (the seeded permutation's
+    prefix), and their probe terms can be paired across seeds.
+
+    Parameters
+    ----------
+    store : losslens.store.Store or None
+    experiment : str or None
+    run_id : int or None
+        This run's id (earlier runs only are considered).
+    n_train, probe_seed : int
+
+    Returns
+    -------
+    (n, reason) or None
+    """
+    if store is None or not experiment:
+        return None
+    for meta in store.experiment_metas(experiment, before=run_id):
+        n = meta.get("probe_size")
+        if (isinstance(n, int) and n > 0 and meta.get("train_size") == n_train
+                and meta.get("probe_seed") == probe_seed):
+            return n, (f"auto: the size of run {meta['id']}, the first of experiment {experiment!r}, so the runs "
+                       "share their probe samples")
+    return None
 
 
 def baseline_loss(kind: str | None, targets: Any) -> float | None:

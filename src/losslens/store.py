@@ -273,6 +273,14 @@ class Store:
                              f"(experiments: {', '.join(names) or 'none'})")
         return [self.load_run(i) for i in ids]
 
+    def experiment_metas(self, experiment: str, before: int | None = None) -> list[dict[str, Any]]:
+        """Metadata of the runs of one experiment (oldest first), optionally only those with id < ``before``."""
+        rows = self._conn.execute(
+            "SELECT id, meta FROM runs WHERE experiment=? AND id < ? ORDER BY id",
+            (experiment, before if before is not None else 2 ** 62),
+        ).fetchall()
+        return [{"id": r[0], **json.loads(r[1])} for r in rows]
+
     def resolve(self, ref: int | str) -> int:
         """Run id for ``ref``: an id, or a name (the newest run of that name).
 

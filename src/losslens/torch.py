@@ -71,7 +71,8 @@ from .record import (
     _jsonable,
     fingerprint_indices,
 )
-from .protocol import PILOT_SIZE, baseline_loss, budget_probe_size, probe_permutation, probe_size_cap
+from .protocol import (PILOT_SIZE, baseline_loss, budget_probe_size, inherited_probe_size, probe_permutation,
+                       probe_size_cap)
 from .store import Store
 
 __all__ = ["Lens", "per_sample_loss_fn", "default_unpack", "default_forward"]
@@ -913,6 +914,9 @@ class Lens:
             n, reason = n_total, "probe_size='all'"
         elif arg != "auto":
             n, reason = min(int(arg), n_total), f"probe_size={arg}"
+        elif (inherited := inherited_probe_size(self._store, self.run.experiment, self.run.id, n_total,
+                                                 self._probe_seed)) is not None:
+            n, reason = min(inherited[0], n_total), inherited[1]
         else:
             cap, limit = probe_size_cap(n_total, len(self._val) if self._val is not None else None)
             n_pilot = min(PILOT_SIZE, cap)
