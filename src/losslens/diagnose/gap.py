@@ -227,11 +227,21 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
     ev = [Evidence(TERM_LABELS[n], t.value, t.se, (d.epoch,)) for n, t in d.terms.items()]
     diff = d.reported - d.validation
     if "unmeasured" in d.terms:
+        timing = d.terms.get("timing")
+        if timing is not None:
+            what = (f"the timing part is estimated from the within-epoch trend of the logged losses "
+                    f"({_fmt(timing.value, timing.se)}); the rest ({_fmt(d.terms['unmeasured'].value, math.nan)}: "
+                    "dropout/batch norm, augmentation and generalization together) is not measured without "
+                    "probe passes.")
+        else:
+            what = ("without probe passes the parts of this difference (timing, dropout/batch norm, augmentation, "
+                    "generalization) are not measured.")
         findings.append(Finding(
-            "gap.not_measured", "info", "The gap between training and validation loss cannot be split",
+            "gap.not_measured", "info",
+            "The gap between training and validation loss cannot be fully split" if timing is not None else
+            "The gap between training and validation loss cannot be split",
             f"At epoch {d.epoch} the reported training loss is {d.reported:.4g} and the validation loss "
-            f"{d.validation:.4g} (difference {diff:+.4g}); without probe passes the parts of this difference "
-            "(timing, dropout/batch norm, augmentation, generalization) are not measured.",
+            f"{d.validation:.4g} (difference {diff:+.4g}); {what}",
             "Record the run with a losslens adapter (e.g. `lens = Lens(model, loss_fn, probe=train_ds, val=val_ds)` "
             "and `lens.step(loss, batch_size=len(y))` / `lens.end_epoch()`) to measure them.",
             ev, (d.epoch,)))
