@@ -278,7 +278,7 @@ def test_estimated_series_are_dashed_and_labelled():
     lines = _lines(figures.loss_curves(run))
     est = [ln for label, ln in lines.items() if "estimated" in label]
     assert len(est) == 1 and est[0].get_linestyle() == "--"
-    assert "estimated from the within-epoch trend" in est[0].get_label() and "not a probe" in est[0].get_label()
+    assert "within-epoch trend" in est[0].get_label() and "not a probe" in est[0].get_label()
     measured = lines[f"V: {MEASUREMENT_LABELS['validation']}, at the epoch end"]
     assert measured.get_linestyle() == "-"
     bars = figures.decomposition_bars(diagnose(run).decomposition)

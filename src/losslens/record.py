@@ -62,8 +62,8 @@ MEASUREMENT_LABELS = {
 }
 
 #: Label of a TRAIN_MODE measurement with source "estimated" (imported logs): not a probe pass.
-ESTIMATED_TRAIN_LABEL = ("end-of-epoch training loss (train mode) estimated from the within-epoch trend of the "
-                         "logged training losses; not a probe measurement")
+ESTIMATED_TRAIN_LABEL = ("end-of-epoch training loss (train mode) from the within-epoch trend of the logged "
+                         "losses, not a probe")
 
 
 def measurement_label(kind: str, source: str = "measured") -> str:

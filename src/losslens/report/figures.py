@@ -324,7 +324,7 @@ def to_png_base64(fig: Figure, dpi: int = 110) -> str:
     pyplot reference, so it is freed when no longer referenced).
     """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")  # long legends below the axes stay whole
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -334,5 +334,5 @@ def to_svg(fig: Figure) -> str:
 
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "path"}):
-        fig.savefig(buf, format="svg")
+        fig.savefig(buf, format="svg", bbox_inches="tight")
     return buf.getvalue()
