@@ -469,17 +469,32 @@ class Run:
         }
 
 
-def _jsonable(x: Any) -> Any:
-    """Convert numpy scalars/arrays and non-finite floats to JSON-safe values."""
+def to_jsonable(x: Any, fallback: Any = None) -> Any:
+    """Recursively convert to JSON-safe values: NaN/inf -> None, numpy -> Python, tuples and sets -> lists.
+
+    Parameters
+    ----------
+    x : Any
+    fallback : callable, optional
+        Applied to values of any other type (e.g. ``str`` for reports); by
+        default they are returned unchanged, so ``json.dumps`` can still reject them.
+    """
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return {str(k): to_jsonable(v, fallback) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set)):
+        return [to_jsonable(v, fallback) for v in x]
     if isinstance(x, np.ndarray):
-        return [_jsonable(v) for v in x.tolist()]
-    if isinstance(x, (np.integer,)):
+        return [to_jsonable(v, fallback) for v in x.tolist()]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, (float, np.floating)):
         f = float(x)
         return f if math.isfinite(f) else None
-    return x
+    if x is None or isinstance(x, (str, int)) or fallback is None:
+        return x
+    return fallback(x)
+
+
+_jsonable = to_jsonable  # the name used inside the package

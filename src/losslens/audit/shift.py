@@ -58,6 +58,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..record import to_jsonable as _jsonable
+
 __all__ = ["LabelShift", "FeatureShift", "label_shift", "feature_shift", "LABEL_ALPHA", "MIN_CRAMERS_V",
            "MIN_AUC"]
 
@@ -66,17 +68,6 @@ LABEL_ALPHA = 0.01
 MIN_CRAMERS_V = 0.1
 #: Practical floor of the adversarial-validation ROC AUC for a flag.
 MIN_AUC = 0.55
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 @dataclass

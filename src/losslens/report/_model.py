@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..record import MEASUREMENT_KINDS, MEASUREMENT_LABELS, Run
+from ..record import to_jsonable as _record_to_jsonable
 
 #: Symbols of the per-epoch quantities, in report order.
 SYMBOLS = {
@@ -155,20 +156,5 @@ def epoch_rows(run: Run) -> list[dict[str, Any]]:
 
 
 def to_jsonable(x: Any) -> Any:
-    """Recursively convert to JSON-safe values: NaN/inf -> None, numpy -> Python, tuples -> lists."""
-    if isinstance(x, Mapping):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set)):
-        return [to_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return [to_jsonable(v) for v in x.tolist()]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        f = float(x)
-        return f if math.isfinite(f) else None
-    if x is None or isinstance(x, (str, int)):
-        return x
-    return str(x)
+    """JSON-safe values for reports (:func:`losslens.record.to_jsonable`; other types as their ``str``)."""
+    return _record_to_jsonable(x, fallback=str)
