@@ -222,3 +222,12 @@ def test_slow_progress_with_high_loss_is_capacity_not_more_epochs():
     assert "regime.underfit_capacity" in res.codes()
     fast = 1.8 - 0.05 * x
     assert "regime.still_improving" in diagnose(make_run(fast, fast - 0.05, baseline=2.3)).codes()
+
+
+def test_huge_losses_do_not_overflow_the_noise_estimates():
+    # found by fuzzing the importers: standard errors of ~1e200 squared overflow Python floats
+    run = make_run(np.array([1e200, 3e200, 2e200, 5e200, 1e200, 4e200]), baseline=2.3, difficulty_sd=1e199)
+    for e in run.epochs:
+        e.train_loss = 1e250
+    res = diagnose(run)
+    assert res.findings  # diagnosed, not raised

@@ -61,7 +61,7 @@ def epoch_diff_se(a: Measurement, b: Measurement, sigma: float) -> float:
         sampling = math.hypot(a.sem, b.sem)
     else:
         sampling = 0.0
-    return math.sqrt(sampling ** 2 + 2.0 * sigma ** 2)
+    return math.hypot(sampling, math.sqrt(2.0) * sigma)  # hypot: no overflow for huge losses
 
 
 def trend(positions: np.ndarray, ms: list[Measurement], sigma: float) -> tuple[float, float]:
@@ -101,5 +101,6 @@ def trend(positions: np.ndarray, ms: list[Measurement], sigma: float) -> tuple[f
             s = (xc[:, None] * (mat - mat.mean(axis=0))).sum(axis=0) / sxx
             parts.append(float(s.std(ddof=1) / math.sqrt(s.size)))
     elif all(math.isfinite(m.sem) for m in ms):
-        parts.append(math.sqrt(float(((xc / sxx) ** 2 * np.array([m.sem for m in ms]) ** 2).sum())))
-    return slope, math.sqrt(sum(p ** 2 for p in parts))
+        with np.errstate(over="ignore"):
+            parts.append(float(np.sqrt((((xc / sxx) * np.array([m.sem for m in ms])) ** 2).sum())))
+    return slope, math.hypot(*parts)

@@ -136,7 +136,7 @@ def paired_difference(a: Measurement, b: Measurement) -> tuple[float, float]:
     if a.values is not None and b.values is not None and a.values.size == b.values.size and a.values.size > 1:
         d = a.values.astype(np.float64) - b.values.astype(np.float64)
         return diff, _sem(d)
-    return diff, math.sqrt(a.sem ** 2 + b.sem ** 2) if math.isfinite(a.sem) and math.isfinite(b.sem) else math.nan
+    return diff, math.hypot(a.sem, b.sem) if math.isfinite(a.sem) and math.isfinite(b.sem) else math.nan
 
 
 def decompose_epoch(epoch: Epoch) -> EpochDecomposition | None:
@@ -170,7 +170,7 @@ def decompose_epoch(epoch: Epoch) -> EpochDecomposition | None:
         terms["augmentation"] = Term("augmentation", 0.0, 0.0, SKIPPED)
     else:
         terms["augmentation"] = Term("augmentation", *paired_difference(a, c))
-    se_cv = math.sqrt(c.sem ** 2 + v.sem ** 2) if math.isfinite(c.sem) and math.isfinite(v.sem) else math.nan
+    se_cv = math.hypot(c.sem, v.sem) if math.isfinite(c.sem) and math.isfinite(v.sem) else math.nan
     terms["generalization"] = Term("generalization", c.mean - v.mean, se_cv)
     return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms, v.sem)
 

@@ -79,7 +79,7 @@ def _worse_than_constant(run: Run) -> Finding | None:
         return None
     last = ms[-1]
     sigma = scatter_sigma(np.array([m.mean for m in ms]))
-    se_last = math.sqrt((last.sem if math.isfinite(last.sem) else 0.0) ** 2 + sigma ** 2)
+    se_last = math.hypot(last.sem if math.isfinite(last.sem) else 0.0, sigma)
     if not last.mean - baseline > Z_NOISE * se_last:
         return None
     k = min(len(ms), max(3, math.ceil(len(ms) / 3)))
@@ -131,7 +131,7 @@ def stability_findings(run: Run) -> list[Finding]:
         return float(np.std(s, ddof=1) / math.sqrt(len(s))) if len(s) > 1 else 0.0
 
     rise = float(r[-1] - r[m])
-    se = math.sqrt(step_se(idx[-1]) ** 2 + step_se(idx[m]) ** 2 + 2 * sigma ** 2)
+    se = math.hypot(step_se(idx[-1]), step_se(idx[m]), math.sqrt(2.0) * sigma)
     if not rise > Z_NOISE * se:
         return out
     ev = [Evidence("reported training loss at its minimum (data part, epoch mean)", float(r[m]), step_se(idx[m]),
