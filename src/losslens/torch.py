@@ -442,6 +442,11 @@ class Lens:
         in ``run.meta["split_exact_duplicates"]``; the diagnosis cites them. Runs when
         both are in-memory tensor data (tuples of tensors or ``TensorDataset``) with a
         single input tensor; other data are not read. Default True.
+    distributed : bool or None
+        None (default): shard the passes and gather the results when a
+        ``torch.distributed`` process group is initialised with world size > 1;
+        False: never (each rank records alone); True: require an initialised
+        process group (``RuntimeError`` otherwise).
 
     Raises
     ------
@@ -485,8 +490,9 @@ class Lens:
     and the CUDA RNGs of the model's devices (``torch.random.fork_rng``), saves
     numpy's and Python's global RNG states, disables gradients, and on exit
     restores every module's ``training`` flag and every buffer; the RNGs are
-    seeded with ``probe_seed`` and the epoch inside, so the passes are
-    reproducible. Parameters after training are bit-identical with the Lens on
+    seeded with ``probe_seed`` and the epoch inside, and again before each
+    train-mode batch with its batch number, so the passes are reproducible and
+    a batch's draws do not depend on the batches before it. Parameters after training are bit-identical with the Lens on
     or off (tests/test_torch_lens.py). The user's DataLoader is never iterated.
 
     **Extra metadata** (beyond :data:`losslens.record.META_KEYS`):
@@ -496,8 +502,32 @@ class Lens:
     ``augmented_probe``, ``probe_budget``, ``probe_cost_per_sample_s``,
     ``probe_size_reason``.
 
-    Not supported yet: ``torch.distributed`` sharding of the probe passes (each
-    rank would measure and write on its own), iterable-style datasets.
+    **torch.distributed.** When a default process group is initialised with more
+    than one rank (plain DDP, Lightning ``strategy="ddp"``, Hugging Face
+    ``Trainer`` under ``torchrun``), every rank constructs its own Lens with the
+    same arguments and calls :meth:`step` / :meth:`end_epoch` as usual:
+
+    * the probe and validation passes are sharded without padding duplicates
+      (eval passes: rank ``r`` takes positions ``r::world`` of the index list;
+      train-mode passes: rank ``r`` takes batches ``r::world`` of the very same
+      training-size batches one process would use, so batch-norm statistics are
+      those of a single process; each batch's random draws are seeded by its
+      batch number), all on rank 0's buffers (one ``broadcast_object_list``),
+      and one ``all_gather_object`` per :meth:`end_epoch` puts every per-sample
+      loss back in the single-process order on every rank: the measurements
+      equal a one-process run's (tests/test_distributed.py);
+    * the step losses are exchanged once per epoch (one ``all_gather_object``):
+      a recorded step is the batch-size weighted mean of the ranks' losses at
+      that step, its batch size the global batch;
+    * the automatic probe size is decided by rank 0 and broadcast (once);
+    * only rank 0 opens and writes the store (``store`` is ignored on other
+      ranks, which never touch the file); every rank holds the full :attr:`run`.
+
+    A model wrapped in ``DistributedDataParallel`` is unwrapped (its ``module``
+    is used for the probe passes, so no collective runs inside them). Pass
+    ``distributed=False`` to record each rank on its own. See docs/distributed.md.
+
+    Not supported yet: iterable-style datasets.
     """
 
     def __init__(
@@ -523,6 +553,7 @@ class Lens:
         meta: dict[str, Any] | None = None,
         fingerprint_split: bool = True,
         check_duplicates: bool = True,
+        distributed: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -556,6 +587,18 @@ class Lens:
         if meta is not None and not isinstance(meta, dict):
             raise TypeError(f"meta: expected a dict, got {type(meta).__name__}")
 
+        if distributed not in (None, True, False):
+            raise ValueError(f"distributed: expected None, True or False, got {distributed!r}")
+        dist_ok = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and not dist_ok:
+            raise RuntimeError("distributed=True: no torch.distributed process group is initialised "
+                               "(call torch.distributed.init_process_group first)")
+        self._world = torch.distributed.get_world_size() if dist_ok and distributed is not False else 1
+        self._rank = torch.distributed.get_rank() if self._world > 1 else 0
+        self._dist = self._world > 1
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # no collectives inside the probe passes
+
         self.model = model
         self.loss_fn = loss_fn
         self._per_sample, self._per_sample_method = per_sample_loss_fn(loss_fn)
@@ -586,6 +629,7 @@ class Lens:
         self._t_first_step: float | None = None
         self._train_flags: list[bool] | None = None
         self._all_batch_sizes: Counter[int] = Counter()
+        self._fixed_train_bs: int | None = None
         self._epoch = 0
         self._warned_fallback = False
         self.probe_indices: np.ndarray | None = None
@@ -626,6 +670,8 @@ class Lens:
             "augmented_probe": self._train is not None,
             "skipped": {},
         }
+        if self._dist:
+            m["world_size"] = self._world
         skipped: dict[str, str] = m["skipped"]
         if self._probe is None or self._probe_size_arg == 0:
             reason = ("probe passes disabled (probe=None)" if self._probe is None
@@ -663,7 +709,7 @@ class Lens:
         self.run = Run(name=run, meta=m, experiment=experiment)
         self._check_data()
 
-        if store is None:
+        if store is None or self._rank != 0:  # distributed: rank 0 alone writes
             self._store: Store | None = None
             self._own_store = False
         elif isinstance(store, Store):
@@ -791,7 +837,8 @@ class Lens:
         self._penalties.append(penalty)
 
     # ---------------------------------------------------------------------------------------
-    def end_epoch(self, metrics: dict[str, Any] | None = None) -> Epoch:
+    def end_epoch(self, metrics: dict[str, Any] | None = None, *, position: float | None = None,
+                  step_positions: Any = None, step_spans: Any = None) -> Epoch:
         """Close the epoch: read the step losses, run the probe and validation passes, commit.
 
         Parameters
@@ -799,6 +846,14 @@ class Lens:
         metrics : dict, optional
             Other per-epoch numbers (name -> float or one-element tensor), stored
             in :attr:`Epoch.metrics`.
+        position : float, optional
+            Time of the measurements in fractional epochs (default ``index + 1``);
+            set by adapters whose measurement points are not epoch ends
+            (:mod:`losslens.transformers` evaluates every ``eval_steps``).
+        step_positions, step_spans : array-like, shape (n_steps,), optional
+            Positions (fractional epochs) and spans (optimizer steps) of the values
+            given to :meth:`step`, when they are logged windows rather than single
+            steps (default: evenly spaced single steps within the epoch).
 
         Returns
         -------
@@ -832,6 +887,11 @@ class Lens:
             bs = np.asarray(self._batch_sizes, dtype=np.float64)
         else:
             bs = np.ones(n_steps, dtype=np.float64)
+            known = []
+        if self._dist:
+            losses, pens, bs, seconds, n_steps = self._reduce_steps(losses, pens, bs, seconds,
+                                                                    len(known) == n_steps)
+            known = list(bs) if self._steps_sized else []
         data = losses - pens
         if n_steps:
             w = bs / bs.sum()
@@ -841,7 +901,8 @@ class Lens:
         else:
             r, omega = math.nan, 0.0
             warnings.warn(f"Lens.end_epoch: no step() calls in epoch {e}; R is unknown", stacklevel=2)
-        steps = Steps.build(np.full(n_steps, e), data, batch_size=bs, penalty=pens)
+        steps = Steps.build(np.full(n_steps, e), data, batch_size=bs, penalty=pens,
+                            position=step_positions, span=step_spans)
 
         t_probe = time.perf_counter()
         measurements = self._measure(seconds, n_steps)
@@ -849,7 +910,8 @@ class Lens:
 
         epoch = Epoch(index=e, train_loss=r, penalty=omega, n_steps=n_steps,
                       n_samples=int(bs.sum()) if known and len(known) == n_steps else 0,
-                      position=float(e + 1), measurements=measurements, metrics=mets,
+                      position=float(e + 1) if position is None else float(position),
+                      measurements=measurements, metrics=mets,
                       seconds=seconds, probe_seconds=probe_seconds)
         self.run.epochs.append(epoch)
         self.run.steps = Steps.concat([self.run.steps, steps])
@@ -861,6 +923,34 @@ class Lens:
         self._epoch += 1
         return epoch
 
+    def _reduce_steps(self, losses: np.ndarray, pens: np.ndarray, bs: np.ndarray, seconds: float,
+                      sized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
+        """Distributed: the epoch's step losses of all ranks, in one ``all_gather_object``.
+
+        Step ``i`` of the record is the batch-size weighted mean over ranks of their
+        step-``i`` losses (DDP averages the gradients of equal-sized local batches
+        the same way); its batch size is the sum (the global batch). Ranks with more
+        steps than others (uneven data without ``drop_last``) contribute their extra
+        steps alone. ``seconds`` is rank 0's wall time.
+        """
+        parts: list[Any] = [None] * self._world
+        torch.distributed.all_gather_object(parts, (losses, pens, bs, seconds, sized,
+                                                    self._train_batch_size(len(losses))))
+        n = max(len(p[0]) for p in parts)
+        num = np.zeros(n)
+        pen = np.zeros(n)
+        den = np.zeros(n)
+        for lo, pe, b, _, _, _ in parts:
+            k = len(lo)
+            with np.errstate(invalid="ignore", over="ignore"):
+                num[:k] += b * lo
+                pen[:k] += b * pe
+            den[:k] += b
+        self._steps_sized = all(p[4] for p in parts)
+        self._b_train_dist = int(parts[0][5])  # rank 0's per-device batch size: same T batches everywhere
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return num / den, pen / den, den, float(parts[0][3]), n
+
     def _sync_meta(self) -> None:
         if self._store is None:
             return
@@ -871,6 +961,10 @@ class Lens:
 
     # ---------------------------------------------------------------------------------------
     def _train_batch_size(self, n_steps: int) -> int:
+        if self._fixed_train_bs is not None:  # set by adapters whose step rows are windows, not batches
+            return self._fixed_train_bs
+        if self._dist and getattr(self, "_b_train_dist", None):
+            return self._b_train_dist
         if self._all_batch_sizes:
             return int(self._all_batch_sizes.most_common(1)[0][0])
         # batch sizes not given: the training-set size over the steps of an epoch
@@ -883,6 +977,8 @@ class Lens:
         b_train = self._train_batch_size(n_steps)
         if meta.get("batch_size") != b_train:
             meta["batch_size"] = b_train
+        if self._dist:
+            return self._measure_dist(epoch_seconds, b_train)
         out: dict[str, Measurement] = {}
         with self._protected() as prot:
             if self._val is not None:
@@ -902,6 +998,59 @@ class Lens:
                         out[EVAL_AUGMENTED] = Measurement.from_values(EVAL_AUGMENTED, a_vals)
                     if t_vals is not None:
                         out[TRAIN_MODE] = Measurement.from_values(TRAIN_MODE, t_vals)
+        return out
+
+    def _measure_dist(self, epoch_seconds: float, b_train: int) -> dict[str, Measurement]:
+        """The passes of :meth:`_measure`, sharded over the ranks, gathered in one collective."""
+        r, w = self._rank, self._world
+        meta = self.run.meta
+        local: dict[str, Any] = {}
+        with self._protected() as prot:
+            prot.sync_buffers(0)
+            if self._val is not None:
+                pos = np.arange(len(self._val))[r::w]
+                local[VALIDATION] = (pos, self._eval_pass(self._val, pos, collect_targets=False)[0])
+            if self._probes_on:
+                if self._n_probe is None:
+                    self._choose_probe(epoch_seconds, b_train, prot)
+                idx = self.probe_indices
+                pos = np.arange(len(idx))[r::w]
+                want_t = meta.get("baseline_loss") is None
+                clean, targets = self._eval_pass(self._probe, idx[pos], collect_targets=want_t)
+                local[EVAL_CLEAN] = (pos, clean)
+                if want_t and targets is not None:
+                    local["targets"] = (pos, targets.detach().cpu().numpy())
+                if self._run_T or self._run_A:
+                    t_vals, a_vals, tpos = self._train_mode_pass(idx, b_train, prot, shard=(r, w))
+                    if t_vals is not None:
+                        local[TRAIN_MODE] = (tpos, t_vals)
+                    if a_vals is not None:
+                        local[EVAL_AUGMENTED] = (tpos, a_vals)
+        parts: list[Any] = [None] * w
+        torch.distributed.all_gather_object(parts, local)  # the one collective of the passes
+        out: dict[str, Measurement] = {}
+        sizes = {VALIDATION: len(self._val) if self._val is not None else 0,
+                 EVAL_CLEAN: len(self.probe_indices) if self.probe_indices is not None else 0}
+        for kind in (VALIDATION, EVAL_CLEAN, TRAIN_MODE, EVAL_AUGMENTED, "targets"):
+            got = [p[kind] for p in parts if kind in p]
+            if not got:
+                continue
+            n = sizes.get(kind, sizes[EVAL_CLEAN])
+            first = got[0][1]
+            full = np.zeros((n,) + tuple(first.shape[1:]), dtype=first.dtype)
+            seen = np.zeros(n, dtype=bool)
+            for pos, vals in got:
+                full[pos] = vals
+                seen[pos] = True
+            if kind in (TRAIN_MODE, EVAL_AUGMENTED):  # a merged final batch may leave no gap; check anyway
+                full, seen = full[seen], seen[seen]
+            if not seen.all():
+                raise RuntimeError(f"distributed probe pass {kind!r}: {int((~seen).sum())} samples missing "
+                                   "after the gather (ranks disagree on the probe set?)")
+            if kind == "targets":
+                meta["baseline_loss"] = baseline_loss(self._loss_kind, full)
+            else:
+                out[kind] = Measurement.from_values(kind, full)
         return out
 
     def _choose_probe(self, epoch_seconds: float, b_train: int, prot: "_Protect") -> None:
@@ -925,12 +1074,18 @@ class Lens:
             self._eval_pass(self._probe, pilot, collect_targets=False)
             if self._run_T or self._run_A:
                 self._train_mode_pass(pilot, min(b_train, n_pilot), prot)
-            per_sample = (time.perf_counter() - t0) / n_pilot
+            per_sample = (time.perf_counter() - t0) / n_pilot / self._world  # sharded passes: 1/world each
             n, why = budget_probe_size(cap, limit, self._probe_budget, epoch_seconds, per_sample)
             reason = (f"auto: {why}; budget {100 * self._probe_budget:g} % of the first epoch's "
                       f"{epoch_seconds:.3g} s training time at {1e6 * per_sample:.3g} µs per probe sample "
                       f"(all probe passes, timed on {n_pilot} samples)")
             meta["probe_cost_per_sample_s"] = per_sample
+        if self._dist:  # the timed decision of rank 0 holds on every rank
+            box = [(n, reason, meta.get("probe_cost_per_sample_s"))]
+            torch.distributed.broadcast_object_list(box, src=0)
+            n, reason, cost = box[0]
+            if cost is not None:
+                meta["probe_cost_per_sample_s"] = cost
         self._n_probe = n
         self.probe_indices = np.sort(perm[:n]).astype(np.int64)
         meta["probe_size"] = n
@@ -1009,11 +1164,14 @@ class Lens:
         tg = torch.cat(targets).cpu() if collect_targets and targets else None
         return vals, tg
 
-    def _train_mode_pass(self, indices: np.ndarray, b_train: int, prot: "_Protect") -> tuple[Any, Any]:
+    def _train_mode_pass(self, indices: np.ndarray, b_train: int, prot: "_Protect",
+                         shard: tuple[int, int] | None = None) -> tuple[Any, ...]:
         """T and A on the same augmented batches of the training batch size (sorted probe order).
 
         A final batch smaller than half the training batch size is merged into the
         previous one (a batch of one sample cannot be normalised by batch norm).
+        With ``shard=(rank, world)`` only batches ``rank::world`` are run and the
+        positions (into ``indices``) of the values are returned third.
         """
         src = self._train if self._train is not None else self._probe
         device = self._device
@@ -1026,9 +1184,14 @@ class Lens:
         if len(starts) > 1 and n - starts[-1] < b_train / 2:
             starts.pop()
         bounds = list(zip(starts, starts[1:] + [n]))
+        numbered = list(enumerate(bounds))
+        if shard is not None:
+            numbered = numbered[shard[0]::shard[1]]
+            bounds = [b for _, b in numbered]
         t_parts: list[torch.Tensor] = []
         a_parts: list[torch.Tensor] = []
-        for lo, hi in bounds:
+        for k, (lo, hi) in numbered:
+            prot.reseed(k)  # batch k draws the same augmentation and dropout masks on any rank
             inputs, target = self._unpack(src.batch(indices[lo:hi]))
             inputs, target = _to_device(inputs, device), _to_device(target, device)
             if self._run_T:
@@ -1043,6 +1206,12 @@ class Lens:
         prot.restore_buffers()
         t_vals = torch.cat(t_parts).cpu().numpy().astype(np.float32) if t_parts else None
         a_vals = torch.cat(a_parts).cpu().numpy().astype(np.float32) if a_parts else None
+        if shard is not None:
+            pos = (np.concatenate([np.arange(lo, hi) for lo, hi in bounds]) if bounds
+                   else np.zeros(0, dtype=np.int64))
+            empty = np.zeros(0, np.float32)
+            return (t_vals if t_vals is not None or not self._run_T else empty,
+                    a_vals if a_vals is not None or not self._run_A else empty, pos)
         return t_vals, a_vals
 
     # ---------------------------------------------------------------------------------------
@@ -1095,6 +1264,18 @@ class _Protect:
         self.seed = seed
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    def reseed(self, k: int = 0) -> None:
+        """Seed torch's CPU generator, the CUDA generators of ``devices``, numpy's and Python's RNGs
+        with ``seed`` and ``k`` (the probe batch number), so a batch's random draws do not depend on
+        which batches ran before it (on this rank or another)."""
+        s = (self.seed * 1_000_003 + k) % 2 ** 63
+        torch.random.default_generator.manual_seed(s)
+        for d in self.devices:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(s)
+        np.random.seed(s % 2 ** 32)
+        random.seed(s)
+
     def __enter__(self) -> "_Protect":
         self._modes = [(m, m.training) for m in self.model.modules()]
         self._np_state = np.random.get_state()
@@ -1126,9 +1307,29 @@ class _Protect:
         for b, saved in self._buffers or ():
             b.copy_(saved)
 
+    def sync_buffers(self, src: int = 0) -> None:
+        """Distributed: measure with rank ``src``'s buffers (one ``broadcast_object_list``).
+
+        Under DDP the parameters are equal on every rank, but the batch-norm running
+        statistics are each rank's own until the next forward broadcasts rank 0's
+        (``broadcast_buffers=True``); the probe passes use rank 0's, so every shard
+        is measured on the same model. Each rank's own buffers come back on exit.
+        """
+        bufs = list(self.model.buffers())
+        if not bufs:
+            return
+        box = [[b.detach().cpu() for b in bufs] if torch.distributed.get_rank() == src else None]
+        torch.distributed.broadcast_object_list(box, src=src)
+        self._orig = self._buffers
+        for b, v in zip(bufs, box[0]):
+            b.copy_(v.to(b.device))
+        self._buffers = [(b, b.detach().clone()) for b in bufs]
+
     def __exit__(self, *exc: Any) -> None:
         try:
             self.restore_buffers()
+            for b, saved in getattr(self, "_orig", None) or ():
+                b.copy_(saved)
             for m, t in self._modes:
                 m.training = t
         finally:

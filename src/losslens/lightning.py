@@ -1,0 +1,168 @@
+"""Lightning adapter: record a ``Trainer.fit`` run with the :class:`LossLens` callback.
+
+::
+
+    from losslens.lightning import LossLens
+
+    lens = LossLens(loss_fn=nn.CrossEntropyLoss(), probe=train_ds_eval, val=val_ds, run="digits", store="losslens.db")
+    trainer = L.Trainer(max_epochs=20, callbacks=[lens])
+    trainer.fit(module, train_loader, val_loader)
+    lens.diagnose().print()
+
+The callback drives a :class:`losslens.torch.Lens` on the ``LightningModule``
+(its own ``forward``), so the measurements, the store and the report are those
+of the PyTorch adapter (see its docstring for the protocol ``R, Ω, T, A, C, V``):
+
+* step losses come from the ``outputs`` of ``on_train_batch_end`` (the loss the
+  ``training_step`` returned, kept on the device: no ``.item()``, no
+  ``self.log(..., sync_dist=True)``); one row per batch. With
+  ``accumulate_grad_batches = k`` Lightning hands the hook the loss divided by
+  ``k``; the callback multiplies it back, so a row is the batch's mean loss per sample;
+* at ``on_train_epoch_end`` the probe passes (T, A, C) and the validation pass
+  (V) run on the end-of-epoch weights, under the torch adapter's protection (no
+  gradient, forked and restored RNGs, module flags and buffers restored), and
+  the epoch is committed to the store;
+* under ``strategy="ddp"`` (any ``torch.distributed`` process group) the passes
+  are sharded over the ranks and gathered, step losses are exchanged once per
+  epoch, and rank 0 alone writes the store (:class:`losslens.torch.Lens`,
+  "torch.distributed"; docs/distributed.md).
+
+This module imports lightning and torch; the core of losslens does not.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # the standalone package
+    import pytorch_lightning as pl  # type: ignore[no-redef]
+
+from .store import Store
+from .torch import Lens, _batch_len, default_unpack
+
+__all__ = ["LossLens"]
+
+
+class LossLens(pl.Callback):
+    """Lightning ``Callback`` recording a run for losslens.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(outputs, target) -> scalar tensor``: the data loss the module's
+        ``training_step`` optimises, applied to ``module(inputs)`` (per-sample
+        losses are derived from it, :func:`losslens.torch.per_sample_loss_fn`).
+    probe : dataset or None
+        The training set with clean (eval) transforms, see :class:`losslens.torch.Lens`.
+    val : dataset, optional
+        The validation set (gives ``V``).
+    train : dataset, optional
+        The training samples with the training transforms (gives ``A``).
+    run : str
+        Name of the run.
+    store : str, os.PathLike, Store or None
+        SQLite store (rank 0 alone writes it under DDP); None keeps the run in memory.
+    **lens_kwargs
+        Any other keyword of :class:`losslens.torch.Lens` (``experiment``,
+        ``probe_size``, ``probe_budget``, ``probe_seed``, ``penalty``, ``unpack``,
+        ``forward``, ``eval_batch_size``, ``meta``, ...). ``forward`` defaults to
+        calling the module (its own ``forward``).
+
+    Attributes
+    ----------
+    lens : losslens.torch.Lens or None
+        The underlying recorder, created at ``on_fit_start``.
+    run : losslens.record.Run or None
+        The run recorded so far.
+
+    Raises
+    ------
+    TypeError
+        If ``loss_fn`` is not callable or an argument of :class:`~losslens.torch.Lens`
+        has the wrong type (at ``on_fit_start``, when the module is known).
+
+    Notes
+    -----
+    Manual optimisation (``automatic_optimization = False``) records the loss in
+    ``outputs`` as returned (a tensor, or the ``"loss"`` entry of a dict); a
+    ``training_step`` that returns nothing records no step. Batches skipped by
+    returning None are not recorded.
+    """
+
+    def __init__(self, loss_fn: Callable[..., torch.Tensor], probe: Any, val: Any = None, train: Any = None, *,
+                 run: str = "run", store: str | os.PathLike[str] | Store | None = "losslens.db",
+                 **lens_kwargs: Any) -> None:
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable loss, got {type(loss_fn).__name__}")
+        if "model" in lens_kwargs:
+            raise TypeError("model: not an argument of LossLens; the LightningModule being fitted is recorded")
+        self.loss_fn = loss_fn
+        self._data = dict(probe=probe, val=val, train=train)
+        self._kwargs = dict(run=run, store=store, **lens_kwargs)
+        self._unpack = lens_kwargs.get("unpack") or default_unpack
+        self.lens: Lens | None = None
+
+    @property
+    def run(self) -> Any:
+        return self.lens.run if self.lens is not None else None
+
+    # ---------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.lens is not None:
+            return  # a second fit() continues the same run
+        kwargs = dict(self._kwargs)
+        meta = {"framework": "lightning", "lightning_version": pl.__version__,
+                "accumulate_grad_batches": int(trainer.accumulate_grad_batches)}
+        meta.update(kwargs.pop("meta", None) or {})
+        optimizer = kwargs.pop("optimizer", None)
+        self.lens = Lens(pl_module, self.loss_fn, self._data["probe"], self._data["val"], self._data["train"],
+                         optimizer=optimizer, meta=meta, **kwargs)
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        lens = self.lens
+        if lens is not None and trainer.optimizers and lens.run.meta.get("optimizer") is None:
+            opt = trainer.optimizers[0]
+            lens.run.meta["optimizer"] = type(opt).__name__
+            lens.run.meta["weight_decay"] = Lens._weight_decay(opt)
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if self.lens is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            return
+        if pl_module.automatic_optimization and trainer.accumulate_grad_batches > 1:
+            loss = loss * trainer.accumulate_grad_batches  # Lightning divides the hook's loss by k
+        try:
+            n = _batch_len(self._unpack(batch)[1])
+        except TypeError:
+            n = None
+        self.lens.step(loss, batch_size=n)
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.lens is None or trainer.sanity_checking:
+            return
+        self.lens.end_epoch()
+
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.lens is not None and self.lens.run.status != "finished":
+            self.lens.finish()
+
+    # ---------------------------------------------------------------------------------------
+    def diagnose(self) -> Any:
+        """The report of the run recorded so far (:meth:`losslens.torch.Lens.diagnose`).
+
+        Raises
+        ------
+        RuntimeError
+            Before ``Trainer.fit`` has started.
+        """
+        if self.lens is None:
+            raise RuntimeError("LossLens.diagnose: nothing recorded yet (call trainer.fit first)")
+        return self.lens.diagnose()

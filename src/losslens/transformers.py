@@ -1,0 +1,195 @@
+"""Hugging Face ``Trainer`` adapter: record a run with the :class:`LossLens` callback.
+
+::
+
+    from losslens.transformers import LossLens
+
+    lens = LossLens(probe=train_ds, val=eval_ds, run="bert-sst2", store="losslens.db")
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, callbacks=[lens])
+    trainer.train()
+    lens.diagnose().print()
+
+What is recorded (the protocol of :class:`losslens.torch.Lens`, whose machinery this
+callback drives):
+
+* **loss windows** (``on_log``): the Trainer logs the mean training loss of the
+  last ``logging_steps`` optimizer steps (already averaged over processes by the
+  Trainer). Each window becomes one step row with ``span`` = its number of
+  optimizer steps, its batch size = the samples it covers, and its position at
+  the window's centre in fractional epochs (the Trainer stamps it at its end);
+* **probes** (``on_evaluate``): at every evaluation the eval-mode loss ``C`` on a
+  fixed, seeded subset of the training set (the probe set), the train-mode loss
+  ``T`` (dropout on) on the same samples in batches of the per-device training
+  batch size, and the validation loss ``V``, all per sample, under the torch
+  adapter's protection (no gradient, forked and restored RNGs, module flags and
+  buffers restored). Each evaluation closes one record "epoch": its ``index`` counts
+  evaluations, its ``position`` is the Trainer's fractional epoch
+  (``eval_strategy="epoch"`` gives the usual epochs); ``R`` is the
+  sample-weighted mean of the windows logged since the previous evaluation;
+* under ``torchrun`` (a ``torch.distributed`` process group) the passes are
+  sharded over the ranks and gathered, and rank 0 alone writes the store
+  (docs/distributed.md).
+
+The model's forward is called as ``model(**inputs).logits`` with ``inputs`` the
+collated batch without ``"labels"``. This module imports transformers and torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .store import Store
+from .torch import Lens
+
+__all__ = ["LossLens", "logits_forward"]
+
+
+def logits_forward(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+    """``model(**inputs).logits`` (a dict batch) or ``model(inputs).logits``: the Trainer's model call."""
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
+class LossLens(TrainerCallback):
+    """Hugging Face ``TrainerCallback`` recording a run for losslens.
+
+    Parameters
+    ----------
+    probe : dataset, DataLoader or None
+        The training set with clean inputs (map-style; items are dicts with a
+        ``"labels"`` entry, as the Trainer's). None: the Trainer's training
+        ``DataLoader`` (its dataset and data collator) at ``on_train_begin``.
+    val : dataset, DataLoader or None
+        The validation set; None: the Trainer's evaluation ``DataLoader`` when it
+        has one at ``on_train_begin``, else no ``V``.
+    loss_fn : callable, optional
+        ``loss_fn(logits, labels) -> scalar tensor``. Default:
+        ``torch.nn.CrossEntropyLoss()`` when ``model.config.num_labels > 1``;
+        otherwise it must be given (``ValueError``).
+    run : str
+        Name of the run.
+    store : str, os.PathLike, Store or None
+        SQLite store (rank 0 alone writes it under torchrun); None keeps the run in memory.
+    **lens_kwargs
+        Any other keyword of :class:`losslens.torch.Lens` (``experiment``,
+        ``probe_size``, ``probe_seed``, ``eval_batch_size``, ``meta``, ...).
+        ``forward`` defaults to :func:`logits_forward`; ``train`` (augmented
+        inputs) is accepted as in the torch adapter.
+
+    Attributes
+    ----------
+    lens : losslens.torch.Lens or None
+        The recorder, created at ``on_train_begin``.
+
+    Notes
+    -----
+    The Trainer syncs the logged loss over processes itself (``nested_gather``
+    at each logging step); the callback adds no collective per step. Windows
+    logged after the last evaluation stay unrecorded (a warning at
+    ``on_train_end``); evaluate at the end of training (``eval_strategy="epoch"``
+    or a final ``trainer.evaluate()``) to keep them.
+    """
+
+    def __init__(self, probe: Any = None, val: Any = None, loss_fn: Callable[..., torch.Tensor] | None = None, *,
+                 run: str = "run", store: str | os.PathLike[str] | Store | None = "losslens.db",
+                 **lens_kwargs: Any) -> None:
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable loss, got {type(loss_fn).__name__}")
+        if "model" in lens_kwargs:
+            raise TypeError("model: not an argument of LossLens; the Trainer's model is recorded")
+        self.loss_fn = loss_fn
+        self._probe, self._val = probe, val
+        self._kwargs = dict(run=run, store=store, **lens_kwargs)
+        self.lens: Lens | None = None
+        self._last_step = 0
+        self._positions: list[float] = []
+        self._spans: list[float] = []
+
+    @property
+    def run(self) -> Any:
+        return self.lens.run if self.lens is not None else None
+
+    # ---------------------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self.lens is not None:
+            return
+        if model is None:
+            raise ValueError("LossLens: the Trainer passed no model to on_train_begin")
+        loss_fn = self.loss_fn
+        if loss_fn is None:
+            n_labels = getattr(getattr(model, "config", None), "num_labels", None)
+            if not n_labels or n_labels < 2:
+                raise ValueError("loss_fn: needed unless the model is a classifier with config.num_labels > 1 "
+                                 f"(num_labels={n_labels})")
+            loss_fn = torch.nn.CrossEntropyLoss()
+        probe = self._probe if self._probe is not None else kwargs.get("train_dataloader")
+        val = self._val if self._val is not None else kwargs.get("eval_dataloader")
+        if probe is None:
+            raise ValueError("probe: no probe dataset given and the Trainer has no training DataLoader yet; "
+                             "pass probe=train_dataset to LossLens")
+        import transformers
+
+        kw = dict(self._kwargs)
+        meta = {"framework": "transformers", "transformers_version": transformers.__version__,
+                "reported_loss_kind": "window_mean", "logging_steps": args.logging_steps,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps}
+        meta.update(kw.pop("meta", None) or {})
+        kw.setdefault("forward", logits_forward)
+        self.lens = Lens(model, loss_fn, probe, val, optimizer=kwargs.get("optimizer"), seed=args.seed, meta=meta,
+                         **kw)
+        # T runs in batches of the per-device training batch size (batch-norm statistics depend on it)
+        self.lens._fixed_train_bs = int(args.per_device_train_batch_size)
+        self._last_step = state.global_step
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+               **kwargs: Any) -> None:
+        if self.lens is None or not logs or "loss" not in logs or state.global_step <= self._last_step:
+            return
+        span = state.global_step - self._last_step
+        self._last_step = state.global_step
+        epochs_per_step = (state.epoch / state.global_step) if state.epoch and state.global_step else math.nan
+        end = state.epoch if state.epoch is not None else math.nan
+        self._positions.append(end - 0.5 * span * epochs_per_step)
+        self._spans.append(float(span))
+        # samples this process saw in the window; summed over ranks by the Lens under DDP
+        samples = int(span * args.per_device_train_batch_size * args.gradient_accumulation_steps)
+        self.lens.step(float(logs["loss"]), batch_size=max(1, samples))
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                    **kwargs: Any) -> None:
+        if self.lens is None or not self._spans:
+            return  # before training, or no new window since the last evaluation
+        mets = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.lens.end_epoch(mets, position=state.epoch, step_positions=np.asarray(self._positions),
+                            step_spans=np.asarray(self._spans))
+        self._positions, self._spans = [], []
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.lens is None or self.lens.run.status == "finished":
+            return
+        if self._spans:
+            self.lens._losses, self.lens._batch_sizes, self.lens._penalties = [], [], []
+            import warnings
+
+            warnings.warn(f"LossLens: {len(self._spans)} loss window(s) after the last evaluation are not recorded; "
+                          "evaluate at the end of training to keep them", stacklevel=2)
+        self.lens.finish()
+
+    # ---------------------------------------------------------------------------------------
+    def diagnose(self) -> Any:
+        """The report of the run recorded so far (:meth:`losslens.torch.Lens.diagnose`).
+
+        Raises
+        ------
+        RuntimeError
+            Before training has started.
+        """
+        if self.lens is None:
+            raise RuntimeError("LossLens.diagnose: nothing recorded yet (call trainer.train first)")
+        return self.lens.diagnose()

@@ -1,0 +1,226 @@
+"""Lightning callback: real tiny Trainer.fit runs on CPU (one process, and strategy="ddp" with 2 CPU devices)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+L = pytest.importorskip("lightning.pytorch")
+from torch import nn  # noqa: E402
+
+from losslens.diagnose import decompose  # noqa: E402
+from losslens.lightning import LossLens  # noqa: E402
+from losslens.protocol import probe_permutation  # noqa: E402
+from losslens.store import Store  # noqa: E402
+from losslens.torch import Lens  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*")
+
+# The module and data, shared by the in-process tests and the DDP script (written to a file).
+COMMON = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    import lightning.pytorch as L
+    from sklearn.datasets import load_digits
+
+    def digits():
+        X, y = load_digits(return_X_y=True)
+        X = torch.tensor(X / 16.0, dtype=torch.float32)
+        y = torch.tensor(y, dtype=torch.long)
+        return X[:800], y[:800], X[800:1100], y[800:1100]
+
+    def net():
+        return nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net()
+            self.lossf = nn.CrossEntropyLoss()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return self.lossf(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+    """
+)
+_ns: dict = {}
+exec(COMMON, _ns)  # the same definitions the DDP script runs  # noqa: S102
+digits, Module = _ns["digits"], _ns["Module"]
+
+
+def trainer(callbacks, epochs=3, **kw):
+    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, **kw)
+
+
+def fit(with_lens, tmp_path=None, accumulate=1, probe_size=256):
+    Xtr, ytr, Xva, yva = digits()
+    L.seed_everything(0, verbose=False)
+    module = Module()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True)
+    cbs = []
+    if with_lens:
+        cbs.append(LossLens(nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), run="lit",
+                            store=tmp_path / "runs.db", probe_size=probe_size))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+        trainer(cbs, accumulate_grad_batches=accumulate).fit(module, loader)
+    return module, (cbs[0] if cbs else None), torch.random.get_rng_state()
+
+
+@pytest.fixture(scope="module")
+def lit_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lit")
+    off, _, rng_off = fit(False)
+    on, lens, rng_on = fit(True, tmp)
+    return off, on, lens, rng_off, rng_on, tmp
+
+
+def test_weights_bit_identical_with_and_without_callback(lit_runs):
+    off, on, _, rng_off, rng_on, _ = lit_runs
+    for (k, a), (_, b) in zip(off.state_dict().items(), on.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert torch.equal(rng_off, rng_on)
+
+
+def test_store_has_every_epoch_and_the_decomposition_identity(lit_runs):
+    _, on, lens, _, _, tmp = lit_runs
+    with Store(tmp / "runs.db") as store:
+        run = store.load_run(lens.run.id)
+    assert run.status == "finished"
+    assert run.meta["framework"] == "lightning"
+    assert run.meta["optimizer"] == "SGD"
+    assert [e.index for e in run.epochs] == [0, 1, 2]
+    for e in run.epochs:
+        assert e.n_steps == 25 and e.n_samples == 800  # 800 samples, batches of 32
+        assert set(e.measurements) == {"train_mode", "eval_clean", "validation"}
+        d = decompose(run)[e.index]
+        assert d.total == pytest.approx(d.reported - d.validation, abs=1e-12)
+    # the last epoch's C and V equal an independent computation with the final weights
+    idx = np.sort(probe_permutation(0, 800)[:256])
+    Xtr, ytr, Xva, yva = digits()
+    on.eval()
+    with torch.no_grad():
+        c = nn.functional.cross_entropy(on(Xtr[idx]), ytr[idx], reduction="none").numpy()
+        v = nn.functional.cross_entropy(on(Xva), yva, reduction="none").numpy()
+    np.testing.assert_allclose(run.epochs[-1].get("eval_clean").values, c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run.epochs[-1].get("validation").values, v, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulate_grad_batches_records_the_batch_loss(tmp_path):
+    """With accumulate_grad_batches=4 Lightning divides the hook's loss by 4; the record is the batch mean."""
+    class Spy(L.Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_before_backward(self, trainer, module, loss):
+            self.losses.append(float(loss.detach()) * 4)
+
+    Xtr, ytr, Xva, yva = digits()
+    L.seed_everything(0, verbose=False)
+    module = Module()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True)
+    spy = Spy()
+    lens = LossLens(nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size=128)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer([spy, lens], epochs=1, accumulate_grad_batches=4).fit(module, loader)
+    np.testing.assert_allclose(lens.run.steps.loss, spy.losses, rtol=1e-6)
+    assert lens.run.meta["accumulate_grad_batches"] == 4
+
+
+DDP_SCRIPT = COMMON + textwrap.dedent(
+    """
+    import json, os, sys, warnings
+    import numpy as np
+    from losslens.lightning import LossLens
+
+    class Save(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.global_rank == 0:
+                torch.save(module.state_dict(), os.path.join(OUT, f"weights_epoch{trainer.current_epoch}.pt"))
+
+    if __name__ == "__main__":
+        OUT = sys.argv[1]
+        torch.set_num_threads(1)
+        warnings.filterwarnings("ignore")
+        Xtr, ytr, Xva, yva = digits()
+        L.seed_everything(0, verbose=False)
+        module = Module()
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=20, shuffle=True)
+        lens = LossLens(nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), run="lit-ddp",
+                        store=os.path.join(OUT, "runs.db"), probe_size=256)
+        tr = L.Trainer(max_epochs=3, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                       callbacks=[Save(), lens])  # Save first: the weights the probes see
+        tr.fit(module, loader)
+        r = tr.global_rank
+        np.savez(os.path.join(OUT, f"rank{r}.npz"),
+                 **{f"{k}_{e.index}": m.values for e in lens.run.epochs for k, m in e.measurements.items()})
+        with open(os.path.join(OUT, f"rank{r}.json"), "w") as f:
+            json.dump({"run_id": lens.run.id, "world_size": lens.run.meta.get("world_size")}, f)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_lightning_ddp_two_cpu_processes_equal_one_process(tmp_path):
+    script = tmp_path / "fit_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    info0 = json.loads((tmp_path / "rank0.json").read_text())
+    info1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert info0["world_size"] == 2 and info1["run_id"] is None
+    with Store(tmp_path / "runs.db") as store:
+        assert len(store.list_runs()) == 1
+        run = store.load_run(info0["run_id"])
+    assert run.status == "finished" and [e.index for e in run.epochs] == [0, 1, 2]
+    for e in run.epochs:
+        assert e.n_samples == 800 and e.n_steps == 20  # 400 samples per rank, batches of 20
+    Xtr, ytr, Xva, yva = digits()
+    idx = np.sort(probe_permutation(0, 800)[:256])
+    r0, r1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
+    for e in range(3):
+        model = Module()
+        model.load_state_dict(torch.load(tmp_path / f"weights_epoch{e}.pt"))
+        model.eval()
+        with torch.no_grad():
+            c = nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx], reduction="none").numpy()
+            v = nn.functional.cross_entropy(model(Xva), yva, reduction="none").numpy()
+        np.testing.assert_allclose(r0[f"eval_clean_{e}"], c, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r0[f"validation_{e}"], v, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(run.epochs[e].get("validation").values, v, rtol=1e-5, atol=1e-6)
+        assert r0[f"train_mode_{e}"].shape == (256,)
+        ref = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size=256)
+        for _ in range(e + 1):  # T of one process: batches of the per-device size 20, same random draws
+            model.train()
+            ref.step(torch.tensor(0.0), batch_size=20)
+            ep = ref.end_epoch()
+        np.testing.assert_allclose(r0[f"train_mode_{e}"], ep.get("train_mode").values, rtol=1e-5, atol=1e-6)
+        for k in ("eval_clean", "validation", "train_mode"):
+            np.testing.assert_array_equal(r0[f"{k}_{e}"], r1[f"{k}_{e}"])

@@ -1,0 +1,215 @@
+"""Hugging Face Trainer callback: a tiny randomly initialised BERT (config in the test, no download), CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from losslens.diagnose import decompose  # noqa: E402
+from losslens.protocol import probe_permutation  # noqa: E402
+from losslens.store import Store  # noqa: E402
+from losslens.transformers import LossLens  # noqa: E402
+
+COMMON = textwrap.dedent(
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    class Tokens(torch.utils.data.Dataset):
+        \"\"\"Sequences of 12 random tokens; label 1 when token 7 occurs more often than token 8.\"\"\"
+        def __init__(self, n, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.ids = torch.randint(3, 30, (n, 12), generator=g)
+            self.labels = ((self.ids == 7).sum(1) > (self.ids == 8).sum(1)).long()
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long),
+                    "labels": self.labels[i]}
+
+    def tiny_bert():
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32, num_labels=2)
+        return BertForSequenceClassification(cfg)
+
+    def args(out, **kw):
+        kw = {"num_train_epochs": 3, "per_device_train_batch_size": 16, **kw}
+        return TrainingArguments(output_dir=out, per_device_eval_batch_size=64, learning_rate=1e-3, logging_steps=5,
+                                 eval_strategy="epoch", save_strategy="no", report_to=[], use_cpu=True,
+                                 disable_tqdm=True, seed=0, dataloader_num_workers=0, **kw)
+    """
+)
+_ns: dict = {}
+exec(COMMON, _ns)  # the same definitions the torchrun script runs  # noqa: S102
+Tokens, tiny_bert, args, Trainer = _ns["Tokens"], _ns["tiny_bert"], _ns["args"], _ns["Trainer"]
+
+
+def train(tmp, with_lens):
+    train_ds, val_ds = Tokens(320, 1), Tokens(128, 2)
+    model = tiny_bert()
+    cbs = [LossLens(probe=train_ds, val=val_ds, run="bert", store=tmp / "runs.db", probe_size=160)] if with_lens \
+        else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(model=model, args=args(str(tmp / "out")), train_dataset=train_ds,
+                          eval_dataset=val_ds, callbacks=cbs)
+        trainer.train()
+    return model, (cbs[0] if cbs else None), trainer
+
+
+@pytest.fixture(scope="module")
+def hf_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hf")
+    off, _, _ = train(tmp, False)
+    on, lens, trainer = train(tmp, True)
+    return off, on, lens, trainer, tmp
+
+
+def test_weights_bit_identical_with_and_without_callback(hf_runs):
+    off, on, *_ = hf_runs
+    for (k, a), (_, b) in zip(off.state_dict().items(), on.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_windows_at_their_real_positions_and_probes_at_each_evaluation(hf_runs):
+    _, on, lens, trainer, tmp = hf_runs
+    with Store(tmp / "runs.db") as store:
+        run = store.load_run(lens.run.id)
+    assert run.status == "finished" and run.meta["framework"] == "transformers"
+    assert [e.index for e in run.epochs] == [0, 1, 2]
+    assert [e.position for e in run.epochs] == pytest.approx([1.0, 2.0, 3.0])
+    # 320 samples / 16 = 20 steps per epoch, windows of 5 steps: 4 windows per epoch, centres at 2.5, 7.5, ... steps
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    np.testing.assert_allclose(run.steps.loss, logged, rtol=1e-6)
+    np.testing.assert_array_equal(run.steps.span, 5)
+    np.testing.assert_allclose(run.steps.position, (np.arange(12) * 5 + 2.5) / 20, rtol=1e-6)
+    np.testing.assert_array_equal(run.steps.batch_size, 80)
+    for e in run.epochs:
+        assert set(e.measurements) == {"train_mode", "eval_clean", "validation"}
+        assert e.train_loss == pytest.approx(np.mean(run.steps.for_epoch(e.index).loss), rel=1e-9)
+        assert "eval_loss" in e.metrics
+        d = decompose(run)[e.index]
+        assert d.total == pytest.approx(d.reported - d.validation, abs=1e-12)
+    # the last evaluation's V equals the Trainer's own eval loss, C an independent computation
+    assert run.epochs[-1].get("validation").mean == pytest.approx(run.epochs[-1].metrics["eval_loss"], rel=1e-5)
+    train_ds = Tokens(320, 1)
+    idx = np.sort(probe_permutation(0, 320)[:160])
+    on.eval()
+    with torch.no_grad():
+        logits = on(input_ids=train_ds.ids[idx], attention_mask=torch.ones(160, 12, dtype=torch.long)).logits
+        c = torch.nn.functional.cross_entropy(logits, train_ds.labels[idx], reduction="none").numpy()
+    np.testing.assert_allclose(run.epochs[-1].get("eval_clean").values, c, rtol=1e-5, atol=1e-6)
+
+
+def test_regression_model_needs_a_loss_fn(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, TrainerControl, TrainerState
+
+    cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=1)
+    lens = LossLens(probe=Tokens(8, 0), store=None)
+    with pytest.raises(ValueError, match="loss_fn"):
+        lens.on_train_begin(args(str(tmp_path)), TrainerState(), TrainerControl(),
+                            model=BertForSequenceClassification(cfg))
+
+
+TORCHRUN_SCRIPT = COMMON + textwrap.dedent(
+    """
+    import json, os, sys, warnings
+    import numpy as np
+    from losslens.transformers import LossLens
+
+    if __name__ == "__main__":
+        warnings.filterwarnings("ignore")
+        torch.set_num_threads(1)
+        out = sys.argv[1]
+        train_ds, val_ds = Tokens(320, 1), Tokens(128, 2)
+        model = tiny_bert()
+        lens = LossLens(probe=train_ds, val=val_ds, run="bert-ddp", store=os.path.join(out, "runs.db"),
+                        probe_size=160)
+        trainer = Trainer(model=model, args=args(os.path.join(out, "o"), ddp_backend="gloo", num_train_epochs=2,
+                                                 per_device_train_batch_size=8),
+                          train_dataset=train_ds, eval_dataset=val_ds, callbacks=[lens])
+        trainer.train()
+        r = int(os.environ["RANK"])
+        if r == 0:
+            torch.save(model.state_dict(), os.path.join(out, "weights.pt"))
+        last = lens.run.epochs[-1]
+        np.savez(os.path.join(out, f"rank{r}.npz"), **{k: m.values for k, m in last.measurements.items()})
+        with open(os.path.join(out, f"rank{r}.json"), "w") as f:
+            json.dump({"run_id": lens.run.id, "world_size": lens.run.meta.get("world_size"),
+                       "logged": [h["loss"] for h in trainer.state.log_history if "loss" in h]}, f)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    script = tmp_path / "train_ddp.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={free_port()}", str(script), str(tmp_path)],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    info0 = json.loads((tmp_path / "rank0.json").read_text())
+    info1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert info0["world_size"] == 2 and info1["run_id"] is None
+    with Store(tmp_path / "runs.db") as store:
+        assert len(store.list_runs()) == 1
+        run = store.load_run(info0["run_id"])
+    assert run.status == "finished" and [e.index for e in run.epochs] == [0, 1]
+    # 320 samples, 2 ranks x 8 per step: 20 steps per epoch, 4 windows of 5 steps of 80 samples each
+    np.testing.assert_allclose(run.steps.loss, info0["logged"], rtol=1e-6)
+    np.testing.assert_array_equal(run.steps.batch_size, 80)
+    model = tiny_bert()
+    model.load_state_dict(torch.load(tmp_path / "weights.pt"))
+    model.eval()
+    train_ds, val_ds = Tokens(320, 1), Tokens(128, 2)
+    idx = np.sort(probe_permutation(0, 320)[:160])
+    with torch.no_grad():
+        c = torch.nn.functional.cross_entropy(
+            model(input_ids=train_ds.ids[idx], attention_mask=torch.ones(160, 12, dtype=torch.long)).logits,
+            train_ds.labels[idx], reduction="none").numpy()
+        v = torch.nn.functional.cross_entropy(
+            model(input_ids=val_ds.ids, attention_mask=torch.ones(128, 12, dtype=torch.long)).logits,
+            val_ds.labels, reduction="none").numpy()
+    r0, r1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
+    np.testing.assert_allclose(r0["eval_clean"], c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r0["validation"], v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run.epochs[-1].get("validation").values, v, rtol=1e-5, atol=1e-6)
+    for k in ("eval_clean", "validation", "train_mode"):
+        np.testing.assert_array_equal(r0[k], r1[k])
+    # T of one process: batches of the per-device size 8 in probe order, the same per-batch dropout draws
+    from losslens.torch import Lens
+    from losslens.transformers import logits_forward
+
+    ref = Lens(model, torch.nn.CrossEntropyLoss(), probe=train_ds, val=val_ds, store=None, probe_size=160,
+               forward=logits_forward)
+    ref._fixed_train_bs = 8
+    for _ in range(2):
+        model.train()
+        ref.step(0.0)
+        ep = ref.end_epoch()
+    np.testing.assert_allclose(r0["train_mode"], ep.get("train_mode").values, rtol=1e-5, atol=1e-6)
