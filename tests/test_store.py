@@ -136,3 +136,28 @@ def test_fingerprint_is_order_independent():
     assert fingerprint_indices([3, 1, 2], 10) == fingerprint_indices(np.array([1, 2, 3]), 10)
     assert fingerprint_indices([1, 2, 3], 10) != fingerprint_indices([1, 2, 3], 11)
     assert fingerprint_indices([1, 2, 3], 10) != fingerprint_indices([1, 2, 4], 10)
+
+
+def test_merge_copies_every_run(tmp_path):
+    """`losslens merge` gathers per-node stores into one, with every epoch and step."""
+    from click.testing import CliRunner
+
+    from losslens.cli import main
+
+    rng = np.random.default_rng(0)
+    for node in ("a", "b"):
+        with Store(tmp_path / f"{node}.db") as s:
+            rid = s.create_run(f"run-{node}", {"node": node}, experiment="exp")
+            s.append_epoch(rid, _epoch(0, rng), Steps.build(np.zeros(3), rng.random(3)))
+    res = CliRunner().invoke(main, ["merge", str(tmp_path / "all.db"), str(tmp_path / "a.db"), str(tmp_path / "b.db")])
+    assert res.exit_code == 0, res.output
+    with Store(tmp_path / "all.db") as s:
+        runs = s.load_experiment("exp")
+        with Store(tmp_path / "a.db") as a:
+            orig = a.load_run("run-a")
+    assert [r.name for r in runs] == ["run-a", "run-b"]
+    np.testing.assert_array_equal(runs[0].epochs[0].measurements[VALIDATION].values,
+                                  orig.epochs[0].measurements[VALIDATION].values)
+    np.testing.assert_array_equal(runs[0].steps.loss, orig.steps.loss)
+    res = CliRunner().invoke(main, ["merge", str(tmp_path / "all.db"), str(tmp_path / "all.db")])
+    assert res.exit_code != 0 and "into itself" in res.output

@@ -13,6 +13,7 @@ report      losslens.report.cli:report             rebuild the report of a store
 diagnose    losslens.importers.cli:diagnose        diagnose existing logs (TensorBoard, CSV, JSON)
 audit       losslens.audit.cli:audit               audit a train/validation split
 compare     losslens.experiment.cli:compare        compare two experiments or runs
+merge       losslens.cli:merge                     copy the runs of several stores into one (per-node stores)
 ==========  =====================================  =========================================
 """
 
@@ -30,6 +31,7 @@ _COMMANDS = {
     "diagnose": "losslens.importers.cli:diagnose",
     "audit": "losslens.audit.cli:audit",
     "compare": "losslens.experiment.cli:compare",
+    "merge": "losslens.cli:merge",
 }
 
 
@@ -61,3 +63,25 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="losslens")
 def main() -> None:
     """losslens: what your loss curves really mean."""
+
+
+@click.command()
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def merge(dest: str, sources: tuple[str, ...]) -> None:
+    """Copy every run of the SOURCES stores into DEST (created if missing).
+
+    For multi-node jobs that wrote one store per node (docs/distributed.md):
+    runs get new ids in DEST; names, experiments, status and every epoch,
+    measurement and step are kept.
+    """
+    from .store import Store, StoreError
+
+    try:
+        with Store(dest) as target:
+            for src in sources:
+                with Store(src) as store:
+                    ids = target.merge_from(store)
+                click.echo(f"{src}: {len(ids)} run(s) copied into {dest}")
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc

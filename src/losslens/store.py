@@ -235,6 +235,23 @@ class Store:
                     )
         return run.id
 
+    def merge_from(self, other: "Store") -> list[int]:
+        """Copy every run of ``other`` into this store (new ids; names, experiments, status and data kept).
+
+        Returns
+        -------
+        list of int
+            The new ids, in ``other``'s order.
+
+        Raises
+        ------
+        StoreError
+            If ``other`` is this very file.
+        """
+        if other.path.resolve() == self.path.resolve():
+            raise StoreError(f"cannot merge store {str(self.path)!r} into itself")
+        return [self.save_run(other.load_run(row["id"])) for row in other.list_runs()]
+
     def delete_run(self, run_id: int) -> None:
         """Remove a run and everything recorded for it."""
         with self._tx():
