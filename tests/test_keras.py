@@ -329,10 +329,10 @@ def _budget_fit(budget=None, probe_size="auto", store=None, n=3000, epochs=2):
     return lens, h
 
 
-def _expected_auto_size(meta, first_epoch_seconds, budget):
-    """The rule of the class docstring, from the recorded cost numbers."""
+def _expected_auto_size(meta, budget, passes=2):
+    """The rule of the class docstring: 3 forward passes per training sample, ``passes`` per probe sample."""
     cap = min(meta["val_size"], 10_000, meta["train_size"])
-    by_budget = int(budget * first_epoch_seconds / meta["probe_cost_per_sample_s"])
+    by_budget = int(budget * 3 * meta["train_size"] / passes)
     return min(cap, max(min(200, cap), by_budget))
 
 
@@ -344,13 +344,13 @@ def test_auto_probe_size_is_bounded_by_the_cost_budget(tmp_path, budget):
     b = 0.03 if budget is None else budget
     assert meta["probe_budget"] == b
     n = meta["probe_size"]
-    # the size follows from the recorded first-epoch training time and pilot cost, and is below the validation size
-    assert meta["probe_cost_per_sample_s"] > 0 and run.epochs[0].seconds > 0
-    assert n == _expected_auto_size(meta, run.epochs[0].seconds, b)
+    # the size follows from sample counts alone (no timing), and is below the validation size
+    assert "probe_cost_per_sample_s" not in meta
+    assert n == _expected_auto_size(meta, b) == {0.03: 200, 0.2: 900}[b]
     assert 200 <= n < meta["val_size"] == 3000
     assert meta["probe_size_reason"].startswith("auto: ")
     # the reason names the binding limit
-    by_budget = int(b * run.epochs[0].seconds / meta["probe_cost_per_sample_s"])
+    by_budget = int(b * 3 * 3000 / 2)
     why = ("raised to the minimum 200" if by_budget < 200 else "limited by the cost budget" if by_budget < 3000
            else "limited by the validation size (3000)")
     assert why in meta["probe_size_reason"]
@@ -369,7 +369,7 @@ def test_auto_probe_size_is_bounded_by_the_cost_budget(tmp_path, budget):
     # the stored metadata was updated when the probe was fixed
     with Store(path) as s:
         back = s.load_run(run.name)
-    for k in ("probe_size", "probe_budget", "probe_cost_per_sample_s", "probe_size_reason", "probe_fingerprint"):
+    for k in ("probe_size", "probe_budget", "probe_size_reason", "probe_fingerprint"):
         assert back.meta[k] == meta[k]
 
 
@@ -381,8 +381,18 @@ def test_auto_probe_takes_the_whole_cap_when_the_budget_allows():
     lens = LossLens(store=None, probe_budget=1.0)
     model.fit(x, y, batch_size=64, epochs=1, validation_data=(xv, yv), callbacks=[lens], verbose=0)
     meta = lens.run.meta
-    assert meta["probe_size"] == _expected_auto_size(meta, lens.run.epochs[0].seconds, 1.0) == 150
+    assert meta["probe_size"] == _expected_auto_size(meta, 1.0) == 150
     assert "limited by the validation size (150)" in meta["probe_size_reason"]
+
+
+def test_timed_probe_size_is_an_explicit_option():
+    """probe_size="timed" keeps the wall-clock budget of a timed pilot pass, and says so."""
+    lens, _ = _budget_fit(budget=0.2, probe_size="timed", epochs=1)
+    meta = lens.run.meta
+    cap = 3000
+    by_budget = int(0.2 * lens.run.epochs[0].seconds / meta["probe_cost_per_sample_s"])
+    assert meta["probe_size"] == min(cap, max(200, by_budget))
+    assert meta["probe_size_reason"].startswith("timed: ")
 
 
 @pytest.mark.parametrize("probe_size, expected", [(50, 50, ), ("all", 3000), (5000, 3000)])

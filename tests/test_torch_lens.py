@@ -623,11 +623,19 @@ def test_probe_size_auto_is_bounded_by_the_budget_and_fixed(digits):
         lens.end_epoch()
     meta = lens.run.meta
     n = meta["probe_size"]
-    assert 200 <= n <= 300  # at least the minimum, at most the validation size
+    # 1200 samples per epoch x 3 forwards x budget 1.0 / 2 passes (C, T) = 1800: capped at the validation size
+    assert n == 300
     assert [e.get(EVAL_CLEAN).n for e in lens.run.epochs] == [n, n]
-    budget_n = 1.0 * lens.run.epochs[0].seconds / meta["probe_cost_per_sample_s"]
-    assert n == min(300, max(200, int(budget_n)))
     assert "auto" in meta["probe_size_reason"] and meta["probe_budget"] == 1.0
+    assert "probe_cost_per_sample_s" not in meta   # nothing was timed
+    # a budget that binds: 0.1 x 3 x 1200 / 2 = 180 -> the minimum 200; 0.2 -> 360 (cap 1200 without val)
+    for budget, expected in ((0.1, 200), (0.2, 360)):
+        lb = Lens(mlp(dropout=0.2, hidden=32), nn.CrossEntropyLoss(), probe=(Xtr, ytr), store=None,
+                  probe_budget=budget)
+        for i in range(0, 1200, 16):
+            lb.step(torch.tensor(1.0), batch_size=16)
+        lb.end_epoch()
+        assert lb.run.meta["probe_size"] == expected, budget
     # a tiny budget still gives the documented minimum
     lens2 = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_budget=1e-6)
     lens2.step(torch.tensor(1.0), batch_size=16)
@@ -763,8 +771,63 @@ def test_augmented_batches_are_shared_by_T_and_A_and_reproducible(digits):
     np.testing.assert_array_equal(again.get(EVAL_AUGMENTED).values, ep.get(EVAL_AUGMENTED).values)
 
 
+def test_probe_size_timed_is_an_explicit_option(digits):
+    """probe_size="timed" keeps the wall-clock budget (not reproducible across machines), and says so."""
+    Xtr, ytr, Xva, yva = digits
+    model = mlp(dropout=0.2, hidden=32)
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva[:300], yva[:300]), store=None,
+                probe_size="timed", probe_budget=1.0)
+    for i in range(0, 1200, 16):
+        lens.step(F.cross_entropy(model(Xtr[i:i + 16]), ytr[i:i + 16]).detach(), batch_size=16)
+    lens.end_epoch()
+    meta = lens.run.meta
+    budget_n = 1.0 * lens.run.epochs[0].seconds / meta["probe_cost_per_sample_s"]
+    assert meta["probe_size"] == min(300, max(200, int(budget_n)))
+    assert meta["probe_size_reason"].startswith("timed: ")
+
+
+def test_auto_probe_size_does_not_depend_on_machine_load(digits):
+    """The same seeded run, once alone and once beside a CPU-burning process: bit-identical measurements."""
+    import subprocess
+    import sys
+
+    Xtr, ytr, Xva, yva = digits
+
+    def one_run():
+        torch.manual_seed(0)
+        model = mlp(dropout=0.3, hidden=32)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(2):
+            for idx in torch.randperm(len(ytr), generator=g).split(32):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
+                loss.backward()
+                opt.step()
+                lens.step(loss, batch_size=len(idx))
+            lens.end_epoch()
+        return lens.run
+
+    quiet = one_run()
+    burn = "import time\nend = time.time() + 120\nwhile time.time() < end: pass"
+    burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]   # one per core
+    try:
+        busy = one_run()
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert quiet.meta["probe_size"] == busy.meta["probe_size"]
+    assert quiet.meta["probe_size_reason"] == busy.meta["probe_size_reason"]
+    for eq, eb in zip(quiet.epochs, busy.epochs):
+        assert set(eq.measurements) == set(eb.measurements)
+        for kind in eq.measurements:
+            np.testing.assert_array_equal(eq.get(kind).values, eb.get(kind).values)
+
+
 def test_runs_of_one_experiment_share_the_auto_probe_set(digits, tmp_path):
-    """The automatic probe size depends on wall time; later runs of an experiment reuse the first run's."""
+    """Later runs of an experiment reuse the first run's probe size (and so its probe samples)."""
     Xtr, ytr, Xva, yva = digits
     store = Store(tmp_path / "s.db")
     metas = []

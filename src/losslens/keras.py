@@ -66,6 +66,7 @@ from .protocol import (  # the probe rule and the baseline loss, shared with the
     baseline_loss,
     budget_probe_size,
     inherited_probe_size,
+    timed_probe_size,
     probe_permutation,
     probe_size_cap,
 )
@@ -387,17 +388,20 @@ class LossLens(keras.callbacks.Callback):
     store : str, os.PathLike or None
         SQLite store file (created if missing); None keeps the run in memory only
         (:attr:`run`).
-    probe_size : "auto", "all", int or None
+    probe_size : "auto", "all", "timed", int or None
         Number of probe samples. ``"auto"`` (default; None means the same):
         ``min(validation size (10 000 without validation), 10 000, training size,
-        the cost budget)``, at least 200 (or the whole cap if smaller), fixed at the
-        end of the first epoch (see Notes). ``"all"``: every training sample; an
-        int >= 2: that many samples (at most the training size). ``"all"`` and an
-        int override the budget.
+        the cost budget counted from sample counts)``, at least 200 (or the whole
+        cap if smaller), fixed at the end of the first epoch (see Notes).
+        ``"all"``: every training sample; an int >= 2: that many samples (at most
+        the training size). ``"all"`` and an int override the budget.
+        ``"timed"``: the budget in wall time from a timed pilot pass (depends on
+        machine load, so not reproducible across machines).
     probe_budget : float
-        With ``probe_size="auto"``: the fraction of the first epoch's training wall
-        time that the probe passes (``T`` and ``C``) may cost per epoch (default
-        0.03, as in :mod:`losslens.torch`). The validation pass is not part of it.
+        With ``probe_size="auto"``: the fraction of an epoch's training compute
+        that the probe passes (``T`` and ``C``) may cost, counted in forward
+        passes (default 0.03, as in :mod:`losslens.torch`); with ``"timed"``, of
+        the first epoch's training wall time. The validation pass is not part of it.
     probe_seed : int
         Seed of the probe subset (``numpy.random.default_rng(probe_seed)
         .permutation(N)[:n]``, sorted) and of the RNG inside the probe passes.
@@ -438,15 +442,15 @@ class LossLens(keras.callbacks.Callback):
     Notes
     -----
     **Probe size and cost.** With ``probe_size="auto"`` the size is fixed at the
-    end of the first epoch, with the rule of :class:`losslens.torch.Lens`: the
-    epoch's training wall time ``t_epoch`` (``on_epoch_begin`` to the end of the
-    last training step, Keras's own validation excluded) and the per-sample cost
-    ``c`` of the probe passes (``C``, and ``T`` where it runs; timed on a pilot of
-    256 probe samples) give ``n_budget = probe_budget * t_epoch / c``; then
-    ``n = min(cap, max(min(200, cap), n_budget))`` with ``cap = min(validation
-    size or 10 000, 10 000, training size)``. ``run.meta`` records
-    ``probe_size``, ``probe_budget``, ``probe_cost_per_sample_s``,
-    ``probe_size_reason`` and ``probe_fingerprint``; the standard errors of the
+    end of the first epoch, with the rule of :class:`losslens.torch.Lens`
+    (:func:`losslens.protocol.budget_probe_size`): the ``S`` training samples of
+    the first epoch cost ``3 S`` forward passes and the probe passes ``p n``
+    (``p`` = 1 for ``C``, 2 when ``T`` runs), so ``n_budget = probe_budget * 3 S / p``;
+    then ``n = min(cap, max(min(200, cap), n_budget))`` with ``cap = min(validation
+    size or 10 000, 10 000, training size)``. No wall time enters, so the same seed
+    gives the same probe on any machine. ``run.meta`` records
+    ``probe_size``, ``probe_budget``, ``probe_size_reason`` and
+    ``probe_fingerprint`` (and ``probe_cost_per_sample_s`` with ``"timed"``); the standard errors of the
     recorded measurements say what precision the chosen size bought. The
     validation pass ``V`` is **not** part of the budget: Keras's ``val_loss``
     contains the penalty and gives no per-sample losses, so the callback runs its
@@ -502,9 +506,9 @@ class LossLens(keras.callbacks.Callback):
         super().__init__()
         if probe_size is None:
             probe_size = "auto"
-        if probe_size not in ("auto", "all") and (
+        if probe_size not in ("auto", "all", "timed") and (
                 isinstance(probe_size, bool) or not isinstance(probe_size, (int, np.integer)) or probe_size < 2):
-            raise ValueError(f"LossLens: probe_size must be 'auto', 'all' or an int >= 2, got {probe_size!r}")
+            raise ValueError(f"LossLens: probe_size must be 'auto', 'all', 'timed' or an int >= 2, got {probe_size!r}")
         if isinstance(probe_budget, bool) or not isinstance(probe_budget, (int, float)) \
                 or not 0 < probe_budget <= 1:
             raise ValueError(f"LossLens: probe_budget must be a fraction in (0, 1], got {probe_budget!r}")
@@ -684,7 +688,7 @@ class LossLens(keras.callbacks.Callback):
             "train_size": self.train_size,
             "val_size": self.val_size,
             "probe_size": None,            # set when the probe is fixed (at once, or at the first epoch end)
-            "probe_budget": self.probe_budget if self.probe_size == "auto" else None,
+            "probe_budget": self.probe_budget if self.probe_size in ("auto", "timed") else None,
             "probe_seed": self.probe_seed,
             "seed": self.seed,
             "dropout_layers": self.dropout_layers,
@@ -721,7 +725,7 @@ class LossLens(keras.callbacks.Callback):
             from .store import Store
             self._store = Store(self.store_path)
             self.run.id = self._store.create_run(self.run_name, meta, self.experiment)
-        if self.probe_size != "auto":
+        if self.probe_size not in ("auto", "timed"):
             n = self.train_size if self.probe_size == "all" else min(int(self.probe_size), self.train_size)
             self._fix_probe(n, f"probe_size={self.probe_size!r}")
 
@@ -961,14 +965,19 @@ class LossLens(keras.callbacks.Callback):
         if self._store is not None:
             self._store.update_meta(self.run.id, meta)
 
-    def _choose_probe(self, epoch_seconds: float) -> None:
-        """Fix the size of an ``"auto"`` probe from the cost budget (rule in the class Notes)."""
+    def _choose_probe(self, epoch_seconds: float, samples_per_epoch: float) -> None:
+        """Fix the size of an ``"auto"`` (or ``"timed"``) probe from the cost budget (rule in the class Notes)."""
         n_total = self.train_size
         inherited = inherited_probe_size(self._store, self.experiment, self.run.id, n_total, self.probe_seed)
         if inherited is not None:
             self._fix_probe(min(inherited[0], n_total), inherited[1])
             return
         cap, limit = probe_size_cap(n_total, self.val_size)
+        if self.probe_size == "auto":
+            passes = 1 + int(self.measure_train_mode)
+            n, why = budget_probe_size(cap, limit, self.probe_budget, samples_per_epoch, passes)
+            self._fix_probe(n, f"auto: {why}")
+            return
         n_pilot = min(PILOT_SIZE, cap)
         pilot = np.sort(self._perm[:n_pilot])
         px, py = _take(self._train_full[0], pilot), _take(self._train_full[1], pilot)
@@ -979,10 +988,10 @@ class LossLens(keras.callbacks.Callback):
         with _StateGuard(self.model, self.probe_seed):
             self._passes(px, py, False, self.eval_batch_size)
         per_sample = (time.perf_counter() - t0) / n_pilot
-        n, why = budget_probe_size(cap, limit, self.probe_budget, epoch_seconds, per_sample)
-        passes = "train-mode and eval-mode passes" if self.measure_train_mode else "eval-mode pass"
-        reason = (f"auto: {why}; budget {100 * self.probe_budget:g} % of the first epoch's {epoch_seconds:.3g} s "
-                  f"training time at {1e6 * per_sample:.3g} µs per probe sample ({passes}, timed on {n_pilot} "
+        n, why = timed_probe_size(cap, limit, self.probe_budget, epoch_seconds, per_sample)
+        passes_txt = "train-mode and eval-mode passes" if self.measure_train_mode else "eval-mode pass"
+        reason = (f"timed: {why}; budget {100 * self.probe_budget:g} % of the first epoch's {epoch_seconds:.3g} s "
+                  f"training time at {1e6 * per_sample:.3g} µs per probe sample ({passes_txt}, timed on {n_pilot} "
                   "samples)")
         self.run.meta["probe_cost_per_sample_s"] = per_sample
         self._fix_probe(n, reason)
@@ -996,7 +1005,8 @@ class LossLens(keras.callbacks.Callback):
         if not math.isfinite(r) and logs and "loss" in logs:
             r = float(logs["loss"]) - omega
         if self._px is None:
-            self._choose_probe(getattr(self, "_t_train", math.nan))   # = this epoch's Epoch.seconds
+            samples = n_samples if n_samples > 0 else self.train_size
+            self._choose_probe(getattr(self, "_t_train", math.nan), float(samples))
         t0 = time.perf_counter()
         ms: dict[str, Measurement] = {}
         if self.measure_train_mode:

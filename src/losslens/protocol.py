@@ -1,14 +1,18 @@
 """The parts of the measurement protocol every adapter shares (framework-free).
 
 * the probe set: a fixed, seeded random subset of the training set, the same
-  every epoch, whose default size is bounded by a cost budget
-  (DESIGN.md: "where a fixed default count and the budget conflict, the budget
-  wins and the standard error says what precision it bought");
+  every epoch, whose default size is bounded by a cost budget counted from
+  sample counts, never from seconds measured at run time (DESIGN.md: "where a
+  fixed default count and the budget conflict, the budget wins and the standard
+  error says what precision it bought"), so the same seed gives the same probe
+  on any machine and under any load;
 * the baseline loss: the loss of the best constant predictor, against which
   the diagnosis judges whether a loss is high (skill = 1 − loss / baseline).
 
-The adapters (:mod:`losslens.torch`, :mod:`losslens.keras`) time the passes and
-call these functions, so the rule is the same whatever records the run.
+The adapters (:mod:`losslens.torch`, :mod:`losslens.keras`) call these
+functions, so the rule is the same whatever records the run. A wall-clock budget
+(:func:`timed_probe_size`) is only used when asked for explicitly
+(``probe_size="timed"``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PROBE_CAP", "PROBE_MIN", "PILOT_SIZE", "probe_permutation", "probe_size_cap", "budget_probe_size",
-           "inherited_probe_size", "baseline_loss"]
+__all__ = ["PROBE_CAP", "PROBE_MIN", "PILOT_SIZE", "TRAIN_STEP_FORWARDS", "probe_permutation", "probe_size_cap",
+           "budget_probe_size", "timed_probe_size", "inherited_probe_size", "baseline_loss"]
 
 #: Upper bound of the default probe size (samples). Above ~10 000 samples the
 #: standard error of a probe mean is already far below the epoch-to-epoch changes
@@ -32,8 +36,16 @@ PROBE_CAP = 10_000
 #: the scenarios of tests/test_torch_scenarios.py.
 PROBE_MIN = 200
 
-#: Samples in the timed pilot pass that sets the per-sample cost of the probe passes.
+#: Samples in the timed pilot pass of ``probe_size="timed"`` (:func:`timed_probe_size`).
 PILOT_SIZE = 256
+
+#: Cost of one training sample (forward + backward + update) in units of one
+#: inference forward pass of the same sample. The backward pass costs about two
+#: forward passes (Kaplan et al. 2020, "Scaling Laws for Neural Language Models",
+#: sec. 2.1: ~2N FLOPs per token forward, ~6N per token for training), so a
+#: training sample costs ~3 forwards. An inference pass without autograd is
+#: cheaper still, so the budget below is conservative.
+TRAIN_STEP_FORWARDS = 3.0
 
 
 def probe_permutation(seed: int, n_train: int) -> np.ndarray:
@@ -62,13 +74,64 @@ def probe_size_cap(n_train: int, n_val: int | None) -> tuple[int, str]:
     return cap, limit
 
 
-def budget_probe_size(cap: int, limit: str, budget: float, epoch_seconds: float,
-                      per_sample_seconds: float) -> tuple[int, str]:
-    """Probe size allowed by the cost budget.
+def budget_probe_size(cap: int, limit: str, budget: float, samples_per_epoch: int | float,
+                      passes: int) -> tuple[int, str]:
+    """Probe size allowed by the cost budget, counted from sample counts (deterministic).
+
+    One epoch of training costs ``TRAIN_STEP_FORWARDS · S`` forward-pass units for
+    ``S`` training samples seen per epoch; the probe passes cost ``passes · n``
+    (each of C, and A/T where they run, is one forward pass per probe sample). The
+    budget allows ``n_budget = floor(budget · TRAIN_STEP_FORWARDS · S / passes)``, and
+
+    ``n = min(cap, max(min(PROBE_MIN, cap), n_budget))``.
+
+    No quantity here is measured in seconds, so the same data, configuration and
+    seed give the same probe on any machine and under any load (DESIGN.md,
+    Invariants). With the default 3 % budget and one pass the probe holds 9 % of
+    the samples an epoch trains on; with three passes, 3 %.
+
+    Parameters
+    ----------
+    cap, limit : from :func:`probe_size_cap`
+    budget : float
+        Fraction of an epoch's training compute the probe passes may cost (e.g. 0.03).
+    samples_per_epoch : int or float
+        Training samples processed in the first epoch (sum of the batch sizes).
+        Non-positive or non-finite: the budget does not bound the size (``cap``).
+    passes : int
+        Probe passes per epoch, each one forward pass per probe sample (>= 1).
+
+    Returns
+    -------
+    n : int
+    why : str
+        Which bound decided, in words (for ``run.meta["probe_size_reason"]``).
+    """
+    lo = min(PROBE_MIN, cap)
+    if math.isfinite(samples_per_epoch) and samples_per_epoch > 0:
+        by_budget = int(budget * TRAIN_STEP_FORWARDS * samples_per_epoch / max(1, int(passes)))
+    else:
+        by_budget = cap
+    n = int(min(cap, max(lo, by_budget)))
+    if n == cap and by_budget >= cap:
+        why = f"limited by the {limit} ({cap})"
+    elif n == lo and by_budget < lo:
+        why = f"budget allows {by_budget}, raised to the minimum {lo}"
+    else:
+        why = "limited by the cost budget"
+    return n, (f"{why}; budget {100 * budget:g} % of an epoch's training compute: {int(samples_per_epoch)} "
+               f"samples x {TRAIN_STEP_FORWARDS:g} forward passes each, {passes} probe pass(es) per probe sample")
+
+
+def timed_probe_size(cap: int, limit: str, budget: float, epoch_seconds: float,
+                     per_sample_seconds: float) -> tuple[int, str]:
+    """Probe size allowed by a wall-clock budget (only with ``probe_size="timed"``).
 
     ``n = min(cap, max(min(PROBE_MIN, cap), floor(budget · t_epoch / c)))``
     where ``t_epoch`` is the first epoch's training time and ``c`` the measured
-    cost of all probe passes per probe sample.
+    cost of all probe passes per probe sample. The result depends on machine
+    load: the same seed can give different probes and findings on a busy
+    machine, which is why it is not the default (:func:`budget_probe_size` is).
 
     Parameters
     ----------
@@ -84,7 +147,6 @@ def budget_probe_size(cap: int, limit: str, budget: float, epoch_seconds: float,
     -------
     n : int
     why : str
-        Which bound decided, in words (for ``run.meta["probe_size_reason"]``).
     """
     lo = min(PROBE_MIN, cap)
     if math.isfinite(epoch_seconds) and epoch_seconds > 0 and per_sample_seconds > 0:
@@ -97,7 +159,7 @@ def budget_probe_size(cap: int, limit: str, budget: float, epoch_seconds: float,
     elif n == lo and by_budget < lo:
         why = f"budget allows {by_budget}, raised to the minimum {lo}"
     else:
-        why = "limited by the cost budget"
+        why = "limited by the wall-clock budget"
     return n, why
 
 
@@ -105,8 +167,8 @@ def inherited_probe_size(store: Any, experiment: str | None, run_id: int | None,
                          probe_seed: int) -> tuple[int, str] | None:
     """The probe size of the experiment's first run, when this run can share its probe set.
 
-    The automatic size depends on measured wall time, so two seeds of one
-    configuration would otherwise get different probe sets; runs of one
+    Two seeds of one configuration could otherwise get different probe sets
+    (a different number of samples per epoch, or ``probe_size="timed"``); runs of one
     experiment with the same training-set size and probe seed reuse the first
     run's size, hence the very same probe samples (the seeded permutation's
     prefix), and their probe terms can be paired across seeds.

@@ -72,7 +72,7 @@ from .record import (
     fingerprint_indices,
 )
 from .protocol import (PILOT_SIZE, baseline_loss, budget_probe_size, inherited_probe_size, probe_permutation,
-                       probe_size_cap)
+                       probe_size_cap, timed_probe_size)
 from .store import Store
 
 __all__ = ["Lens", "per_sample_loss_fn", "default_unpack", "default_forward"]
@@ -391,17 +391,19 @@ class Lens:
         None keeps the run in memory only (:attr:`run`).
     experiment : str, optional
         Name of the group of runs this one belongs to.
-    probe_size : int, "all" or "auto"
+    probe_size : int, "all", "auto" or "timed"
         ``"auto"`` (default): min(len(val) (10 000 without val), 10 000, the cost
-        budget), fixed at the first :meth:`end_epoch`; ``"all"``: the whole
-        training set; an int: that many samples; ``0``: no probe passes (only
-        ``R``, ``Ω`` and ``V``).
+        budget counted from sample counts), fixed at the first :meth:`end_epoch`;
+        ``"all"``: the whole training set; an int: that many samples; ``0``: no
+        probe passes (only ``R``, ``Ω`` and ``V``); ``"timed"``: the budget in
+        wall time, from a timed pilot pass (depends on machine load: not
+        reproducible across machines).
     probe_budget : float
         With ``probe_size="auto"``, the probe passes (T, A, C) may cost at most
-        this fraction of the first epoch's training wall time (default 0.03).
-        The per-sample cost is timed on a pilot pass of 256 probe samples at the
-        first :meth:`end_epoch`; the probe gets at least 200 samples (or the whole
-        training set if smaller) whatever the budget.
+        this fraction of an epoch's training compute (default 0.03), counted in
+        forward passes (:func:`losslens.protocol.budget_probe_size`); with
+        ``"timed"``, of the first epoch's training wall time. The probe gets at
+        least 200 samples (or the whole training set if smaller) whatever the budget.
     probe_seed : int
         Seed of the probe subset (``numpy.random.default_rng(probe_seed)
         .permutation(N)[:n]``, sorted) and of the RNG inside the probe passes.
@@ -464,16 +466,17 @@ class Lens:
     Notes
     -----
     **Probe size and cost.** With ``probe_size="auto"`` the size is fixed at the
-    first :meth:`end_epoch`: the epoch's training wall time ``t_epoch`` (first
-    :meth:`step` call to :meth:`end_epoch`) and the per-sample cost ``c`` of all
-    probe passes (C, and A/T where they run, data reading included, timed on a
-    pilot of 256 probe samples) give ``n_budget = probe_budget * t_epoch / c``;
-    then ``n = min(cap, max(min(200, cap), n_budget))`` with ``cap = min(len(val)
-    or 10 000, 10 000, N)``. The 3 % default keeps the default probes within the
-    5 % overhead target of issue 2 (``benchmarks/overhead.py`` measures it); the
-    floor of 200 samples bounds the standard error of a probe mean at ~7 % of the
+    first :meth:`end_epoch` from counts only: the training samples ``S`` of the
+    first epoch (the sum of the ``batch_size`` given to :meth:`step`, or steps
+    times the training batch size) cost ``3 S`` forward passes, the probe passes
+    ``p n`` (``p`` = 1 for C, plus 1 each for T and A where they run), so
+    ``n_budget = probe_budget * 3 S / p`` and ``n = min(cap, max(min(200, cap),
+    n_budget))`` with ``cap = min(len(val) or 10 000, 10 000, N)``. The same
+    seed gives the same probe on any machine and under any load. The floor of
+    200 samples bounds the standard error of a probe mean at ~7 % of the
     per-sample standard deviation. ``run.meta`` records ``probe_size``,
-    ``probe_budget``, ``probe_cost_per_sample_s`` and ``probe_size_reason``.
+    ``probe_budget`` and ``probe_size_reason`` (and ``probe_cost_per_sample_s``
+    with ``probe_size="timed"``).
 
     **Passes.** C and V run in eval mode in large batches. T runs in train mode
     in batches of the training batch size (the most common ``batch_size`` given
@@ -562,9 +565,10 @@ class Lens:
         if not isinstance(run, str) or not run:
             raise ValueError(f"run: expected a non-empty string, got {run!r}")
         if isinstance(probe_size, bool) or not (
-            probe_size in ("auto", "all") or (isinstance(probe_size, (int, np.integer)) and probe_size >= 0)
+            probe_size in ("auto", "all", "timed")
+            or (isinstance(probe_size, (int, np.integer)) and probe_size >= 0)
         ):
-            raise ValueError(f"probe_size: expected 'auto', 'all' or an int >= 0, got {probe_size!r}")
+            raise ValueError(f"probe_size: expected 'auto', 'all', 'timed' or an int >= 0, got {probe_size!r}")
         if isinstance(probe_budget, bool) or not isinstance(probe_budget, (int, float)) or not 0 < probe_budget <= 1:
             raise ValueError(f"probe_budget: expected a fraction in (0, 1], got {probe_budget!r}")
         if isinstance(probe_seed, bool) or not isinstance(probe_seed, (int, np.integer)) or probe_seed < 0:
@@ -616,6 +620,7 @@ class Lens:
                     f"{len(self._probe)}"
                 )
         self._probe_size_arg = int(probe_size) if not isinstance(probe_size, str) else probe_size
+        self._epoch_samples = math.nan   # training samples of the current epoch (probe-size rule)
         self._probe_budget = float(probe_budget)
         self._probe_seed = int(probe_seed)
         self._penalty = penalty
@@ -904,6 +909,9 @@ class Lens:
         steps = Steps.build(np.full(n_steps, e), data, batch_size=bs, penalty=pens,
                             position=step_positions, span=step_spans)
 
+        # training samples of this epoch, for the probe-size rule (counts, never seconds)
+        self._epoch_samples = (float(bs.sum()) if known and len(known) == n_steps
+                               else float(n_steps * self._train_batch_size(n_steps)))
         t_probe = time.perf_counter()
         measurements = self._measure(seconds, n_steps)
         probe_seconds = time.perf_counter() - t_probe
@@ -1061,12 +1069,12 @@ class Lens:
         arg = self._probe_size_arg
         if arg == "all":
             n, reason = n_total, "probe_size='all'"
-        elif arg != "auto":
+        elif arg not in ("auto", "timed"):
             n, reason = min(int(arg), n_total), f"probe_size={arg}"
         elif (inherited := inherited_probe_size(self._store, self.run.experiment, self.run.id, n_total,
                                                  self._probe_seed)) is not None:
             n, reason = min(inherited[0], n_total), inherited[1]
-        else:
+        elif arg == "timed":
             cap, limit = probe_size_cap(n_total, len(self._val) if self._val is not None else None)
             n_pilot = min(PILOT_SIZE, cap)
             pilot = np.sort(perm[:n_pilot])
@@ -1075,12 +1083,17 @@ class Lens:
             if self._run_T or self._run_A:
                 self._train_mode_pass(pilot, min(b_train, n_pilot), prot)
             per_sample = (time.perf_counter() - t0) / n_pilot / self._world  # sharded passes: 1/world each
-            n, why = budget_probe_size(cap, limit, self._probe_budget, epoch_seconds, per_sample)
-            reason = (f"auto: {why}; budget {100 * self._probe_budget:g} % of the first epoch's "
+            n, why = timed_probe_size(cap, limit, self._probe_budget, epoch_seconds, per_sample)
+            reason = (f"timed: {why}; budget {100 * self._probe_budget:g} % of the first epoch's "
                       f"{epoch_seconds:.3g} s training time at {1e6 * per_sample:.3g} µs per probe sample "
                       f"(all probe passes, timed on {n_pilot} samples)")
             meta["probe_cost_per_sample_s"] = per_sample
-        if self._dist:  # the timed decision of rank 0 holds on every rank
+        else:
+            cap, limit = probe_size_cap(n_total, len(self._val) if self._val is not None else None)
+            passes = 1 + int(self._run_T) + int(self._run_A)
+            n, why = budget_probe_size(cap, limit, self._probe_budget, self._epoch_samples, passes)
+            reason = f"auto: {why}"
+        if self._dist:  # rank 0's decision holds on every rank (a timed one can differ between ranks)
             box = [(n, reason, meta.get("probe_cost_per_sample_s"))]
             torch.distributed.broadcast_object_list(box, src=0)
             n, reason, cost = box[0]
