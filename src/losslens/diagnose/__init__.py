@@ -19,8 +19,10 @@ from .findings import Z_NOISE, Evidence, Finding
 from .gap import EpochDecomposition, Term, decompose, gap_findings
 from .regime import regime_findings
 from .stability import stability_findings
+from .verdict import VERDICT_CODES, Verdict, headline
 
-__all__ = ["Diagnosis", "diagnose", "decompose", "Finding", "Evidence", "EpochDecomposition", "Term", "Z_NOISE"]
+__all__ = ["Diagnosis", "diagnose", "decompose", "headline", "Verdict", "VERDICT_CODES", "Finding", "Evidence",
+           "EpochDecomposition", "Term", "Z_NOISE"]
 
 
 @dataclass
@@ -35,11 +37,14 @@ class Diagnosis:
         Ordered: stability first, then fit regime, then the gap.
     decomposition : list of EpochDecomposition
         Per-epoch gap decomposition (epochs with a validation loss).
+    verdict : Verdict
+        The one headline verdict (:func:`~losslens.diagnose.verdict.headline`).
     """
 
     run: Run
     findings: list[Finding] = field(default_factory=list)
     decomposition: list[EpochDecomposition] = field(default_factory=list)
+    verdict: Verdict = field(default_factory=lambda: Verdict("insufficient", None, "low", None, ""))
 
     def codes(self) -> list[str]:
         """The finding codes, in order."""
@@ -52,6 +57,7 @@ class Diagnosis:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the run without per-sample arrays)."""
         return _jsonable({
+            "verdict": self.verdict.to_dict(),
             "run": self.run.to_dict(),
             "findings": [f.to_dict() for f in self.findings],
             "decomposition": [
@@ -121,4 +127,4 @@ def diagnose(run: Run, audit: Any = None) -> Diagnosis:
                                    "difficulty and label noise in the training set.")
                 easier.data["audit_codes"] = []
     findings += split
-    return Diagnosis(run, findings, dec)
+    return Diagnosis(run, findings, dec, headline(findings, run))

@@ -29,6 +29,7 @@ Decision order (one regime finding per run):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -143,11 +144,118 @@ def _relative(x: float, ref: float) -> str:
     return f" ({100 * x / ref:+.1f} %)" if ref > 0 else ""
 
 
+def _train_points(run: Run) -> tuple[np.ndarray, np.ndarray, list[int], str]:
+    """The training curve to judge: step/window losses at their positions when the log has more of them than
+    epochs, else the reported epoch losses at epoch centres. Returns (positions, values, epoch of each, name)."""
+    st = run.steps
+    if len(st) >= max(5, len(run.epochs) + 1):
+        ok = np.isfinite(st.loss)
+        return st.position[ok], st.loss[ok], [int(e) for e in st.epoch[ok]], "training loss (logged steps)"
+    idx = [e.index for e in run.epochs if math.isfinite(e.train_loss)]
+    pos = np.array([e.index + 0.5 for e in run.epochs if math.isfinite(e.train_loss)], dtype=np.float64)
+    val = np.array([e.train_loss for e in run.epochs if math.isfinite(e.train_loss)], dtype=np.float64)
+    return pos, val, idx, "reported training loss"
+
+
+#: Curve-judgement code -> (finding code, severity, title).
+_JUDGED = {
+    "degenerate": ("regime.degenerate", "error", "The log looks broken"),
+    "unstable": ("stability.erratic", "error", "Erratic loss: the noise is larger than the trend"),
+    "not_learning": ("regime.not_learning", "error", "Not learning: the loss barely moves"),
+    "insufficient": ("regime.too_few_epochs", "info", "Not enough evaluations to tell the fit regime"),
+    "still_improving": ("regime.still_improving", "info", "Still improving: the loss is still falling"),
+    "converged": ("regime.converged", "info", "Converged: the loss has stopped improving"),
+    "overfitting": ("regime.overfitting", "warning", "Overfitting"),
+}
+
+_ADVICE = {
+    "regime.degenerate": "Check the loss and the labels: a constant or zero loss means a collapsed model, a "
+                         "detached loss, a label leak or a masking bug.",
+    "stability.erratic": "Lower the learning rate, use a larger evaluation set or batch, and check the data "
+                         "pipeline for shuffling or scaling bugs.",
+    "regime.not_learning": "Check the learning rate (raise it if the loss is flat from the start), the labels and "
+                           "the inputs; make sure the optimizer updates the parameters you train.",
+    "regime.too_few_epochs": "Evaluate more often (or train longer) before judging the regime.",
+    "regime.still_improving": "Train longer: the loss has not converged.",
+    "regime.converged": "Nothing to gain from more epochs at this learning rate; stop here or change the model, "
+                        "the data or the schedule.",
+}
+
+
+def _judged_findings(run: Run, role: str) -> list[Finding]:
+    """Regime from values alone (imported logs): :func:`.curves.judge_curve` on the validation loss, or on the
+    training loss when the run has no validation loss."""
+    from .curves import judge_curve
+
+    tpos, tval, tep, tname = _train_points(run)
+    if role == "validation":
+        idx, pos, vms = _curve(run, VALIDATION)
+        x, y, name = pos, np.array([m.mean for m in vms]), "validation loss"
+        j = judge_curve(x, y, role="validation", other=tval if tval.size else None)
+        at = idx
+    else:
+        x, y, name = tpos, tval, tname
+        j = judge_curve(x, y, role="training")
+        at = tep
+    code, sev, title = _JUDGED[j.code]
+    if role == "training":
+        if code == "regime.too_few_epochs":
+            return [Finding(
+                "regime.no_validation", "info", "No validation loss, and too few training-loss values to judge",
+                f"The log has no validation loss and {y.size} training-loss value(s); {j.reason}.",
+                "Pass a validation set (`val=` in losslens, `validation_data=` in Keras, `eval_dataset` in the "
+                "Trainer).", [], tuple(at), {"curve": name})]
+        title = title.replace("the loss", "the training loss")
+    elif code != "regime.overfitting":
+        title = title.replace("the loss", "the validation loss")
+    data: dict[str, Any] = {"curve": name, **{k: v for k, v in j.data.items() if isinstance(v, (int, float))}}
+    ev: list[Evidence] = []
+    epochs: tuple[int, ...] = ()
+    n = y.size
+    if n:
+        ev.append(Evidence(f"{name}, last value", float(y[-1]), math.nan, (at[-1],) if at else ()))
+    rec = _ADVICE.get(code, "")
+    msg = j.reason[0].upper() + j.reason[1:] + "."
+    if role == "training" and code not in ("regime.degenerate",):
+        msg += " The log has no validation loss, so this says nothing about overfitting."
+        rec += " Add a validation set to judge generalization."
+    if code == "regime.overfitting" and j.best is not None and role == "validation":
+        best_e = int(idx[j.best])
+        ep = next(e for e in run.epochs if e.index == best_e)
+        data.update(best_epoch=best_e, best_position=float(ep.position), best_val_loss=float(y[j.best]))
+        spe = run.meta.get("steps_per_epoch")
+        step_txt = ""
+        if run.meta.get("epoch_unit") == "evaluation interval" and isinstance(spe, (int, float)) and spe > 0:
+            data["best_step"] = int(round(ep.position * spe))
+            step_txt = f" (step {data['best_step']}, {ep.position:.3g} epochs)"
+            where = f"evaluation {best_e}{step_txt}"
+        else:
+            where = f"epoch {best_e}"
+        title = f"Overfitting: validation loss is lowest at {where}"
+        rec = (f"Keep the weights of {where} (early stopping on the validation loss with restore_best_weights, "
+               "or load_best_model_at_end in the Trainer); add data, augmentation or regularization to delay the "
+               "rise.")
+        ev.insert(0, Evidence("best validation loss", float(y[j.best]), math.nan, (best_e,)))
+        epochs = (best_e, idx[-1])
+    elif at:
+        epochs = (at[-1],)
+    return [Finding(code, sev, title, msg, rec.strip(), ev, epochs, data)]
+
+
 def regime_findings(run: Run) -> list[Finding]:
-    """The fit-regime finding of a run (a list of zero or one :class:`Finding`)."""
+    """The fit-regime finding of a run (a list of zero or one :class:`Finding`).
+
+    Runs whose validation loss has per-sample values (recorded by an adapter) are judged with paired
+    errors (module docstring); imported logs, and runs without a validation loss (on their training loss),
+    by :func:`losslens.diagnose.curves.judge_curve`.
+    """
     idx, pos, vms = _curve(run, VALIDATION)
     if not run.epochs:
         return []
+    if not vms and not run.has(VALIDATION):
+        return _judged_findings(run, "training")
+    if vms and all(m.values is None for m in vms):
+        return _judged_findings(run, "validation")
     if not vms:
         if run.has(VALIDATION):
             return [Finding(

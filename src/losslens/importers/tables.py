@@ -103,6 +103,12 @@ def real_logs_rows(folder: Any) -> list[dict[str, str]]:
     from .tensorboard import read_files
 
     folder = str(folder)
+    labels: dict[tuple[str, int], str] = {}
+    lab_path = os.path.join(folder, "labels.tsv")
+    if os.path.exists(lab_path):
+        with open(lab_path, encoding="utf-8", newline="") as fh:
+            for lr in csv.DictReader(fh, delimiter="\t"):
+                labels[(lr["local_file"], int(lr.get("run_index") or 0))] = lr["verdict"]
     rows = []
     for kind, label, files in _groups(folder):
         paths = [os.path.join(folder, f) for f in files]
@@ -116,10 +122,11 @@ def real_logs_rows(folder: Any) -> list[dict[str, str]]:
             runs = run if isinstance(run, list) else [run]
         except LogFormatError as exc:
             cell.update({"status": "refused", "importer": "—", "epochs": "—", "roles": "—", "timing": "—",
+                         "headline": "—", "expert": labels.get((files[0], 0), "—"),
                          "verdict": "refused: " + exc.reason.replace("|", "\\|")})
             rows.append(cell)
             continue
-        for r in runs:
+        for i, r in enumerate(runs):
             roles = r.meta.get("roles", {})
             has_val = any("validation" in e.measurements for e in r.epochs)
             c = dict(cell)
@@ -129,11 +136,19 @@ def real_logs_rows(folder: Any) -> list[dict[str, str]]:
             c["roles"] = f"{roles.get('train_loss') or '—'} / {roles.get('val_loss') or '—'}"
             c["timing"] = r.meta.get("timing_method", "none")
             d = diagnose(r)
+            v = d.verdict
+            best = ""
+            if v.best:
+                best = (f" (best step {v.best['step']})" if v.best.get("step") is not None
+                        else f" (best epoch {v.best['epoch']})")
+            c["headline"] = f"**{v.code}**{best}"
+            c["expert"] = labels.get((files[0], i), "—")
             if has_val:
                 c["verdict"] = verdict(d).replace("|", "\\|")
             else:
                 stab = [f.code for f in d.findings if f.code.startswith("stability.")]
-                c["verdict"] = "no validation loss" + ("; " + ", ".join(stab) if stab else "")
+                reg = [f.code for f in d.findings if f.code.startswith("regime.")]
+                c["verdict"] = "no validation loss" + ("; " + ", ".join(stab + reg) if stab + reg else "")
             rows.append(c)
     return rows
 
@@ -150,7 +165,8 @@ def real_logs_table(folder: Any) -> str:
     -------
     str
         Columns: file(s), status, importer (reported-loss kind), epochs / step
-        rows, training / validation loss names, timing method, verdict.
+        rows, training / validation loss names, timing method, the expert label
+        (``labels.tsv``, when present), losslens's headline verdict, and the findings.
 
     Raises
     ------
@@ -159,9 +175,9 @@ def real_logs_table(folder: Any) -> str:
     """
     rows = real_logs_rows(folder)
     head = ("| file | status | importer (reported loss) | epochs / step rows | train / val loss | timing method "
-            "| verdict |\n|---|---|---|---|---|---|---|\n")
+            "| expert label | losslens verdict | findings |\n|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(f"| {r['file']} | {r['status']} | {r['importer']} | {r['epochs']} | {r['roles']} | {r['timing']} "
-                   f"| {r['verdict']} |\n" for r in rows)
+                   f"| {r['expert']} | {r['headline']} | {r['verdict']} |\n" for r in rows)
     return head + body
 
 
