@@ -133,6 +133,7 @@ def _context(report: "Report") -> dict[str, Any]:
             audit_html = Markup(report.audit.to_html())
     return {
         "run": run,
+        "verdict": report.diagnosis.verdict.to_dict(),
         "facts": run_facts(run),
         "not_finished": not_finished(run),
         "n_epochs": len(run.epochs),

@@ -65,6 +65,25 @@ def _header(report: "Report") -> RenderableType:
     return Panel(t, title="losslens report", title_align="left", border_style="blue")
 
 
+_VERDICT_STYLE = {"overfitting": "bold red", "unstable": "bold red", "degenerate": "bold red",
+                  "not_learning": "bold red", "still_improving": "bold yellow", "insufficient": "bold yellow",
+                  "converged": "bold green"}
+
+
+def _verdict(report: "Report") -> RenderableType:
+    """The headline verdict, first, in one sentence with its key number."""
+    v = report.diagnosis.verdict
+    t = Text()
+    t.append(v.code.replace("_", " ").upper(), style=_VERDICT_STYLE.get(v.code, "bold"))
+    t.append("  " + _safe(v.sentence))
+    return Panel(t, title="verdict", title_align="left", border_style=_VERDICT_STYLE.get(v.code, "blue").split()[-1])
+
+
+def _safe(text: str) -> str:
+    """Control characters escaped, so run and file names cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() or ch == "\n" else repr(ch)[1:-1] for ch in str(text))
+
+
 def _findings(report: "Report") -> RenderableType:
     findings = report.diagnosis.findings
     if not findings:
@@ -158,8 +177,8 @@ def _audit(report: "Report") -> RenderableType | None:
 
 
 def render(report: "Report") -> list[RenderableType]:
-    """The renderables of the summary, in order (header, findings, decomposition, last epoch, audit)."""
-    out: list[RenderableType] = [_header(report), _findings(report)]
+    """The renderables of the summary, in order (verdict, header, findings, decomposition, last epoch, audit)."""
+    out: list[RenderableType] = [_verdict(report), _header(report), _findings(report)]
     for part in (_decomposition(report), _last_epoch(report), _audit(report)):
         if part is not None:
             out.append(part)
