@@ -109,13 +109,26 @@ def chunk_means(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> t
     return cx, cy
 
 
+def _d2_sigma(y: np.ndarray) -> float:
+    """``1.4826 · MAD(second differences) / √6`` alone (0.0 for fewer than 3 points)."""
+    if y.size < 3:
+        return 0.0
+    d2 = y[2:] - 2 * y[1:-1] + y[:-2]
+    mad = float(np.median(np.abs(d2 - np.median(d2))))
+    if mad == 0.0:
+        mad = float(np.median(np.abs(d2)))
+    return 1.4826 * mad / math.sqrt(6.0)
+
+
 def robust_sigma(y: np.ndarray) -> float:
     """Robust point-to-point noise σ of a curve around its local trend (units of ``y``).
 
     ``1.4826 · MAD(second differences) / √6``: for a locally linear trend plus
     independent noise of standard deviation σ the second difference has
-    standard deviation ``σ√6`` (Rousseeuw & Croux 1993 for the MAD scale). 0.0
-    for fewer than 3 points.
+    standard deviation ``σ√6`` (Rousseeuw & Croux 1993 for the MAD scale); and
+    ``1.4826 · MAD(first differences) / √2`` (a constant slope cancels in the
+    MAD); the larger of the two, since a MAD of few differences is often far
+    too small. 0.0 for fewer than 3 points.
     """
     y = np.asarray(y, dtype=np.float64)
     if y.size < 3:
@@ -124,7 +137,12 @@ def robust_sigma(y: np.ndarray) -> float:
     mad = float(np.median(np.abs(d2 - np.median(d2))))
     if mad == 0.0:
         mad = float(np.median(np.abs(d2)))
-    return 1.4826 * mad / math.sqrt(6.0)
+    s2 = 1.4826 * mad / math.sqrt(6.0)
+    # the same from first differences (std σ√2 around a locally constant slope): a second estimate from other
+    # differences; the larger of the two, because a MAD of a few values often comes out far too small
+    d1 = np.diff(y)
+    s1 = 1.4826 * float(np.median(np.abs(d1 - np.median(d1)))) / math.sqrt(2.0)
+    return max(s2, s1)
 
 
 def _mk(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -148,7 +166,7 @@ def _theil_sen(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _smooth3(y: np.ndarray) -> np.ndarray:
-    """Running median of 3 (ends kept): one noisy point cannot be the minimum on its own."""
+    """Running median of 3 (Tukey 1977), ends kept: one noisy inner point cannot be the minimum on its own."""
     if y.size < 3:
         return y.copy()
     s = y.copy()
@@ -223,10 +241,12 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
     level = float(np.median(np.abs(y)))
     sigma = max(robust_sigma(y), NOISE_FLOOR * level)
     data: dict[str, Any] = {"n": n, "n_raw": n_raw, "sigma": sigma, "level": level}
+    if n < 9:
+        data["confidence"] = "low"   # a noise estimate from fewer than 9 points is itself unreliable
     # erratic: noise large relative to the level, and larger than the trend it would hide
     h = n // 3   # the trend to compare with: the fitted change over the last two thirds (after the first descent)
     if np.all(y > 0) and n >= 6:
-        s_log = robust_sigma(np.log(y))   # second differences: a smooth descent does not count as scatter
+        s_log = _d2_sigma(np.log(y))   # second differences: a smooth descent does not count as scatter
         trend_log = abs(_theil_sen(x[h:], np.log(y[h:])) * float(x[-1] - x[h]))
         data["log_sigma"] = s_log
         if s_log > ERRATIC_LOG_SIGMA and s_log > 0.5 * trend_log:
@@ -254,7 +274,9 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
             ko = max(1, min(o.size // 10, 5))
             os_, oe = float(np.median(o[:ko])), float(np.median(o[-ko:]))
             other_moved = os_ != 0 and abs(os_ - oe) / abs(os_) >= NOT_LEARNING_REL
-    if (rel < NOT_LEARNING_REL or (no_trend and n >= 8)) and not other_moved:
+    # a curve that ended materially above its start changed: that is overfitting or instability, not "no change"
+    rose_run = end > start + max(4 * sigma, 2 * NOT_LEARNING_REL * abs(start))
+    if (rel < NOT_LEARNING_REL or (no_trend and n >= 8)) and not other_moved and not rose_run:
         why = (f"at best {100 * rel:.1f} % below its start" if rel < NOT_LEARNING_REL else
                f"no downward trend over {n} points (Mann–Kendall τ = {tau_all:+.2f}, p = {p_all:.2g})")
         return CurveJudgement(
@@ -262,6 +284,7 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
             f"end, {why}", int(np.argmin(y)), data)
     sm = _smooth3(y)
     b = int(np.argmin(sm))
+    _noise_band(x, y, sigma, data)
     # the best raw point next to the smoothed minimum
     lo, hi = max(0, b - 1), min(n, b + 2)
     best = lo + int(np.argmin(y[lo:hi]))
@@ -283,6 +306,7 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
         data.update(rise=rise, rise_rel=rise / abs(ref) if ref else math.inf, above=above, tau_post=tau,
                     p_post=p)
         data["sigma_post"] = sigma_o
+        # fewer than 12 points: the noise estimate itself is uncertain (a MAD of < 10 differences), so ask 4σ
         material = rise > MIN_REL_RISE * abs(ref) and rise > 3 * sigma_o
         if material and ((above >= 0.75 and tau > 0 and p < 0.05) or above >= 0.9):
             return CurveJudgement(
@@ -306,10 +330,14 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
     elif n >= 5:   # too few for a rank test on the window: the last point is the lowest, and the whole curve falls
         tau_a, p_a = _mk(x, y)
         significant = float(ys[-1]) <= float(np.min(ys)) and tau_a < 0 and p_a < 0.1
+        # the size of the fall: below the mean of the two points before it (a noise estimate from < 9 points is
+        # itself too noisy to judge by; the rank test carries the significance)
+        fall = float(np.mean(y[-3:-1]) - y[-1])
+        data["fall"] = fall
     else:   # 3-4 points: no noise estimate is possible; the last evaluation must beat all earlier ones
         significant = float(y[-1]) < float(np.min(y[:-1]))
         data["confidence"] = "low"
-    if significant and fall > MIN_REL_GAIN * lvl and fall > 2 * sigma:
+    if significant and fall > MIN_REL_GAIN * lvl and (fall > 2 * sigma or 5 <= n < 9):
         return CurveJudgement(
             "still_improving", f"the {role} loss still falls over its last {ys.size} points: {float(ys[0]):.4g} → "
             f"{float(ys[-1]):.4g}, a fitted fall of {100 * fall / lvl:.1f} % of its level", best, data)
@@ -344,3 +372,42 @@ def _degenerate(y: np.ndarray, role: str) -> CurveJudgement | None:
             "constant output, or the loss is not connected to the parameters", int(np.argmin(y)),
             {"kind": "constant", "stretch": best_len + 1})
     return None
+
+
+def noise_band(x: Any, y: Any) -> dict[str, Any]:
+    """Which points are within noise of the best, and where the last material improvement was.
+
+    Parameters
+    ----------
+    x, y : array-like, shape (n,)
+        Positions and losses (finite, in time order, not chunked).
+
+    Returns
+    -------
+    dict
+        ``within_noise``: indices whose loss is within 2σ (σ = :func:`robust_sigma` with the
+        :data:`NOISE_FLOOR`) of the minimum; ``last_improvement``: index of the last point that beat every
+        earlier one by more than 2σ and by :data:`MIN_REL_GAIN` of the level; ``after``: positions from it to
+        the end (same unit as ``x``).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    out: dict[str, Any] = {}
+    _noise_band(x, y, max(robust_sigma(y), NOISE_FLOOR * float(np.median(np.abs(y))) if y.size else 0.0), out)
+    return out
+
+
+def _noise_band(x: np.ndarray, y: np.ndarray, sigma: float, data: dict[str, Any]) -> None:
+    if y.size == 0:
+        return
+    lvl = float(np.median(np.abs(y)))
+    tol = max(2 * sigma, MIN_REL_GAIN * lvl)
+    best = float(np.min(y))
+    data["within_noise"] = [int(i) for i in np.flatnonzero(y <= best + 2 * sigma)]
+    last, run_best = 0, float(y[0])
+    for i in range(1, y.size):
+        if y[i] < run_best - tol:
+            last = i
+        run_best = min(run_best, float(y[i]))
+    data["last_improvement"] = last
+    data["after"] = float(x[-1] - x[last])

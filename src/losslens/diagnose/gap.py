@@ -175,8 +175,22 @@ def decompose_epoch(epoch: Epoch) -> EpochDecomposition | None:
     return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms, v.sem)
 
 
+def quantities_differ(run: Run) -> str | None:
+    """``"train_nll (negative log-likelihood) vs val_rmse (root mean squared error)"`` when the run's training and
+    validation losses measure different quantities (set by the importers from the names), else None."""
+    roles = run.meta.get("roles")
+    q = roles.get("quantities_differ") if isinstance(roles, dict) else None
+    return str(q) if q else None
+
+
 def decompose(run: Run) -> list[EpochDecomposition]:
-    """Decompose every epoch of ``run`` that has a training and a validation loss."""
+    """Decompose every epoch of ``run`` that has a training and a validation loss.
+
+    Returns an empty list when the two losses measure different quantities (:func:`quantities_differ`):
+    their difference is not a gap, and splitting it would be meaningless.
+    """
+    if quantities_differ(run):
+        return []
     out = []
     for e in run.epochs:
         d = decompose_epoch(e)
@@ -218,6 +232,14 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
       procedure, makes validation easier; audit the split.
     * ``gap.not_measured`` (info): no probe passes, so the gap cannot be split.
     """
+    differ = quantities_differ(run)
+    if differ:
+        return [Finding(
+            "gap.different_quantities", "info", "Training and validation losses measure different things",
+            f"The log pairs {differ}: their difference is not a generalization gap, so losslens does not split "
+            "it. The regime is judged on each curve's own shape.",
+            "Log the same loss on both splits (e.g. the validation loss with the training criterion) to compare "
+            "them.", [], (), {"quantities": differ})]
     dec = decomposition if decomposition is not None else decompose(run)
     dec = [d for d in dec if all(math.isfinite(t.value) for t in d.terms.values())]
     if not dec:
@@ -245,6 +267,7 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             "Record the run with a losslens adapter (e.g. `lens = Lens(model, loss_fn, probe=train_ds, val=val_ds)` "
             "and `lens.step(loss, batch_size=len(y))` / `lens.end_epoch()`) to measure them.",
             ev, (d.epoch,)))
+        findings += _imported_val_below(dec)
         return findings
     parts = "; ".join(f"{n}: {_fmt(t.value, t.se)}" for n, t in d.terms.items())
     findings.append(Finding(
@@ -303,6 +326,36 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             [Evidence(TERM_LABELS["generalization"], g.value, g.se, (d.epoch,))], (d.epoch,),
             {"epochs_beyond_noise": n_ep}))
     return findings
+
+
+def _imported_val_below(dec: list[EpochDecomposition]) -> list[Finding]:
+    """``gap.val_below_train`` for a log without probes: by how much, in how many evaluations, and how much of
+    it the estimated timing part explains; what only probe passes can tell is said."""
+    below = [x for x in dec if x.reported > x.validation]
+    if not below:
+        return []
+    db = below[-1]
+    diff = db.reported - db.validation
+    timing = db.terms.get("timing")
+    t_txt, data = "", {"epoch": db.epoch, "epochs_holding": len(below), "difference": diff, "causes": []}
+    if timing is not None and math.isfinite(timing.value):
+        share = timing.value / diff if diff else math.nan
+        t_txt = (f" The estimated timing part (the training loss averaged over an epoch in which the model "
+                 f"improved) is {_fmt(timing.value, timing.se)}" + (f", {100 * share:.0f} % of it" if
+                                                                     math.isfinite(share) else "") + ".")
+        data["timing"] = timing.value
+        if timing.significant and timing.value > 0:
+            data["causes"] = ["timing"]
+    rest = diff - (timing.value if timing is not None and math.isfinite(timing.value) else 0.0)
+    return [Finding(
+        "gap.val_below_train", "info", "The validation loss is below the training loss",
+        f"At epoch {db.epoch} the validation loss ({db.validation:.4g}) is {diff:.4g} below the reported training "
+        f"loss ({db.reported:.4g}); it is below in {len(below)} of {len(dec)} evaluations.{t_txt} The remaining "
+        f"{rest:+.4g} is dropout/batch norm in train mode, augmentation, a penalty in the training loss, or an "
+        "easier validation set: only probe passes (the eval-mode loss of the training data) can tell them apart.",
+        "Record the run with a losslens adapter to split the rest; if the validation set could be easier, run "
+        "`losslens audit` on the split.",
+        [Evidence("reported training loss − validation loss", diff, math.nan, (db.epoch,))], (db.epoch,), data)]
 
 
 _RECOMMEND = {

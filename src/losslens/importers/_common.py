@@ -207,7 +207,8 @@ def _read_csv_fast(path: Any, text: str, delim: str, header: list[str], body: li
     for h in header:
         col = df[h]
         if col.dtype.kind in "fiu":
-            numeric[h] = col.to_numpy(dtype=np.float64)
+            # a writable copy: under pandas' copy-on-write (pandas 3) to_numpy() returns a read-only view
+            numeric[h] = np.array(col.to_numpy(dtype=np.float64), dtype=np.float64, copy=True)
         else:
             columns[h] = [None if (isinstance(c, float) and math.isnan(c)) else str(c) for c in col.tolist()]
     if nan_literal:
@@ -215,7 +216,7 @@ def _read_csv_fast(path: Any, text: str, delim: str, header: list[str], body: li
                           skip_blank_lines=True, engine="c")
         for h in numeric:
             cells = raw[h].str.strip().str.lower()
-            present[h] = ~cells.isin(list(_ABSENT)).to_numpy()
+            present[h] = np.array(~cells.isin(list(_ABSENT)).to_numpy(), dtype=bool, copy=True)
     return Table(list(header), columns, body_lines, [], numeric, present)
 
 
@@ -463,6 +464,13 @@ def finish_run(path: Any, *, epochs: list[Epoch], steps: Steps | None, importer:
     }
     if extra_meta:
         meta.update(extra_meta)
+    val_name = roles.get("val_loss")
+    if val_name and not has_val:
+        meta["val_all_nan"] = val_name
+        meta["import_notes"].append(f"the validation loss {val_name!r} is NaN (or empty) in every row")
+    if roles.get("quantities_differ"):
+        meta["import_notes"].append(f"the training and validation losses measure different quantities "
+                                    f"({roles['quantities_differ']}): their difference is not a generalization gap")
     run = Run(name or run_name(path), epochs=sorted(epochs, key=lambda e: e.index), steps=steps, meta=meta,
               status="imported")
     add_end_of_epoch_estimates(run, ema_beta=ema_beta)

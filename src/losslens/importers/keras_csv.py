@@ -25,8 +25,13 @@ __all__ = ["read", "sniff", "split_restarts"]
 def sniff(header: list[str]) -> bool:
     """True for a CSV header that looks like a Keras ``CSVLogger`` file."""
     h = [c.strip() for c in header]
-    return bool(h) and h[0] == "epoch" and "step" not in h and "created_at" not in h and \
-        any("loss" in c for c in h)
+    if not h or "step" in h or "created_at" in h:
+        return False
+    if h[0] == "epoch":
+        return any("loss" in c for c in h)
+    # a CSV written from History.history (pandas.DataFrame(history.history).to_csv(index=False)): no epoch
+    # column, the row index is the epoch; Keras's own names tell it
+    return "epoch" not in h and ("loss" in h or "val_loss" in h)
 
 
 def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, text: str | None = None):
@@ -49,12 +54,15 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
         inconsistent rows, ambiguous loss columns.
     """
     table = read_csv(path, text if text is not None else read_text(path))
-    if not table.has("epoch"):
+    no_epoch = not table.has("epoch")
+    if no_epoch and not ("loss" in table.names or "val_loss" in table.names):
         raise LogFormatError(path, f"no 'epoch' column (header: {', '.join(table.names)}); not a Keras CSVLogger file")
     if len(table) == 0:
         raise LogFormatError(path, "header only: no epoch rows")
-    epoch = table.floats("epoch", path)
+    epoch = np.arange(len(table), dtype=np.float64) if no_epoch else table.floats("epoch", path)
     cols, notes = numeric_columns(table, path)
+    if no_epoch:
+        notes.append("no 'epoch' column: row k is epoch k (a History saved as CSV)")
     segments = split_restarts(epoch)
     runs = []
     for k, (a, b) in enumerate(segments):

@@ -268,6 +268,24 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
         col = vk.get("epoch") or vk.get("auto") or vk.get("step")
         v = values[col]
         m = present[col] & fin
+        # trainer.validate() after fit logs once more at the final step (or in epoch max_epochs, after the last
+        # training epoch): that evaluation is not another epoch, and must not replace the last epoch's value
+        train_epochs = set(train) | (set(np.unique(steps.epoch).tolist()) if len(steps) else set())
+        last_train = max(train_epochs) if train_epochs else None
+        after: list[int] = []
+        seen: set[float] = set()
+        for i in np.flatnonzero(m):
+            s_i = float(step[i]) if has_step else math.nan
+            if (has_step and math.isfinite(s_i) and s_i in seen) or (last_train is not None and epoch[i] > last_train):
+                after.append(int(i))
+            elif has_step and math.isfinite(s_i):
+                seen.add(s_i)
+        if after:
+            m = m.copy()
+            m[after] = False
+            notes.append(f"{len(after)} {col!r} value(s) logged after training (trainer.validate() after fit: the "
+                         f"same final step, or an epoch with no training): not an epoch; last such value "
+                         f"{float(v[after[-1]]):.6g}")
         val = _last_by_epoch(epoch[m], v[m])
         if int(m.sum()) > len(val):
             notes.append(f"{col!r} has several values in some epochs (val_check_interval < 1?): the last one of "

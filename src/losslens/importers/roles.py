@@ -91,10 +91,35 @@ class Roles:
     lr: str | None = None
     accuracy: list[str] = field(default_factory=list)
     other_losses: list[str] = field(default_factory=list)
+    other_val_losses: list[str] = field(default_factory=list)
+    quantities_differ: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"train_loss": self.train_loss, "val_loss": self.val_loss, "learning_rate": self.lr,
-                "accuracy": self.accuracy, "other_losses": self.other_losses}
+                "accuracy": self.accuracy, "other_losses": self.other_losses,
+                "other_val_losses": self.other_val_losses, "quantities_differ": self.quantities_differ}
+
+
+#: Words that name what a loss measures; a training and a validation loss naming different ones are not one
+#: quantity (e.g. ``train_nll_loss`` with ``val_rmse_loss``), so their difference is not a gap.
+QUANTITY_WORDS = {
+    "nll": "negative log-likelihood", "ce": "cross-entropy", "xent": "cross-entropy",
+    "crossentropy": "cross-entropy", "bce": "binary cross-entropy", "mse": "squared error", "rmse": "root mean "
+    "squared error", "mae": "absolute error", "l1": "absolute error", "l2": "squared error", "huber": "Huber",
+    "dice": "Dice", "iou": "IoU", "kl": "KL divergence", "elbo": "ELBO", "ppl": "perplexity",
+    "perplexity": "perplexity", "ctc": "CTC", "focal": "focal",
+}
+
+
+def loss_quantity(name: str) -> str | None:
+    """What a loss name says it measures (:data:`QUANTITY_WORDS`), or None."""
+    words = [w for w in re.split(r"[_/\-. ]", _low(name)) if w]
+    found = {QUANTITY_WORDS[w] for w in words if w in QUANTITY_WORDS}
+    return found.pop() if len(found) == 1 else None
+
+
+#: Hugging Face ``Trainer`` with several evaluation datasets logs ``eval_<name>_loss`` for each.
+_HF_EVAL_SET = re.compile(r"^eval_(.+)_loss$")
 
 
 def _pick(cands: list[str], preferred: Iterable[str], partner: str | None, path: Any, role: str) -> str | None:
@@ -119,7 +144,7 @@ def _pick(cands: list[str], preferred: Iterable[str], partner: str | None, path:
 
 
 def assign_roles(names: Iterable[str], path: Any, train_loss: str | None = None,
-                 val_loss: str | None = None) -> Roles:
+                 val_loss: str | None = None, preferred_val: str | None = None) -> Roles:
     """Choose the training-loss, validation-loss, learning-rate and accuracy names.
 
     Parameters
@@ -130,6 +155,9 @@ def assign_roles(names: Iterable[str], path: Any, train_loss: str | None = None,
         The log, for error messages.
     train_loss, val_loss : str, optional
         The user's choice (must be one of ``names``).
+    preferred_val : str, optional
+        The validation loss the log itself says the user optimises (``metric_for_best_model`` of a
+        ``trainer_state.json``), used among several evaluation sets.
 
     Returns
     -------
@@ -150,6 +178,14 @@ def assign_roles(names: Iterable[str], path: Any, train_loss: str | None = None,
     train_c = [n for n in losses if not is_val_name(n)]
     tr = train_loss
     va = val_loss
+    other_val: list[str] = []
+    sets = [n for n in val_c if _HF_EVAL_SET.match(n)]
+    if va is None and len(sets) > 1 and len(sets) == len(val_c):
+        # several evaluation datasets (eval_<name>_loss each): the user's metric_for_best_model, else the first
+        pref = preferred_val if preferred_val in sets else (f"eval_{preferred_val}" if preferred_val and
+                                                            f"eval_{preferred_val}" in sets else None)
+        va = pref or sets[0]
+        other_val = [n for n in sets if n != va]
     if tr is None and va is None:
         # decide the training loss first unless only the validation side is standard
         try:
@@ -168,5 +204,10 @@ def assign_roles(names: Iterable[str], path: Any, train_loss: str | None = None,
                                    f"{', '.join(names) or 'none'}; name one with --train-loss/--val-loss")
     lr = next((n for n in names if is_lr(n)), None)
     acc = [n for n in names if is_accuracy(n)]
-    other = [n for n in losses if n not in (tr, va)]
-    return Roles(tr, va, lr, acc, other)
+    other = [n for n in losses if n not in (tr, va) and n not in other_val]
+    differ = None
+    if tr is not None and va is not None:
+        qt, qv = loss_quantity(_suffix(tr)), loss_quantity(_suffix(va))
+        if qt and qv and qt != qv:
+            differ = f"{tr} ({qt}) vs {va} ({qv})"
+    return Roles(tr, va, lr, acc, other, other_val, differ)

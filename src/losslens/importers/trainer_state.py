@@ -65,7 +65,9 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
         if not isinstance(ent, dict):
             raise LogFormatError(path, f"log_history[{i}]: expected an object, got {type(ent).__name__}")
         if "step" not in ent:
-            raise LogFormatError(path, f"log_history[{i}]: no 'step'")
+            # e.g. predict_* / test_* entries written by trainer.predict(): not part of the training curve
+            notes.append(f"log_history[{i}] has no 'step' ({', '.join(sorted(ent)[:4])}): skipped")
+            continue
         st = to_float(ent.get("step"), path, f"log_history[{i}].step")
         ep = to_float(ent.get("epoch"), path, f"log_history[{i}].epoch") if "epoch" in ent else math.nan
         if not math.isfinite(st) or st < 0:
@@ -80,7 +82,9 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
         rows.append((st, ep, vals, i))
     if "train_loss" in keys and "loss" in keys:
         keys.remove("train_loss")  # the final whole-run summary, not a curve
-    roles = assign_roles([k for k in keys if k not in ("total_flos", "train_runtime")], path, train_loss, val_loss)
+    best_for = obj.get("metric_for_best_model") if isinstance(obj.get("metric_for_best_model"), str) else None
+    roles = assign_roles([k for k in keys if k not in ("total_flos", "train_runtime")], path, train_loss, val_loss,
+                         preferred_val=best_for if best_for and best_for.endswith("loss") else None)
     tk, vk = roles.train_loss, roles.val_loss
     # Steps per epoch from the (step, epoch) stamps.
     se = np.array([(s, e) for s, e, _, _ in rows if math.isfinite(e) and e > 0 and s > 0], dtype=np.float64)
@@ -162,6 +166,27 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
              "logging_steps": logging_steps if isinstance(logging_steps, (int, float)) else None,
              "train_batch_size": obj.get("train_batch_size"), "global_step": obj.get("global_step"),
              "epoch_unit": "evaluation interval" if eval_rows else "epoch"}
+    for key in ("metric_for_best_model", "best_metric", "best_model_checkpoint", "greater_is_better",
+                "best_global_step", "save_steps", "eval_steps"):
+        if obj.get(key) is not None and isinstance(obj.get(key), (str, int, float, bool)):
+            extra[key] = obj[key]
+    if "metric_for_best_model" not in extra and isinstance(extra.get("best_metric"), (int, float)):
+        # transformers stores metric_for_best_model in TrainingArguments, not in the state: the metric whose
+        # logged value equals best_metric is the one the run selected its best checkpoint by
+        bm = float(extra["best_metric"])
+        match = sorted({k for _, _, v in eval_rows for k, x in v.items()
+                        if k.startswith("eval_") and "runtime" not in k and "per_second" not in k
+                        and math.isfinite(x) and abs(x - bm) <= 1e-9 * max(1.0, abs(bm))})
+        if len(match) == 1:
+            series = [v[match[0]] for _, _, v in eval_rows if match[0] in v and math.isfinite(v[match[0]])]
+            extra["metric_for_best_model"] = match[0]
+            if series and bm in (max(series), min(series)) and max(series) != min(series):
+                extra["greater_is_better"] = bm == max(series)
+            notes.append(f"best_metric {bm:.6g} is the value of {match[0]!r}: the run selected its best checkpoint "
+                         "by it (metric_for_best_model inferred)")
+    if roles.other_val_losses:
+        notes.append(f"several evaluation sets: the headline judges {vk!r}; also diagnosed: "
+                     f"{', '.join(roles.other_val_losses)}")
     summary = [v.get("train_loss") for _, _, v, _ in rows if "train_loss" in v and tk != "train_loss"]
     if summary:
         extra["train_loss_overall"] = summary[-1]
