@@ -314,8 +314,8 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
                 f"{m} evaluations are {rise:+.3g} ({100 * rise / abs(ref):+.1f} %) above it, beyond the noise "
                 f"±{sigma_o:.2g} in {100 * above:.0f} % of them", best, data)
     # still improving: a significant, material fall over the last third (after a step, if any)
-    # the last third; a short curve (< 9 points) its last half plus one point
-    w = max(MIN_POINTS, math.ceil(n / 3) if n >= 9 else n // 2 + 1)
+    # the last third (at least 5 points, for a rank test); a short curve (< 9 points) its last half plus one
+    w = max(5, math.ceil(n / 3)) if n >= 9 else max(MIN_POINTS, n // 2 + 1)
     start_w = _level_jump(y, sigma, n - w)
     if n - start_w < MIN_POINTS:
         start_w = n - MIN_POINTS

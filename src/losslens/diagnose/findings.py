@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Evidence", "Finding", "SEVERITIES", "Z_NOISE"]
+__all__ = ["Evidence", "Finding", "SEVERITIES", "Z_NOISE", "where"]
 
 SEVERITIES = ("info", "warning", "error")
 
@@ -104,3 +104,23 @@ class Finding:
             "epochs": list(self.epochs),
             "data": {k: _num(v) for k, v in self.data.items()},
         }
+
+
+def where(run: Any, epoch: int) -> str:
+    """An evaluation as the user knows it: ``"epoch 3"``, or for logs whose record epochs are evaluation
+    intervals (Hugging Face ``trainer_state.json``) ``"step 1500 (2.4 epochs)"``: never "epoch 0" for a first
+    evaluation at step 1000.
+
+    Parameters
+    ----------
+    run : losslens.record.Run
+    epoch : int
+        The record's epoch index.
+    """
+    meta = getattr(run, "meta", {}) or {}
+    spe = meta.get("steps_per_epoch")
+    if meta.get("epoch_unit") == "evaluation interval" and isinstance(spe, (int, float)) and math.isfinite(spe):
+        ep = next((e for e in run.epochs if e.index == epoch), None)
+        if ep is not None and math.isfinite(ep.position):
+            return f"step {int(round(ep.position * spe))} ({ep.position:.3g} epochs)"
+    return f"epoch {epoch}"

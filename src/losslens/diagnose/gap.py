@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run
-from .findings import Z_NOISE, Evidence, Finding
+from .findings import Z_NOISE, Evidence, Finding, where
 
 __all__ = ["Term", "EpochDecomposition", "decompose", "decompose_epoch", "paired_difference", "TERM_LABELS",
            "gap_findings"]
@@ -262,12 +262,12 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             "gap.not_measured", "info",
             "The gap between training and validation loss cannot be fully split" if timing is not None else
             "The gap between training and validation loss cannot be split",
-            f"At epoch {d.epoch} the reported training loss is {d.reported:.4g} and the validation loss "
+            f"At {where(run, d.epoch)} the reported training loss is {d.reported:.4g} and the validation loss "
             f"{d.validation:.4g} (difference {diff:+.4g}); {what}",
             "Record the run with a losslens adapter (e.g. `lens = Lens(model, loss_fn, probe=train_ds, val=val_ds)` "
             "and `lens.step(loss, batch_size=len(y))` / `lens.end_epoch()`) to measure them.",
             ev, (d.epoch,)))
-        findings += _imported_val_below(dec)
+        findings += _imported_val_below(run, dec)
         return findings
     parts = "; ".join(f"{n}: {_fmt(t.value, t.se)}" for n, t in d.terms.items())
     findings.append(Finding(
@@ -328,11 +328,11 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
     return findings
 
 
-def _imported_val_below(dec: list[EpochDecomposition]) -> list[Finding]:
+def _imported_val_below(run: Run, dec: list[EpochDecomposition]) -> list[Finding]:
     """``gap.val_below_train`` for a log without probes: by how much, in how many evaluations, and how much of
     it the estimated timing part explains; what only probe passes can tell is said."""
     below = [x for x in dec if x.reported > x.validation]
-    if not below:
+    if not below or below[-1] is not dec[-1]:   # about the end of the run, as the user asks it
         return []
     db = below[-1]
     diff = db.reported - db.validation
@@ -349,7 +349,7 @@ def _imported_val_below(dec: list[EpochDecomposition]) -> list[Finding]:
     rest = diff - (timing.value if timing is not None and math.isfinite(timing.value) else 0.0)
     return [Finding(
         "gap.val_below_train", "info", "The validation loss is below the training loss",
-        f"At epoch {db.epoch} the validation loss ({db.validation:.4g}) is {diff:.4g} below the reported training "
+        f"At {where(run, db.epoch)} the validation loss ({db.validation:.4g}) is {diff:.4g} below the reported training "
         f"loss ({db.reported:.4g}); it is below in {len(below)} of {len(dec)} evaluations.{t_txt} The remaining "
         f"{rest:+.4g} is dropout/batch norm in train mode, augmentation, a penalty in the training loss, or an "
         "easier validation set: only probe passes (the eval-mode loss of the training data) can tell them apart.",

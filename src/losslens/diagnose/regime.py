@@ -35,7 +35,7 @@ import numpy as np
 
 from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Measurement, Run
 from ._noise import epoch_diff_se, scatter_sigma, trend
-from .findings import Z_NOISE, Evidence, Finding
+from .findings import Z_NOISE, Evidence, Finding, where
 from .gap import paired_difference
 
 __all__ = ["regime_findings", "suggest_patience", "MIN_EPOCHS", "MIN_SKILL", "MIN_EFFECT", "MIN_SUSTAINED"]
@@ -231,13 +231,9 @@ def _judged_findings(run: Run, role: str) -> list[Finding]:
         ep = next(e for e in run.epochs if e.index == best_e)
         data.update(best_epoch=best_e, best_position=float(ep.position), best_val_loss=float(y[j.best]))
         spe = run.meta.get("steps_per_epoch")
-        step_txt = ""
         if run.meta.get("epoch_unit") == "evaluation interval" and isinstance(spe, (int, float)) and spe > 0:
             data["best_step"] = int(round(ep.position * spe))
-            step_txt = f" (step {data['best_step']}, {ep.position:.3g} epochs)"
-            where = f"evaluation {best_e}{step_txt}"
-        else:
-            where = f"epoch {best_e}"
+        where = _where(run, best_e)
         title = f"Overfitting: validation loss is lowest at {where}"
         rec = (f"Keep the weights of {where} (early stopping on the validation loss with restore_best_weights, "
                "or load_best_model_at_end in the Trainer); add data, augmentation or regularization to delay the "
@@ -254,13 +250,7 @@ def _judged_findings(run: Run, role: str) -> list[Finding]:
     return out
 
 
-def _where(run: Run, e: int) -> str:
-    """An evaluation named as a user knows it: "epoch 3", or "step 1500 (2.4 epochs)" for step-based logs."""
-    ep = next((x for x in run.epochs if x.index == e), None)
-    spe = run.meta.get("steps_per_epoch")
-    if ep is not None and run.meta.get("epoch_unit") == "evaluation interval" and isinstance(spe, (int, float)):
-        return f"step {int(round(ep.position * spe))} ({ep.position:.3g} epochs)"
-    return f"epoch {e}"
+_where = where
 
 
 def _noise_band_finding(run: Run, idx: list[int], x: np.ndarray, y: np.ndarray) -> list[Finding]:
