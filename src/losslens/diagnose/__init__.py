@@ -17,7 +17,7 @@ from typing import Any
 from ..record import Run, _jsonable
 from .findings import Z_NOISE, Evidence, Finding
 from .gap import EpochDecomposition, Term, decompose, gap_findings
-from .regime import regime_findings
+from .regime import label_noise_findings, regime_findings
 from .stability import stability_findings
 from .verdict import VERDICT_CODES, Verdict, headline
 
@@ -113,7 +113,13 @@ def diagnose(run: Run, audit: Any = None) -> Diagnosis:
     Diagnosis
     """
     dec = decompose(run)
-    findings = stability_findings(run) + regime_findings(run) + gap_findings(run, dec)
+    stab = stability_findings(run)
+    diverged = any(f.code == "stability.divergence" or (f.code == "stability.non_finite" and
+                                                         "validation" not in str(f.data.get("what", "")))
+                   for f in stab)
+    # no fit-regime verdict on a diverged run: its numbers after the divergence say nothing about fit
+    regime = [] if diverged and run.status != "imported" else regime_findings(run)
+    findings = stab + regime + label_noise_findings(run) + gap_findings(run, dec)
     split = list(audit.findings()) if audit is not None else _recorded_duplicates(run)
     if audit is not None or split:
         easier = next((f for f in findings if f.code == "gap.val_easier"), None)

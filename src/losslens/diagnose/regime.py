@@ -65,6 +65,21 @@ MIN_EFFECT = 0.02
 #: for the last 3.6 % of its epochs, the 1200-epoch run it reads as overfitting for 36 %.
 MIN_SUSTAINED = 0.1
 
+#: Smallest relative fall of the training loss, projected over another run of the same length, for a run
+#: below MIN_SKILL to count as still improving rather than capacity-limited: a quarter of its current level.
+#: Calibrated on benchmarks/scenarios.py ("not converged": a few epochs at a low learning rate project
+#: falls of 40-60 %; "too little capacity" and the seed-004 LSTM(1) project < 5 %).
+MIN_REL_PROGRESS = 0.25
+
+#: Skill below which a plateaued eval-mode training loss counts as high for over-regularization: the
+#: regularized model keeps more than a quarter of the constant predictor's loss. Calibrated on
+#: benchmarks/scenarios.py (dropout 0.8 + L2: skill 0.55-0.6; dropout 0.5 alone on the same data: > 0.95).
+MAX_SKILL_OVER_REGULARIZED = 0.75
+
+#: Smallest regularization cost (train-mode term + penalty), relative to the eval-mode training loss, that
+#: can make a model over-regularized: below a quarter it is a detail, not the cause of a high loss.
+MIN_REG_SHARE = 0.25
+
 
 def _baseline(run: Run) -> float | None:
     b = run.meta.get("baseline_loss")
@@ -394,6 +409,9 @@ def regime_findings(run: Run) -> list[Finding]:
             f"{MIN_EPOCHS}.", "Train for more epochs (or record more of them) before judging the regime.",
             [Evidence("validation loss", vms[-1].mean, vms[-1].sem, (idx[-1],))], tuple(idx))]
 
+    nl = _not_learning_recorded(run, idx)
+    if nl is not None:
+        return [nl]
     v = np.array([m.mean for m in vms])
     sigma_v = scatter_sigma(v)
     b = int(np.argmin(v))
@@ -418,6 +436,13 @@ def regime_findings(run: Run) -> list[Finding]:
                 minor_rise = (f" The validation loss has risen beyond noise since epoch {idx[first_bad]} "
                               f"({rise:+.3g} ± {se_rise:.2g} above its minimum at epoch {idx[b]}), only in the last "
                               f"{last - first_bad + 1} epochs: the onset of overfitting. Stop at epoch {idx[b]}.")
+        if rose and sustained:
+            gap_grew, gap_txt = _gap_grew(run, idx[b], idx[last])
+            if not gap_grew:
+                sustained = False
+                minor_rise = (f" The validation loss rose after epoch {idx[b]}, but the eval-mode training loss rose "
+                              f"with it{gap_txt}: the generalization gap did not grow, so this is not overfitting "
+                              "(a learning rate too high late, or regularization pulling both up).")
         if rose and sustained:
             first_bad = next(i for i in range(b + 1, last + 1) if not acceptable[i])
             sug = suggest_patience(v, acceptable)
@@ -473,7 +498,8 @@ def regime_findings(run: Run) -> list[Finding]:
         kt = min(k, len(tms))
         t_slope, _ = trend(tpos[-kt:], tms[-kt:], scatter_sigma(np.array([m.mean for m in tms])))
         projected = train_last.mean + min(t_slope, 0.0) * n_so_far if math.isfinite(t_slope) else math.inf
-        if projected > (1.0 - MIN_SKILL) * baseline:
+        rel_gain = (train_last.mean - projected) / train_last.mean if train_last.mean > 0 else 0.0
+        if projected > (1.0 - MIN_SKILL) * baseline and rel_gain < MIN_REL_PROGRESS:
             improving = False
             slow_note = (f" The {tname} still falls by {-t_slope:.3g} per epoch, too slowly: another "
                          f"{n_so_far:.0f} epochs would bring it only to about {projected:.4g}, still above "
@@ -504,7 +530,11 @@ def regime_findings(run: Run) -> list[Finding]:
     ev_gap = Evidence("generalization gap: validation − " + tname, gap,
                       math.hypot(vms[-1].sem, train_last.sem) if math.isfinite(vms[-1].sem) and
                       math.isfinite(train_last.sem) else math.nan, (idx[-1],))
-    if skill >= MIN_SKILL:
+    reg_f = _over_regularized(run, idx, tname, train_last, baseline, skill, gap, ev_skill, ev_gap, ev_trend,
+                              slow_note)
+    if reg_f is not None:
+        return [reg_f]
+    if skill >= MIN_SKILL or _label_noise_share(run) is not None:
         return [Finding(
             "regime.good_fit", "info", "Good fit: validation loss has converged without overfitting",
             f"The validation loss no longer changes materially over the last {k} epochs ({slope:+.3g} ± "
@@ -545,3 +575,145 @@ def regime_findings(run: Run) -> list[Finding]:
         "Increase the model's capacity (wider or deeper layers, more units), train with a larger learning rate, "
         "or check the inputs carry the signal.", [ev_skill, ev_gap, ev_reg, ev_trend], (idx[-1],),
         {"skill": skill, "gap": gap, "regularization_cost": reg})]
+
+
+def _gap_grew(run: Run, e_best: int, e_last: int) -> tuple[bool, str]:
+    """Whether the generalization gap V − C grew beyond noise from the best epoch to the last (paired
+    per-sample differences of both sets); True when C is not measured at both (the rise of V decides then)."""
+    eb = next((e for e in run.epochs if e.index == e_best), None)
+    el = next((e for e in run.epochs if e.index == e_last), None)
+    if eb is None or el is None:
+        return True, ""
+    cb, cl = eb.get(EVAL_CLEAN), el.get(EVAL_CLEAN)
+    vb, vl = eb.get(VALIDATION), el.get(VALIDATION)
+    if cb is None or cl is None or vb is None or vl is None or cb.source != "measured":
+        return True, ""
+    dv, sv = paired_difference(vl, vb)
+    dc, sc = paired_difference(cl, cb)
+    grow = dv - dc
+    se = math.hypot(sv, sc) if math.isfinite(sv) and math.isfinite(sc) else math.nan
+    txt = f" (validation {dv:+.3g}, eval-mode training loss {dc:+.3g}; the gap changed by {grow:+.3g} ± {se:.2g})"
+    return (grow > Z_NOISE * se if math.isfinite(se) else grow > 0), txt
+
+
+def _label_noise_share(run: Run) -> float | None:
+    """The share of probe samples the model never learns, when it points to noisy labels (else None).
+
+    At the last epoch, the eval-mode per-sample training losses C_i are compared with the baseline loss b
+    (the best constant predictor's loss per sample): with clean labels a model that fits the data has few
+    samples above b; samples with wrong labels (or corrupted inputs) stay far above it, since the model
+    predicts their true class. Reported when between :data:`MIN_NOISY_SHARE` and half of the probe is above
+    b in this epoch and the one before (never learnt, not a noisy epoch), the other samples are learnt (their
+    median below b / 2), and the validation loss is below the mean eval-mode training loss beyond noise (the
+    clean validation data is easier; a model short of capacity confuses validation samples as often). Source: the small-loss criterion of learning with noisy labels (Arpit et al. 2017, "A
+    closer look at memorization in deep networks"; Han et al. 2018, "Co-teaching"): clean samples are fitted
+    first, mislabelled ones stay at a high loss.
+    """
+    b = _baseline(run)
+    eps = [e for e in run.epochs if e.get(EVAL_CLEAN) is not None and e.get(EVAL_CLEAN).values is not None]
+    if b is None or len(eps) < 2:
+        return None
+    last, prev = eps[-1].get(EVAL_CLEAN).values, eps[-2].get(EVAL_CLEAN).values
+    v = eps[-1].get(VALIDATION)
+    if last.size != prev.size or last.size < 50 or v is None:
+        return None
+    high = (last > b) & (prev > b)
+    share = float(np.mean(high))
+    if not (MIN_NOISY_SHARE <= share < 0.5) or float(np.median(last[~high])) >= b / 2:
+        return None
+    # those samples make the training data harder than the validation data: V below C beyond noise (a model
+    # short of capacity confuses validation samples just as often, and V stays near C)
+    se = math.hypot(last.std(ddof=1) / math.sqrt(last.size), v.sem if math.isfinite(v.sem) else 0.0)
+    if not float(last.mean()) - v.mean > Z_NOISE * se:
+        return None
+    return share
+
+
+#: Smallest share of never-learnt probe samples reported as label noise: 5 % (a few hard samples stay
+#: above the baseline in clean runs: < 2 % in the clean scenarios of benchmarks/scenarios.py).
+MIN_NOISY_SHARE = 0.05
+
+
+def label_noise_findings(run: Run) -> list[Finding]:
+    """``data.label_noise``: part of the training set is never learnt (see :func:`_label_noise_share`)."""
+    share = _label_noise_share(run)
+    if share is None:
+        return []
+    e = [x for x in run.epochs if x.get(EVAL_CLEAN) is not None][-1]
+    c = e.get(EVAL_CLEAN)
+    b = _baseline(run) or math.nan
+    n = c.values.size
+    k = int(round(share * n))
+    se = math.sqrt(share * (1 - share) / n)
+    return [Finding(
+        "data.label_noise", "warning",
+        f"{100 * share:.0f} % of the training samples are never learnt: noisy labels or corrupted samples",
+        f"At epoch {e.index}, {k} of {n} probe samples ({100 * share:.1f} ± {100 * se:.1f} %) have an eval-mode "
+        f"training loss above the baseline loss {b:.3g} (a constant prediction does better on them), in this "
+        f"epoch and the one before, while the median sample's loss is {float(np.median(c.values)):.3g}. Samples "
+        "with wrong labels behave like this; they also raise the mean eval-mode training loss "
+        f"({c.mean:.3g}), which is not a capacity problem.",
+        "Inspect the highest-loss training samples (their labels, then their inputs); relabel or drop them, or "
+        "train with a "
+        "noise-robust loss (label smoothing, a symmetric or truncated loss).",
+        [Evidence("share of probe samples above the baseline loss", share, se, (e.index,), "fraction")],
+        (e.index,), {"share": share, "n_probe": n})]
+
+
+def _over_regularized(run: Run, idx: list[int], tname: str, train_last: Measurement, baseline: float,
+                      skill: float, gap: float, ev_skill: Evidence, ev_gap: Evidence, ev_trend: Evidence,
+                      slow_note: str) -> Finding | None:
+    """``regime.over_regularized``: regularization (dropout/batch-norm train mode and the penalty) costs more
+    training loss than the generalization gap it prevents, and the eval-mode training loss stays high."""
+    last_epoch = run.epochs[-1]
+    reg, reg_se = float(last_epoch.penalty), 0.0
+    t, a = last_epoch.get(TRAIN_MODE), last_epoch.get(EVAL_AUGMENTED) or last_epoch.get(EVAL_CLEAN)
+    if t is not None and a is not None and t.source == "measured":
+        d, se = paired_difference(t, a)
+        reg, reg_se = reg + d, se
+    if reg == 0.0 and t is None:
+        return None
+    gap_se = ev_gap.se if math.isfinite(ev_gap.se) else 0.0
+    if not (skill < MAX_SKILL_OVER_REGULARIZED and reg >= MIN_REG_SHARE * train_last.mean
+            and reg - max(gap, 0.0) > Z_NOISE * math.hypot(reg_se, gap_se)):
+        return None
+    ev_reg = Evidence("regularization cost: train-mode term (T − A) + penalty Ω", reg, reg_se, (idx[-1],))
+    return Finding(
+        "regime.over_regularized", "warning", "Under-fitting from too much regularization",
+        f"The {tname} is at {train_last.mean:.4g}, only {100 * skill:.0f} % below the baseline loss "
+        f"{baseline:.4g}, while dropout/batch norm and the penalty cost {reg:.4g} ± {reg_se:.2g} of training "
+        f"loss — more than the generalization gap ({gap:+.4g}) they are there to prevent.{slow_note}",
+        "Reduce dropout and weight decay / L2 penalties, then re-check the gap; raise the learning rate if it "
+        "was lowered to tame regularization.", [ev_skill, ev_reg, ev_gap, ev_trend], (idx[-1],),
+        {"skill": skill, "regularization_cost": reg, "gap": gap})
+
+
+#: Largest skill (1 − loss / baseline) of the best epoch's training loss for "not learning": the model never
+#: beat the constant predictor by more than 5 % (LABELS.md: a loss "at chance level").
+MAX_SKILL_NOT_LEARNING = 0.05
+
+
+def _not_learning_recorded(run: Run, idx: list[int]) -> Finding | None:
+    """``regime.not_learning`` for a recorded run: its training loss never got materially below the baseline
+    loss (the best constant predictor, e.g. ln K for K balanced classes)."""
+    baseline = _baseline(run)
+    if baseline is None:
+        return None
+    _, _, tms, tname = _train_curve(run)
+    vals = np.array([m.mean for m in tms if math.isfinite(m.mean)])
+    if vals.size < 2:
+        return None
+    best = float(vals.min())
+    if best < (1 - MAX_SKILL_NOT_LEARNING) * baseline:
+        return None
+    return Finding(
+        "regime.not_learning", "error", "Not learning: the loss never beats a constant prediction",
+        f"The {tname} is at best {best:.4g}, within {100 * MAX_SKILL_NOT_LEARNING:.0f} % of the baseline loss "
+        f"{baseline:.4g} of the best constant predictor (the label prior): the model has learnt nothing a "
+        "constant output does not give.",
+        "Check that the labels match the inputs and the loss, that the optimizer updates the model's parameters, "
+        "and the learning rate (too low: nothing moves; too high: it jumps back to the prior). Then check the "
+        "model can carry the signal (a one-unit bottleneck cannot).",
+        [Evidence(f"best {tname}", best, math.nan, tuple(idx[-1:])),
+         Evidence("baseline loss (best constant predictor)", baseline)], tuple(idx[-1:]),
+        {"best": best, "baseline_loss": baseline})

@@ -3,7 +3,9 @@
 * ``stability.non_finite`` (error): a step loss, reported epoch loss or
   end-of-epoch measurement is NaN or infinite. It is recorded, never raised.
 * ``stability.divergence`` (error): the training loss is above the baseline
-  loss (best constant predictor) beyond noise and not falling; or the
+  loss (best constant predictor) beyond noise after it had been below it
+  beyond noise (noise: the scatter of the curve up to its minimum), or more
+  than :data:`FAR_ABOVE_BASELINE` times it; or the
   reported training loss (data part) rose after its minimum beyond noise and
   ended at or above where it started: the run lost all its progress.
 * ``stability.training_loss_rising`` (warning): the reported training loss
@@ -25,7 +27,12 @@ from ..record import EVAL_CLEAN, MEASUREMENT_KINDS, Measurement, Run
 from ._noise import scatter_sigma, trend
 from .findings import Z_NOISE, Evidence, Finding
 
-__all__ = ["stability_findings"]
+__all__ = ["stability_findings", "FAR_ABOVE_BASELINE"]
+
+#: A training loss this many times the baseline loss is a blow-up even if the run never beat the constant
+#: predictor: a freshly initialised classifier or regressor starts near the baseline (ln K for K balanced
+#: classes, the target variance for standardised MSE), so 1.5 times it means the updates made it worse.
+FAR_ABOVE_BASELINE = 1.5
 
 
 def _first_non_finite(run: Run) -> tuple[int, str] | None:
@@ -78,20 +85,29 @@ def _worse_than_constant(run: Run) -> Finding | None:
     if len(ms) < 2:
         return None
     last = ms[-1]
-    sigma = scatter_sigma(np.array([m.mean for m in ms]))
+    vals = np.array([m.mean for m in ms])
+    # the scatter of the learning part (up to the minimum): a divergence must not hide in the noise it makes
+    m_i = int(np.argmin(vals))
+    sigma = scatter_sigma(vals[: m_i + 1])
     se_last = math.hypot(last.sem if math.isfinite(last.sem) else 0.0, sigma)
     if not last.mean - baseline > Z_NOISE * se_last:
         return None
+    # divergence is losing what was learnt: the loss was below the baseline beyond noise at some epoch (a run
+    # that never beat the constant predictor is "not learning", judged by the regime family)
+    lows = [m for m in ms if baseline - m.mean > Z_NOISE * math.hypot(m.sem if math.isfinite(m.sem) else 0.0,
+                                                                       sigma)]
+    if not lows and last.mean < FAR_ABOVE_BASELINE * baseline:
+        return None
     k = min(len(ms), max(3, math.ceil(len(ms) / 3)))
-    slope, se_slope = trend(np.asarray(pos[-k:]), ms[-k:], sigma)
-    if math.isfinite(slope) and slope < -Z_NOISE * se_slope:
-        return None  # above the baseline but still falling: slow, not diverged
+    slope, se_slope = trend(np.asarray(pos[-k:]), ms[-k:], scatter_sigma(vals))
     ep = run.epochs[-1].index
     return Finding(
         "stability.divergence", "error", "Training diverged: the model is worse than a constant prediction",
         f"The {name} at epoch {ep} is {last.mean:.4g}, above the baseline loss {baseline:.4g} of the best constant "
-        f"predictor beyond noise, and it is not falling ({slope:+.3g} ± {se_slope:.2g} per epoch over the last "
-        f"{k} epochs).",
+        f"predictor beyond noise" + (f", after it had reached {float(vals.min()):.4g}" if lows else
+                                      f", {last.mean / baseline:.3g} times it") +
+        f" (trend over the last {k} epochs {slope:+.3g} ± {se_slope:.2g} per epoch): the updates made the model "
+        "worse than a constant output.",
         "Lower the learning rate (by 10×) or add warm-up, clip gradients, and check that inputs are scaled and "
         "targets match the loss.",
         [Evidence(name, last.mean, last.sem, (ep,)), Evidence("baseline loss (best constant predictor)", baseline)],
