@@ -50,9 +50,12 @@ def test_minivgg_digits_dropout_timing_and_shift(tmp_path):
     lens, history, diag = ex.run_example(quick=True)
     f = diag.get("gap.val_below_train")
     assert f is not None, diag.codes()
-    assert {"timing", "train_mode"} <= set(f.data["causes"])
+    # causes are ranked on the terms averaged over the last epochs where the gap holds (epochs 3-4 here):
+    # timing leads; the train-mode term is still changing sign in these first epochs (batch norm's moving
+    # statistics lag early, dropout shows later), so it is beyond noise at the last epoch but not on average
+    assert f.data["causes"][0] == "timing" and f.data["epochs_pooled"] >= 2
     d = diag.decomposition[-1]
-    assert d.terms["timing"].significant and d.terms["train_mode"].significant
+    assert d.terms["timing"].significant and d.terms["train_mode"].significant and d.terms["train_mode"].value > 0
     # losslens places the epoch mean at the epoch centre: half an epoch before the end-of-epoch values,
     # which is the tutorial's shift
     run = lens.run

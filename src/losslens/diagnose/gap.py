@@ -216,6 +216,32 @@ def _val_below(d: EpochDecomposition) -> bool:
     return diff > 0 and (se == 0 or not math.isfinite(se) or diff > Z_NOISE * se)
 
 
+#: Causes of "validation below training" are ranked on the mean of each term over the last epochs where the
+#: gap holds (up to this many), not at one epoch: a ranking that flips from epoch to epoch is noise.
+POOL_EPOCHS = 3
+
+#: Words for the terms in sentences.
+TERM_WORDS = {"penalty": "the penalty", "timing": "timing", "train_mode": "dropout/batch norm (train mode)",
+              "augmentation": "augmentation", "generalization": "the data (generalization)"}
+
+
+def _pooled_terms(decs: list[EpochDecomposition]) -> dict[str, Term]:
+    """Each term's mean over ``decs``, with a standard error that treats the epochs as fully correlated (they
+    share the probe and validation samples): the mean of the epochs' errors. A conservative choice: the
+    sampling noise of the mean is at most that; real change of a term between epochs is not noise."""
+    out: dict[str, Term] = {}
+    for name, t0 in decs[-1].terms.items():
+        ts = [d.terms[name] for d in decs if name in d.terms and math.isfinite(d.terms[name].value)]
+        if not ts:
+            out[name] = t0
+            continue
+        vals = np.array([t.value for t in ts])
+        ses = np.array([t.se if math.isfinite(t.se) else 0.0 for t in ts])
+        se = float(ses.mean())
+        out[name] = Term(name, float(vals.mean()), se, t0.status)
+    return out
+
+
 def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None) -> list[Finding]:
     """Findings of the gap family, judged at the last decomposable epoch.
 
@@ -281,14 +307,28 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
         # very end) still get their explanation, with the count of epochs it held in.
         db = below[-1]
         diff_b = db.reported - db.validation
-        ranked_b = sorted((t for t in db.terms.values() if t.status == MEASURED), key=lambda t: -abs(t.value))
+        pooled = _pooled_terms(below[-POOL_EPOCHS:])
+        ranked_b = sorted((t for t in pooled.values() if t.status == MEASURED), key=lambda t: -abs(t.value))
         causes = [t for t in ranked_b if t.value > 0 and (t.significant or (t.name == "penalty" and t.value > 0))]
+        k = min(POOL_EPOCHS, len(below))
+        span = f"epoch {db.epoch}" if k == 1 else f"the last {k} epochs where it holds (to epoch {db.epoch})"
         when = f"at epoch {db.epoch}" + ("" if db.epoch == d.epoch else " (the last epoch where it holds)")
         held = f" It holds beyond noise in {len(below)} of {len(dec)} epochs."
+        tie: list[str] = []
         if causes:
-            lines = ", ".join(f"{t.name} {t.value:+.4g} ({100 * t.value / diff_b:.0f} %)" for t in causes)
+            top = causes[0]
+            tie = [top.name] + [t.name for t in causes[1:]
+                                if top.value - t.value <= Z_NOISE * math.hypot(top.se, t.se)]
+            diff_p = float(np.mean([x.reported - x.validation for x in below[-POOL_EPOCHS:]]))
+            lines = ", ".join(f"{t.name} {t.value:+.4g} ± {t.se:.2g} ({100 * t.value / diff_p:.0f} %)"
+                              for t in causes)
+            tie_txt = ""
+            if len(tie) > 1:
+                tie_txt = (f" {' and '.join(TERM_WORDS.get(n, n) for n in tie)} are of similar size (within noise "
+                           "of each other): neither is the larger cause.")
             msg = (f"The validation loss ({db.validation:.4g}) is below the reported training loss "
-                   f"({db.reported:.4g}) {when}. Measured causes, largest first: {lines}.{held}")
+                   f"({db.reported:.4g}) {when}. Measured causes, averaged over {span}, largest first: "
+                   f"{lines}.{tie_txt}{held}")
         else:
             msg = (f"The validation loss is below the reported training loss {when}, but no single measured part "
                    f"is beyond noise.{held}")
@@ -296,7 +336,8 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
         findings.append(Finding(
             "gap.val_below_train", "info", "Why the validation loss is below the training loss", msg, rec,
             [Evidence(TERM_LABELS[t.name], t.value, t.se, (db.epoch,)) for t in causes], (db.epoch,),
-            {"causes": [t.name for t in causes], "epoch": db.epoch, "epochs_holding": len(below)}))
+            {"causes": [t.name for t in causes], "tie": tie if len(tie) > 1 else [], "epoch": db.epoch,
+             "epochs_holding": len(below), "epochs_pooled": k}))
     tm = d.terms.get("train_mode")
     if tm is not None and tm.value < 0 and tm.significant:
         n_neg = sum(1 for x in dec if x.terms["train_mode"].significant and x.terms["train_mode"].value < 0)
