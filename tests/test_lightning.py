@@ -71,7 +71,7 @@ def trainer(callbacks, epochs=3, **kw):
 
 def fit(with_lens, tmp_path=None, accumulate=1, probe_size=256):
     Xtr, ytr, Xva, yva = digits()
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(0)
     module = Module()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True)
     cbs = []
@@ -134,7 +134,7 @@ def test_accumulate_grad_batches_records_the_batch_loss(tmp_path):
             self.losses.append(float(loss.detach()) * 4)
 
     Xtr, ytr, Xva, yva = digits()
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(0)
     module = Module()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True)
     spy = Spy()
@@ -162,7 +162,7 @@ DDP_SCRIPT = COMMON + textwrap.dedent(
         torch.set_num_threads(1)
         warnings.filterwarnings("ignore")
         Xtr, ytr, Xva, yva = digits()
-        L.seed_everything(0, verbose=False)
+        L.seed_everything(0)
         module = Module()
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=20, shuffle=True)
         lens = LossLens(nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), run="lit-ddp",

@@ -20,7 +20,6 @@ merge       losslens.cli:merge                     copy the runs of several stor
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 import click
 

@@ -49,6 +49,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from .protocol import (  # the probe rule and the baseline loss, shared with the PyTorch adapter
+    PILOT_SIZE,
+    PROBE_CAP,
+    baseline_loss,
+    budget_probe_size,
+    inherited_probe_size,
+    probe_permutation,
+    probe_size_cap,
+    timed_probe_size,
+)
 from .record import (
     EVAL_CLEAN,
     TRAIN_MODE,
@@ -58,17 +68,6 @@ from .record import (
     Run,
     Steps,
     fingerprint_indices,
-)
-
-from .protocol import (  # the probe rule and the baseline loss, shared with the PyTorch adapter
-    PILOT_SIZE,
-    PROBE_CAP,
-    baseline_loss,
-    budget_probe_size,
-    inherited_probe_size,
-    timed_probe_size,
-    probe_permutation,
-    probe_size_cap,
 )
 
 __all__ = ["LossLens", "per_sample_loss", "LossLensError"]

@@ -109,7 +109,8 @@ META_KEYS = {
     "train_hashes_rate": "fraction of training hashes kept by the subsample (1.0 = all)",
     "val_hashes_rate": "fraction of validation hashes kept by the subsample",
     "fingerprint_skipped": "sets not fingerprinted and why (not in memory, too large, not hashable)",
-    "split_exact_duplicates": "losslens.audit.exact_duplicates(...).to_dict(): counts and index pairs found at the start",
+    "split_exact_duplicates": ("losslens.audit.exact_duplicates(...).to_dict(): counts and index pairs found at "
+                               "the start"),
 }
 
 

@@ -59,6 +59,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .protocol import (
+    PILOT_SIZE,
+    baseline_loss,
+    budget_probe_size,
+    inherited_probe_size,
+    probe_permutation,
+    probe_size_cap,
+    timed_probe_size,
+)
 from .record import (
     EVAL_AUGMENTED,
     EVAL_CLEAN,
@@ -71,8 +80,6 @@ from .record import (
     _jsonable,
     fingerprint_indices,
 )
-from .protocol import (PILOT_SIZE, baseline_loss, budget_probe_size, inherited_probe_size, probe_permutation,
-                       probe_size_cap, timed_probe_size)
 from .store import Store
 
 __all__ = ["Lens", "per_sample_loss_fn", "default_unpack", "default_forward"]

@@ -91,7 +91,8 @@ class ExactDuplicates:
             "fraction_val": self.fraction_val, "n_pairs": int(self.n_pairs),
             "pairs": self.pairs[:max_pairs].tolist(), "pairs_truncated": bool(len(self.pairs) > max_pairs
                                                                               or self.truncated),
-            "seconds": self.seconds, "method": "128-bit hash of normalized content (losslens.hashing), verified by comparison",
+            "seconds": self.seconds,
+            "method": "128-bit hash of normalized content (losslens.hashing), verified by comparison",
         }
 
 

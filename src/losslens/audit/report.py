@@ -210,7 +210,8 @@ def render_fragment(res: "AuditResult", max_pairs: int = 12, include_findings: b
     fs = res.feature_shift
     if fs is not None and fs.top_features:
         feats = [{k: _g(v) for k, v in f.items()} for f in fs.top_features]
-    return _ENV.from_string(_FRAGMENT).render(r=res, findings=res.findings() if include_findings else [], lines=res.summary_lines()[1:],
+    return _ENV.from_string(_FRAGMENT).render(r=res, findings=res.findings() if include_findings else [],
+                                              lines=res.summary_lines()[1:],
                                               blocks=_blocks(res, max_pairs), label=label, features=feats)
 
 

@@ -306,7 +306,6 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
         # Judged at the last epoch where it holds: curves that cross late (validation above training at the
         # very end) still get their explanation, with the count of epochs it held in.
         db = below[-1]
-        diff_b = db.reported - db.validation
         pooled = _pooled_terms(below[-POOL_EPOCHS:])
         ranked_b = sorted((t for t in pooled.values() if t.status == MEASURED), key=lambda t: -abs(t.value))
         causes = [t for t in ranked_b if t.value > 0 and (t.significant or (t.name == "penalty" and t.value > 0))]
@@ -390,10 +389,10 @@ def _imported_val_below(run: Run, dec: list[EpochDecomposition]) -> list[Finding
     rest = diff - (timing.value if timing is not None and math.isfinite(timing.value) else 0.0)
     return [Finding(
         "gap.val_below_train", "info", "The validation loss is below the training loss",
-        f"At {where(run, db.epoch)} the validation loss ({db.validation:.4g}) is {diff:.4g} below the reported training "
-        f"loss ({db.reported:.4g}); it is below in {len(below)} of {len(dec)} evaluations.{t_txt} The remaining "
-        f"{rest:+.4g} is dropout/batch norm in train mode, augmentation, a penalty in the training loss, or an "
-        "easier validation set: only probe passes (the eval-mode loss of the training data) can tell them apart.",
+        f"At {where(run, db.epoch)} the validation loss ({db.validation:.4g}) is {diff:.4g} below the reported "
+        f"training loss ({db.reported:.4g}); it is below in {len(below)} of {len(dec)} evaluations.{t_txt} The "
+        f"remaining {rest:+.4g} is dropout/batch norm in train mode, augmentation, a penalty in the training loss, "
+        "or an easier validation set: only probe passes (the eval-mode loss of the training data) can tell them apart.",
         "Record the run with a losslens adapter to split the rest; if the validation set could be easier, run "
         "`losslens audit` on the split.",
         [Evidence("reported training loss − validation loss", diff, math.nan, (db.epoch,))], (db.epoch,), data)]

@@ -82,9 +82,9 @@ MIN_REG_SHARE = 0.25
 
 
 def _baseline(run: Run) -> float | None:
-    b = run.meta.get("baseline_loss")
+    raw = run.meta.get("baseline_loss")
     try:
-        b = float(b)
+        b = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
     return b if math.isfinite(b) and b > 0 else None
@@ -106,16 +106,16 @@ def _train_curve(run: Run) -> tuple[list[int], np.ndarray, list[Measurement], st
     idx, pos, ms = _curve(run, EVAL_CLEAN)
     if len(ms) >= 2:
         return idx, pos, ms, "eval-mode training loss"
-    idx, pos, ms = [], [], []
+    idx, at, ms = [], [], []
     for e in run.epochs:
         if math.isfinite(e.train_loss):
             idx.append(e.index)
-            pos.append(e.index + 0.5)
+            at.append(e.index + 0.5)
             ms.append(Measurement(EVAL_CLEAN, e.train_loss, source="imported"))
-    return idx, np.asarray(pos, dtype=np.float64), ms, "reported training loss"
+    return idx, np.asarray(at, dtype=np.float64), ms, "reported training loss"
 
 
-def suggest_patience(values: np.ndarray, acceptable: np.ndarray) -> tuple[int, int] | None:
+def suggest_patience(values: np.ndarray, acceptable: np.ndarray) -> tuple[int, int, int] | None:
     """Smallest early-stopping patience that stops at an acceptable epoch.
 
     Simulates Keras/Lightning ``EarlyStopping(patience=p, min_delta=0,
@@ -492,7 +492,7 @@ def regime_findings(run: Run) -> list[Finding]:
     _, tpos, tms, tname = _train_curve(run)
     train_last = tms[-1] if tms else None
     skill = 1.0 - train_last.mean / baseline if baseline is not None and train_last is not None else math.nan
-    if improving and math.isfinite(skill) and skill < MIN_SKILL:
+    if improving and math.isfinite(skill) and skill < MIN_SKILL and train_last is not None and baseline is not None:
         # Not converged, but is training longer enough? Project the training loss over another run of the
         # same length; if it would still be far from MIN_SKILL, the capacity (not the schedule) limits it.
         kt = min(k, len(tms))
@@ -605,16 +605,17 @@ def _label_noise_share(run: Run) -> float | None:
     predicts their true class. Reported when between :data:`MIN_NOISY_SHARE` and half of the probe is above
     b in this epoch and the one before (never learnt, not a noisy epoch), the other samples are learnt (their
     median below b / 2), and the validation loss is below the mean eval-mode training loss beyond noise (the
-    clean validation data is easier; a model short of capacity confuses validation samples as often). Source: the small-loss criterion of learning with noisy labels (Arpit et al. 2017, "A
-    closer look at memorization in deep networks"; Han et al. 2018, "Co-teaching"): clean samples are fitted
-    first, mislabelled ones stay at a high loss.
+    clean validation data is easier; a model short of capacity confuses validation samples as often).
+    Source: the small-loss criterion of learning with noisy labels (Arpit et al. 2017, "A closer look at
+    memorization in deep networks"; Han et al. 2018, "Co-teaching"): clean samples are fitted first,
+    mislabelled ones stay at a high loss.
     """
     b = _baseline(run)
-    eps = [e for e in run.epochs if e.get(EVAL_CLEAN) is not None and e.get(EVAL_CLEAN).values is not None]
-    if b is None or len(eps) < 2:
+    cs = [(e, c.values) for e in run.epochs if (c := e.get(EVAL_CLEAN)) is not None and c.values is not None]
+    if b is None or len(cs) < 2:
         return None
-    last, prev = eps[-1].get(EVAL_CLEAN).values, eps[-2].get(EVAL_CLEAN).values
-    v = eps[-1].get(VALIDATION)
+    last, prev = cs[-1][1], cs[-2][1]
+    v = cs[-1][0].get(VALIDATION)
     if last.size != prev.size or last.size < 50 or v is None:
         return None
     high = (last > b) & (prev > b)
@@ -639,8 +640,8 @@ def label_noise_findings(run: Run) -> list[Finding]:
     share = _label_noise_share(run)
     if share is None:
         return []
-    e = [x for x in run.epochs if x.get(EVAL_CLEAN) is not None][-1]
-    c = e.get(EVAL_CLEAN)
+    e, c = [(x, m) for x in run.epochs if (m := x.get(EVAL_CLEAN)) is not None and m.values is not None][-1]
+    assert c.values is not None
     b = _baseline(run) or math.nan
     n = c.values.size
     k = int(round(share * n))

@@ -25,8 +25,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-from markupsafe import Markup
 import numpy as np
+from markupsafe import Markup
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 

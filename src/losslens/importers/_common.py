@@ -311,7 +311,8 @@ def read_csv(path: Any, text: str | None = None) -> Table:
     return Table(names, columns, lines, notes)
 
 
-def numeric_columns(table: "Table", path: Any, skip: Sequence[str] = ("epoch",)) -> tuple[dict[str, np.ndarray], list[str]]:
+def numeric_columns(table: "Table", path: Any,
+                    skip: Sequence[str] = ("epoch",)) -> tuple[dict[str, np.ndarray], list[str]]:
     """Every column of ``table`` but ``skip`` as floats; a non-numeric column is dropped with a note, unless its
     name says it is a loss (then LogFormatError)."""
     cols: dict[str, np.ndarray] = {}

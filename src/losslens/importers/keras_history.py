@@ -154,6 +154,6 @@ def read_pickle(path: Any, train_loss: str | None = None, val_loss: str | None =
         obj = _SafeUnpickler(io.BytesIO(data)).load()
     except Exception as exc:  # any unpickling failure is a format error of this file
         raise LogFormatError(path, f"cannot load the pickle: {exc}") from None
-    if hasattr(obj, "history") and isinstance(getattr(obj, "history"), dict):
+    if hasattr(obj, "history") and isinstance(obj.history, dict):
         obj = obj.history
     return _runs_from_obj(path, obj, train_loss, val_loss, "keras_history_pickle")

@@ -142,9 +142,9 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
     n_steps: dict[int, int] = {}
     for k in np.unique(idx):
         m = idx == k
-        w, l = span[m], loss[m]
-        ok = np.isfinite(l)
-        train[int(k)] = float(np.sum(w[ok] * l[ok]) / np.sum(w[ok])) if ok.all() else float(l[~ok][0])
+        w, lv = span[m], loss[m]
+        ok = np.isfinite(lv)
+        train[int(k)] = float(np.sum(w[ok] * lv[ok]) / np.sum(w[ok])) if ok.all() else float(lv[~ok][0])
         n_steps[int(k)] = int(w.sum())
     val: dict[int, float] = {}
     metrics: dict[int, dict[str, float]] = {}
