@@ -372,3 +372,17 @@ def test_million_step_run_plots_decimated_with_its_spike():
     ys = np.asarray(line.get_ydata())
     assert ys.size <= figures.DECIMATE_THRESHOLD + 4
     assert ys.max() == 40.0
+
+
+def test_the_verdict_comes_first_everywhere():
+    """JSON has a top-level verdict; the terminal and the HTML page open with it, before the run's metadata."""
+    rep = Report(diagnose(make_run(n_epochs=8)))
+    d = json.loads(rep.to_json())
+    v = d["verdict"]
+    assert v["code"] in ("overfitting", "converged", "still_improving", "not_learning", "unstable", "degenerate",
+                         "insufficient")
+    assert v["finding"] in d["report"]["codes"] and v["sentence"]
+    text = rep.to_text()
+    assert text.index(v["code"].replace("_", " ").upper()) < text.index("losslens report")
+    html = rep.to_html()
+    assert 'id="verdict"' in html and html.index('id="verdict"') < html.index('class="facts"')
