@@ -850,3 +850,19 @@ def test_runs_of_one_experiment_share_the_auto_probe_set(digits, tmp_path):
     assert metas[1]["probe_fingerprint"] == metas[0]["probe_fingerprint"]
     assert "first of experiment 'mlp'" in metas[1]["probe_size_reason"]
     assert store.load_run("seed1").meta["probe_size"] == metas[0]["probe_size"]
+
+
+def test_with_block_finishes_the_run(digits, tmp_path):
+    Xtr, ytr, Xva, yva = digits
+    model = mlp(hidden=16)
+    with Lens(model, nn.CrossEntropyLoss(), probe=(Xtr[:200], ytr[:200]), val=(Xva[:100], yva[:100]),
+              store=tmp_path / "s.db", run="w") as lens:
+        lens.step(torch.tensor(1.0), batch_size=16)
+        lens.end_epoch()
+    assert lens.run.status == "finished"
+    with Store(tmp_path / "s.db") as s:
+        assert s.load_run("w").status == "finished"
+    with pytest.raises(RuntimeError):
+        with Lens(model, nn.CrossEntropyLoss(), probe=(Xtr[:200], ytr[:200]), store=None) as lens2:
+            raise RuntimeError("user code failed")
+    assert lens2.run.status == "running"   # a crashed run is not reported as finished

@@ -1255,6 +1255,15 @@ class Lens:
                 self._store = None
         return self.run
 
+    def __enter__(self) -> "Lens":
+        """``with Lens(...) as lens:`` finishes the run when the block ends without an exception (a run left by an
+        exception stays "running": its report says it did not finish)."""
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None and self.run.status != "finished":
+            self.finish()
+
     def diagnose(self) -> Any:
         """Diagnose the run recorded so far.
 
