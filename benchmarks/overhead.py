@@ -10,14 +10,15 @@ side by side in one process:
                (``Lens(..., probe_size=0)``, no ``val=``: the user's own
                validation pass stays); the store is a real SQLite file;
 (c) default    ``Lens`` with its defaults (probe size "auto" = the 3 % cost
-               budget, ``val=`` given) and the user's own validation pass
-               removed, since the Lens measures the validation loss.
+               budget counted from sample counts, ``val=`` given) and the
+               user's own validation pass removed, since the Lens measures
+               the validation loss.
 
 Task: 50 000 training and 10 000 validation samples from scikit-learn's
 ``make_classification`` (40 features, 10 classes), an MLP 40-256-256-10 with
-dropout 0.2, batch size 64, Adam, three epochs per run by default (the first
-epoch is the dearest for the Lens: it includes the timed pilot pass that sets
-the probe size; construction hashes both splits once for the split
+dropout 0.2, batch size 64, Adam, three epochs per run by default (the probe
+size is fixed at the first epoch end from sample counts: 0.03 x 3 x 50 000 / 2
+passes = 2 250 samples; construction hashes both splits once for the split
 fingerprints and the exact-duplicate check, reported apart as "setup"). Repetitions are interleaved (a, b, c, a, b, c, ...) so machine
 noise hits all three, and the medians are reported. Targets (issue 2):
 step-only ratio <= 1.02, default ratio <= 1.05.
