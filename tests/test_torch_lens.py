@@ -866,3 +866,55 @@ def test_with_block_finishes_the_run(digits, tmp_path):
         with Lens(model, nn.CrossEntropyLoss(), probe=(Xtr[:200], ytr[:200]), store=None) as lens2:
             raise RuntimeError("user code failed")
     assert lens2.run.status == "running"   # a crashed run is not reported as finished
+
+
+class _BrokenAfter(torch.utils.data.Dataset):
+    """A probe dataset that cannot be read from a given read on (a file that disappeared, a bad sample)."""
+
+    def __init__(self, X, y, ok_reads):
+        self.X, self.y, self.left = X, y, ok_reads
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        self.left -= 1
+        if self.left < 0:
+            raise OSError(f"sample {i}: cannot read")
+        return self.X[i], self.y[i]
+
+
+def test_a_failing_measurement_never_stops_training(digits, tmp_path):
+    """The probe passes fail from epoch 2 on: every epoch is still recorded (no merging), training goes on."""
+    Xtr, ytr, Xva, yva = digits
+    model = mlp(hidden=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = _BrokenAfter(Xtr[:300], ytr[:300], ok_reads=10**9)
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=probe, val=(Xva[:100], yva[:100]), store=tmp_path / "s.db",
+                run="broken", probe_size=100)
+    for epoch in range(4):
+        for i in range(0, 300, 50):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(Xtr[i:i + 50]), ytr[i:i + 50])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=50)
+        if epoch == 2:
+            probe.left = 0            # from now on every read fails
+        with pytest.warns(RuntimeWarning, match="training goes on") if epoch == 2 else _nullcontext():
+            lens.end_epoch()
+    lens.finish()
+    run = Store(tmp_path / "s.db").load_run("broken")
+    assert [e.index for e in run.epochs] == [0, 1, 2, 3] and all(e.n_steps == 6 for e in run.epochs)
+    assert EVAL_CLEAN in run.epochs[1].measurements and not run.epochs[2].measurements
+    assert [x["epoch"] for x in run.meta["measurement_errors"]] == [2, 3]
+    assert "cannot read" in run.meta["measurement_errors"][0]["error"]
+    assert diagnose(run).get("recording.measurement_failed") is not None
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -213,3 +213,38 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         ref.step(0.0)
         ep = ref.end_epoch()
     np.testing.assert_allclose(r0["train_mode"], ep.get("train_mode").values, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_probe_never_stops_the_trainer_on_a_language_model(tmp_path):
+    """Issue 17: a tiny GPT-2 (from a config) with the callback's defaults. Whatever the probe passes do with a
+    causal-LM head, the Trainer finishes every step and each evaluation is recorded (without measurements if
+    they failed, with the error in the run)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    class Text(torch.utils.data.Dataset):
+        def __init__(self, n, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.ids = torch.randint(0, 64, (n, 16), generator=g)
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "attention_mask": torch.ones(16, dtype=torch.long),
+                    "labels": self.ids[i]}
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_layer=1, n_head=2, n_embd=16, n_positions=32))
+    train_ds, val_ds = Text(96, 1), Text(32, 2)
+    cb = LossLens(run="gpt2-tiny", store=tmp_path / "s.db")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(model=model, args=args(str(tmp_path / "out"), num_train_epochs=2), train_dataset=train_ds,
+                          eval_dataset=val_ds, callbacks=[cb])
+        trainer.train()
+    assert trainer.state.global_step == 2 * 96 // 16
+    with Store(tmp_path / "s.db") as s:
+        run = s.load_run("gpt2-tiny")
+    assert len(run.epochs) == 2
+    for e in run.epochs:
+        assert e.measurements or any(x["epoch"] == e.index for x in run.meta.get("measurement_errors", []))

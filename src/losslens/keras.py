@@ -68,6 +68,7 @@ from .record import (
     Run,
     Steps,
     fingerprint_indices,
+    record_measurement_error,
 )
 
 __all__ = ["LossLens", "per_sample_loss", "LossLensError"]
@@ -1008,16 +1009,20 @@ class LossLens(keras.callbacks.Callback):
             self._choose_probe(getattr(self, "_t_train", math.nan), float(samples))
         t0 = time.perf_counter()
         ms: dict[str, Measurement] = {}
-        if self.measure_train_mode:
-            # its own guard: the batch-norm moving statistics it updates are restored before the eval passes
+        try:
+            if self.measure_train_mode:
+                # its own guard: the batch-norm moving statistics it updates are restored before the eval passes
+                with _StateGuard(self.model, self.probe_seed + epoch):
+                    ms[TRAIN_MODE] = Measurement.from_values(TRAIN_MODE, self._passes(
+                        self._px, self._py, True, self.batch_size))
             with _StateGuard(self.model, self.probe_seed + epoch):
-                ms[TRAIN_MODE] = Measurement.from_values(TRAIN_MODE, self._passes(
-                    self._px, self._py, True, self.batch_size))
-        with _StateGuard(self.model, self.probe_seed + epoch):
-            c_vals, v_vals = self._eval_passes()
-            ms[EVAL_CLEAN] = Measurement.from_values(EVAL_CLEAN, c_vals)
-            if v_vals is not None:
-                ms[VALIDATION] = Measurement.from_values(VALIDATION, v_vals)
+                c_vals, v_vals = self._eval_passes()
+                ms[EVAL_CLEAN] = Measurement.from_values(EVAL_CLEAN, c_vals)
+                if v_vals is not None:
+                    ms[VALIDATION] = Measurement.from_values(VALIDATION, v_vals)
+        except Exception as exc:  # losslens never stops training because its own measurement failed
+            ms = {}
+            record_measurement_error(self.run, int(epoch), exc)
         probe_s = time.perf_counter() - t0
         metrics = {}
         for key, val in (logs or {}).items():
@@ -1031,7 +1036,7 @@ class LossLens(keras.callbacks.Callback):
         self.run.steps = Steps.concat([self.run.steps, steps])
         if self._store is not None:
             self._store.append_epoch(self.run.id, ep, steps)
-        if logs is not None:
+        if logs is not None and EVAL_CLEAN in ms:
             logs["eval_train_loss"] = ms[EVAL_CLEAN].mean
             if TRAIN_MODE in ms:
                 logs["train_mode_loss"] = ms[TRAIN_MODE].mean

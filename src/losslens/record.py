@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 __all__ = [
+    "record_measurement_error",
     "Measurement",
     "Epoch",
     "Steps",
@@ -499,3 +500,20 @@ def to_jsonable(x: Any, fallback: Any = None) -> Any:
 
 
 _jsonable = to_jsonable  # the name used inside the package
+
+
+def record_measurement_error(run: "Run", epoch: int, exc: BaseException) -> None:
+    """Note in ``run.meta["measurement_errors"]`` that the probe/validation passes of ``epoch`` failed.
+
+    The adapters call it when their own passes raise: the epoch is then recorded with its step losses and
+    without measurements, a warning names the error once per run, and training goes on (DESIGN.md: a failed
+    measurement is recorded as missing with its error and never stops the user's training).
+    """
+    import warnings
+
+    errs = run.meta.setdefault("measurement_errors", [])
+    errs.append({"epoch": int(epoch), "error": f"{type(exc).__name__}: {exc}"[:500]})
+    if len(errs) == 1:
+        warnings.warn(f"losslens: the probe/validation passes of epoch {epoch} failed ({type(exc).__name__}: "
+                      f"{str(exc)[:200]}); the epoch is recorded without them and training goes on",
+                      RuntimeWarning, stacklevel=3)

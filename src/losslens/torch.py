@@ -79,6 +79,7 @@ from .record import (
     Steps,
     _jsonable,
     fingerprint_indices,
+    record_measurement_error,
 )
 from .store import Store
 
@@ -920,7 +921,13 @@ class Lens:
         self._epoch_samples = (float(bs.sum()) if known and len(known) == n_steps
                                else float(n_steps * self._train_batch_size(n_steps)))
         t_probe = time.perf_counter()
-        measurements = self._measure(seconds, n_steps)
+        try:
+            measurements = self._measure(seconds, n_steps)
+        except Exception as exc:  # losslens never stops training because its own measurement failed
+            if self._dist:   # the other ranks wait in a collective: failing alone would hang them all
+                raise
+            measurements = {}
+            record_measurement_error(self.run, e, exc)
         probe_seconds = time.perf_counter() - t_probe
 
         epoch = Epoch(index=e, train_loss=r, penalty=omega, n_steps=n_steps,

@@ -132,5 +132,21 @@ def diagnose(run: Run, audit: Any = None) -> Diagnosis:
                 easier.message += (" The split audit found no duplicates, leaks or shift: look at per-sample "
                                    "difficulty and label noise in the training set.")
                 easier.data["audit_codes"] = []
-    findings += split
+    findings += split + _measurement_errors(run)
     return Diagnosis(run, findings, dec, headline(findings, run))
+
+
+def _measurement_errors(run: Run) -> list[Finding]:
+    """``recording.measurement_failed``: epochs whose probe/validation passes failed (recorded without them)."""
+    errs = run.meta.get("measurement_errors")
+    if not isinstance(errs, list) or not errs:
+        return []
+    eps = [int(e.get("epoch", -1)) for e in errs if isinstance(e, dict)]
+    first = errs[0].get("error", "") if isinstance(errs[0], dict) else str(errs[0])
+    return [Finding(
+        "recording.measurement_failed", "warning",
+        f"The probe/validation passes failed in {len(eps)} epoch(s): those epochs have no measurements",
+        f"Epochs {', '.join(map(str, eps[:10]))}{', …' if len(eps) > 10 else ''} were recorded with their step "
+        f"losses only; training went on. First error: {first}",
+        "Check that every probe and validation sample can be read and has the target type the loss expects "
+        "(the error above names it).", [], tuple(eps[:10]), {"epochs": eps, "errors": errs[:20]})]
