@@ -918,3 +918,63 @@ class _nullcontext:
 
     def __exit__(self, *a):
         return False
+
+
+def test_a_failed_store_write_is_retried_and_never_merges_epochs(digits, tmp_path, monkeypatch):
+    """The store refuses two writes (as a full disk does): training goes on, the epochs keep their own steps,
+    and every epoch reaches the store once it accepts writes again."""
+    import sqlite3
+
+    Xtr, ytr, Xva, yva = digits
+    model = mlp(hidden=16)
+    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr[:200], ytr[:200]), val=(Xva[:100], yva[:100]),
+                store=tmp_path / "s.db", run="disk", probe_size=50)
+    real = lens._store.append_epoch
+    fails = {"left": 0}
+
+    def flaky(*a, **k):
+        if fails["left"] > 0:
+            fails["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(*a, **k)
+
+    monkeypatch.setattr(lens._store, "append_epoch", flaky)
+    for epoch in range(4):
+        for _ in range(8):
+            lens.step(torch.tensor(1.0), batch_size=25)
+        if epoch == 1:
+            fails["left"] = 2            # the writes of epoch 1, then its retry at epoch 2, fail
+            with pytest.warns(RuntimeWarning, match="disk is full"):
+                lens.end_epoch()
+        elif epoch == 2:
+            with pytest.warns(RuntimeWarning, match="retried"):
+                lens.end_epoch()
+        else:
+            lens.end_epoch()
+    assert [(e.index, e.n_steps) for e in lens.run.epochs] == [(0, 8), (1, 8), (2, 8), (3, 8)]
+    lens.finish()
+    with Store(tmp_path / "s.db") as s:
+        run = s.load_run("disk")
+    assert [(e.index, e.n_steps) for e in run.epochs] == [(0, 8), (1, 8), (2, 8), (3, 8)]
+    assert run.status == "finished" and len(run.steps) == 32
+
+
+def test_a_store_that_stays_unwritable_is_reported_at_finish(digits, tmp_path, monkeypatch):
+    import sqlite3
+
+    from losslens.store import StoreError
+
+    Xtr, ytr, _, _ = digits
+    lens = Lens(mlp(hidden=16), nn.CrossEntropyLoss(), probe=(Xtr[:200], ytr[:200]), store=tmp_path / "s.db",
+                run="full", probe_size=50)
+
+    def full(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(lens._store, "append_epoch", full)
+    lens.step(torch.tensor(1.0), batch_size=25)
+    with pytest.warns(RuntimeWarning):
+        lens.end_epoch()
+    with pytest.raises(StoreError, match="s.db"):
+        lens.finish()
+    assert len(lens.run.epochs) == 1 and lens.run.status != "finished"

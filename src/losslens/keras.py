@@ -530,6 +530,7 @@ class LossLens(keras.callbacks.Callback):
         self.seed = seed
         self.run: Run | None = None
         self._store = None
+        self._pending_writes: list[tuple[Epoch, Steps]] = []   # finished epochs whose store write failed
         self._in_epoch = False
         self._final = True
 
@@ -1035,7 +1036,8 @@ class LossLens(keras.callbacks.Callback):
         self.run.epochs.append(ep)
         self.run.steps = Steps.concat([self.run.steps, steps])
         if self._store is not None:
-            self._store.append_epoch(self.run.id, ep, steps)
+            self._pending_writes.append((ep, steps))
+            self._flush(final=False)
         if logs is not None and EVAL_CLEAN in ms:
             logs["eval_train_loss"] = ms[EVAL_CLEAN].mean
             if TRAIN_MODE in ms:
@@ -1049,11 +1051,36 @@ class LossLens(keras.callbacks.Callback):
         if self.run is None:
             return
         self._train_full = None
+        if self._store is not None:
+            self._flush(final=True)
         self.run.status = "finished"
         if self._store is not None:
             self._store.set_status(self.run.id, "finished")
             self._store.close()
             self._store = None
+
+    def _flush(self, final: bool) -> None:
+        """Write the epochs not yet in the store, in order; a failed write (full disk, locked file) is retried
+        at the next epoch end with a warning, so training goes on; at the end of training a write that still
+        fails raises :class:`losslens.store.StoreError` naming the store (the epochs stay in :attr:`run`)."""
+        import sqlite3
+        import warnings
+
+        from .store import StoreError
+
+        assert self._store is not None and self.run is not None
+        while self._pending_writes:
+            ep, st = self._pending_writes[0]
+            try:
+                self._store.append_epoch(self.run.id, ep, st)
+            except (sqlite3.Error, OSError, StoreError) as exc:
+                msg = (f"store {str(self._store.path)!r}: could not write epoch {ep.index} ({exc}); "
+                       f"{len(self._pending_writes)} epoch(s) kept in memory")
+                if final:
+                    raise StoreError(msg + "; they are in LossLens.run") from exc
+                warnings.warn(msg + ", retried at the next epoch end", RuntimeWarning, stacklevel=3)
+                return
+            self._pending_writes.pop(0)
 
     # -- results -----------------------------------------------------------------------------------
     def diagnose(self) -> Any:

@@ -629,6 +629,7 @@ class Lens:
                 )
         self._probe_size_arg = int(probe_size) if not isinstance(probe_size, str) else probe_size
         self._epoch_samples = math.nan   # training samples of the current epoch (probe-size rule)
+        self._pending_writes: list[tuple[Epoch, Steps]] = []   # finished epochs whose store write failed
         self._probe_budget = float(probe_budget)
         self._probe_seed = int(probe_seed)
         self._penalty = penalty
@@ -937,13 +938,39 @@ class Lens:
                       seconds=seconds, probe_seconds=probe_seconds)
         self.run.epochs.append(epoch)
         self.run.steps = Steps.concat([self.run.steps, steps])
-        if self._store is not None:
-            self._store.append_epoch(self.run.id, epoch, steps)
-            self._sync_meta()
+        # the epoch is closed in memory before the store is touched: a failed write can never merge its steps
+        # into the next epoch or renumber the epochs
         self._losses, self._batch_sizes, self._penalties = [], [], []
         self._t_first_step = None
         self._epoch += 1
+        if self._store is not None:
+            self._pending_writes.append((epoch, steps))
+            self._flush(final=False)
         return epoch
+
+    def _flush(self, final: bool) -> None:
+        """Write the epochs not yet in the store, in order. A failed write (a full disk, a locked file) is kept
+        and retried at the next :meth:`end_epoch` with a warning, so training goes on; at :meth:`finish` a
+        write that still fails raises :class:`losslens.store.StoreError` naming the store (nothing is dropped
+        silently)."""
+        import sqlite3
+
+        from .store import StoreError
+
+        assert self._store is not None
+        while self._pending_writes:
+            ep, st = self._pending_writes[0]
+            try:
+                self._store.append_epoch(self.run.id, ep, st)
+                self._sync_meta()
+            except (sqlite3.Error, OSError, StoreError) as exc:
+                msg = (f"store {str(self._store.path)!r}: could not write epoch {ep.index} ({exc}); "
+                       f"{len(self._pending_writes)} epoch(s) kept in memory")
+                if final:
+                    raise StoreError(msg + "; they are in lens.run") from exc
+                warnings.warn(msg + ", retried at the next end_epoch", RuntimeWarning, stacklevel=3)
+                return
+            self._pending_writes.pop(0)
 
     def _reduce_steps(self, losses: np.ndarray, pens: np.ndarray, bs: np.ndarray, seconds: float,
                       sized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
@@ -1249,10 +1276,18 @@ class Lens:
         -------
         Run
             :attr:`run`.
+
+        Raises
+        ------
+        losslens.store.StoreError
+            If epochs whose store write failed during training still cannot be written (the message names the
+            store; the epochs stay in :attr:`run`).
         """
         if self._losses:
             warnings.warn(f"Lens.finish: {len(self._losses)} step(s) after the last end_epoch() are not recorded",
                           stacklevel=2)
+        if self._store is not None:
+            self._flush(final=True)
         self.run.status = "finished"
         if self._store is not None:
             self._sync_meta()
