@@ -146,3 +146,23 @@ def test_headline_verdict_in_json_names_best_epoch():
     assert out["code"] == "overfitting" and out["finding"] == "regime.overfitting"
     assert abs(out["best"]["epoch"] - 15) <= 4
     assert out["sentence"].startswith("Overfitting.")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_CODES = {"overfitting", "still_improving", "converged", "not_learning", "unstable", "degenerate", "insufficient"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                          st.sampled_from([0.0, -0.0, 1e-300, 1e300])), min_size=0, max_size=60),
+       st.sampled_from(["validation", "training"]))
+def test_any_curve_gets_a_verdict_without_an_exception(values, role):
+    """Zeros, negative, huge, NaN and infinite values (fuzzing found a zero minimum dividing a message)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        j = judge_curve(np.arange(len(values), dtype=float), np.array(values, dtype=float), role=role)
+    assert j.code in _CODES and isinstance(j.reason, str)

@@ -251,8 +251,9 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
         data["log_sigma"] = s_log
         if s_log > ERRATIC_LOG_SIGMA and s_log > 0.5 * trend_log:
             return CurveJudgement(
-                "unstable", f"the {role} loss jumps by ±{100 * (math.exp(s_log) - 1):.0f} % from one evaluation "
-                f"to the next (robust scatter of log loss {s_log:.2f}), more than its trend over the last two thirds",
+                "unstable", f"the {role} loss jumps by a factor of {math.exp(min(s_log, 700.0)):.3g} from one "
+                f"evaluation to the next (robust scatter of log loss {s_log:.2f}), more than its trend over the last "
+                "two thirds",
                 int(np.argmin(y)), data)
     # not learning: barely moves from its start over the whole run
     k0 = max(1, min(n // 10, 5))
@@ -311,7 +312,7 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
         if material and ((above >= 0.75 and tau > 0 and p < 0.05) or above >= 0.9):
             return CurveJudgement(
                 "overfitting", f"the {role} loss reached its minimum {float(y[best]):.4g} and then rose: the last "
-                f"{m} evaluations are {rise:+.3g} ({100 * rise / abs(ref):+.1f} %) above it, beyond the noise "
+                f"{m} evaluations are {rise:+.3g}{_pct(rise, ref)} above it, beyond the noise "
                 f"±{sigma_o:.2g} in {100 * above:.0f} % of them", best, data)
     # still improving: a significant, material fall over the last third (after a step, if any)
     # the last third (at least 5 points, for a rank test); a short curve (< 9 points) its last half plus one
@@ -340,11 +341,16 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
     if significant and fall > MIN_REL_GAIN * lvl and (fall > 2 * sigma or 5 <= n < 9):
         return CurveJudgement(
             "still_improving", f"the {role} loss still falls over its last {ys.size} points: {float(ys[0]):.4g} → "
-            f"{float(ys[-1]):.4g}, a fitted fall of {100 * fall / lvl:.1f} % of its level", best, data)
+            f"{float(ys[-1]):.4g}, a fitted fall of {fall:.3g}{_pct(fall, lvl)}", best, data)
     return CurveJudgement(
         "converged", f"the {role} loss no longer changes materially: its last {ys.size} points change by "
         f"{100 * -fall / lvl if lvl else 0.0:+.1f} % (fitted), within noise or below {100 * MIN_REL_GAIN:.1f} % of "
         "its level", best, data)
+
+
+def _pct(x: float, ref: float) -> str:
+    """`` (+12.3 %)`` of ``ref``, or nothing when ``ref`` is 0 (a relative change of a zero level is undefined)."""
+    return f" ({100 * x / abs(ref):+.1f} %)" if ref else ""
 
 
 def _degenerate(y: np.ndarray, role: str) -> CurveJudgement | None:
