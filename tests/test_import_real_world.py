@@ -135,3 +135,21 @@ def test_imported_validation_below_training_is_a_finding(tmp_path):
     assert f is not None and f.data["epochs_holding"] == 6
     assert f.data["difference"] == pytest.approx(0.1, rel=1e-6) and "probe" in f.message
     assert math.isfinite(f.data.get("timing", math.nan))
+
+
+def test_lightning_monitor_from_hparams_is_judged_too(tmp_path):
+    """A Lightning run whose hparams.yaml names the monitored metric (val_acc, mode max): loss overfits, accuracy
+    keeps improving: the report says they disagree."""
+    rows = ["epoch,step,train_loss,val_loss,val_acc"]
+    vl = [1.0, 0.8, 0.7, 0.68, 0.7, 0.75, 0.8, 0.86, 0.9, 0.95, 1.0, 1.05]
+    for e, v in enumerate(vl):
+        rows.append(f"{e},{10 * e + 9},{1.0 * 0.8 ** e},,")
+        rows.append(f"{e},{10 * e + 9},,{v},{0.5 + 0.03 * e}")
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "hparams.yaml").write_text("lr: 0.001\nmonitor: val_acc\nmode: max\nlayers:\n  - 64\n")
+    run = load_log(tmp_path / "metrics.csv")
+    assert run.meta["metric_for_best_model"] == "val_acc" and run.meta["greater_is_better"] is True
+    d = diagnose(run)
+    um = d.get("regime.user_metric")
+    assert d.verdict.code == "overfitting" and um is not None
+    assert um.data["verdict"] == "still_improving" and um.data["disagrees_with_loss"]

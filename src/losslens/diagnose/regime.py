@@ -312,7 +312,8 @@ def _user_metric(run: Run, idx: list[int], loss_code: str, loss_best: int | None
     m = run.meta.get("metric_for_best_model")
     if not isinstance(m, str) or not m or "loss" in m:
         return []
-    name = m if m.startswith("eval_") else f"eval_{m}"
+    logged = {k for e in run.epochs for k in e.metrics}
+    name = m if m in logged or m.startswith("eval_") else f"eval_{m}"
     pts = [(e.index, e.position, e.metrics[name]) for e in run.epochs
            if name in e.metrics and math.isfinite(e.metrics[name])]
     if len(pts) < 3:

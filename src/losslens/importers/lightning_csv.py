@@ -309,4 +309,39 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
     epochs = build_epochs(indices, train=train, val=val, positions=positions, metrics=metrics, n_steps=n_steps)
     return finish_run(path, epochs=epochs, steps=steps, importer="lightning_csv", framework="lightning",
                       reported_loss_kind=kind, roles=roles.to_dict(), notes=notes,
-                      extra_meta={"steps_per_epoch": L if has_step and math.isfinite(L) else None})
+                      extra_meta={"steps_per_epoch": L if has_step and math.isfinite(L) else None,
+                                  **_monitor_from_hparams(path, notes)})
+
+
+def _monitor_from_hparams(path: Any, notes: list[str]) -> dict[str, Any]:
+    """The metric the run selects checkpoints or stops by, from ``hparams.yaml`` beside ``metrics.csv``.
+
+    Lightning's ``CSVLogger`` writes the module's saved hyper-parameters there; when they hold a top-level
+    ``monitor`` (the convention of ``ModelCheckpoint``/``EarlyStopping`` arguments saved with
+    ``save_hyperparameters``) and optionally ``mode: max|min``, the diagnosis judges that metric too. Read as plain
+    ``key: value`` lines (no YAML library is a dependency); anything else in the file is ignored.
+    """
+    import os
+
+    hp = os.path.join(os.path.dirname(os.path.abspath(str(path))), "hparams.yaml")
+    if not os.path.isfile(hp):
+        return {}
+    try:
+        with open(hp, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read(64 * 1024).splitlines()
+    except OSError:
+        return {}
+    top = {}
+    for ln in lines:
+        if ln[:1] in (" ", "\t", "#", "-") or ":" not in ln:
+            continue
+        k, _, v = ln.partition(":")
+        top[k.strip()] = v.strip().strip("'\"")
+    mon = top.get("monitor")
+    if not mon or "loss" in mon.lower():
+        return {}
+    out: dict[str, Any] = {"metric_for_best_model": mon}
+    if top.get("mode") in ("max", "min"):
+        out["greater_is_better"] = top["mode"] == "max"
+    notes.append(f"hparams.yaml names the monitored metric {mon!r}: the run is judged on it too")
+    return out
