@@ -577,6 +577,10 @@ class Lens:
             or (isinstance(probe_size, (int, np.integer)) and probe_size >= 0)
         ):
             raise ValueError(f"probe_size: expected 'auto', 'all', 'timed' or an int >= 0, got {probe_size!r}")
+        if probe_size == 1 and isinstance(model, torch.nn.Module) and any(
+                isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in model.modules()):
+            raise ValueError("probe_size: 1 is too small for a model with batch norm (a train-mode batch of one "
+                             "sample has no batch statistics); use at least 2")
         if isinstance(probe_budget, bool) or not isinstance(probe_budget, (int, float)) or not 0 < probe_budget <= 1:
             raise ValueError(f"probe_budget: expected a fraction in (0, 1], got {probe_budget!r}")
         if isinstance(probe_seed, bool) or not isinstance(probe_seed, (int, np.integer)) or probe_seed < 0:
@@ -887,6 +891,8 @@ class Lens:
         mets: dict[str, float] = {}
         for k, v in (metrics or {}).items():
             try:
+                if isinstance(v, torch.Tensor) and v.numel() != 1:
+                    raise TypeError(f"shape {tuple(v.shape)}")
                 mets[str(k)] = float(v.item() if isinstance(v, torch.Tensor) else v)
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"metrics: value of {k!r} is not a number ({type(v).__name__})") from exc

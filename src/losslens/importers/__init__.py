@@ -90,6 +90,8 @@ def detect_format(path: Any) -> str:
                                 "log files of a known format)")
     if not os.path.exists(p):
         raise LogFormatError(p, "no such file or folder")
+    if not os.path.isfile(p):   # a FIFO or a device (/dev/zero) would block or never end
+        raise LogFormatError(p, "not a regular file (a pipe, device or socket): only files are read")
     if tensorboard.is_event_file(p):
         return "tensorboard"
     data = read_bytes(p)

@@ -57,12 +57,20 @@ def fail(path: Any, reason: str) -> LogFormatError:
 
 def read_bytes(path: Any, limit: int = MAX_TEXT_BYTES) -> bytes:
     """The file's bytes; :class:`LogFormatError` when unreadable or too large."""
+    import stat
+
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):   # a FIFO or a device (/dev/zero) would block or never end
+            raise LogFormatError(path, "not a regular file (a pipe, device or socket): only files are read")
+        size = st.st_size
         if size > limit:
             raise LogFormatError(path, f"file is {size} bytes, above the {limit}-byte limit for text logs")
         with open(path, "rb") as fh:
-            return fh.read()
+            data = fh.read(limit + 1)   # bounded even if the file grows while it is read
+        if len(data) > limit:
+            raise LogFormatError(path, f"file grew above the {limit}-byte limit for text logs while read")
+        return data
     except LogFormatError:
         raise
     except OSError as exc:

@@ -47,8 +47,10 @@ _SUBDIRS = ("train", "validation")
 def is_event_file(path: Any) -> bool:
     """True for a TensorBoard event file (by name, or by its first record holding ``brain.Event``)."""
     p = str(path)
+    if not os.path.isfile(p):   # never open a FIFO or a device to sniff it
+        return False
     if "tfevents" in os.path.basename(p):
-        return os.path.isfile(p)
+        return True
     try:
         with open(p, "rb") as fh:
             head = fh.read(64)

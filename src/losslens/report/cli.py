@@ -54,7 +54,7 @@ def runs(store_path: str) -> None:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in rows:
         val = r["last_val_loss"]
-        table.add_row(str(r["id"]), Text(str(r["name"])), Text(str(r["experiment"] or "—")),
+        table.add_row(str(r["id"]), Text(_printable(r["name"])), Text(_printable(r["experiment"] or "—")),
                       Text(str(r["status"]), style="yellow" if r["status"] == "running" else ""),
                       str(r["n_epochs"]), "—" if val is None or (isinstance(val, float) and math.isnan(val))
                       else fmt(val))
@@ -95,3 +95,8 @@ def report(run_ref: str, store_path: str, html_path: str, json_path: str | None)
     if run.status == "running":
         console.print(Text(f"Note: run {run.name!r} did not finish (status 'running'); the report covers the "
                            f"{len(run.epochs)} epoch(s) it committed.", style="yellow"))
+
+
+def _printable(x: object) -> str:
+    """Control characters escaped (``\\x1b``): a run name cannot move the cursor or clear the terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(x))
