@@ -515,3 +515,27 @@ def test_per_sample_loss_mean_equals_keras_loss(loss, y_kind):
 def test_per_sample_loss_rejects_multi_output_losses():
     with pytest.raises(LossLensError, match="loss_fn"):
         per_sample_loss(["mse", "mae"])
+
+
+def test_auto_probe_and_measurements_do_not_depend_on_machine_load():
+    """The same seeded fit alone and beside two CPU-burning processes: the same probe, bit-identical losses."""
+    import subprocess
+    import sys
+
+    def one():
+        lens, h = _budget_fit(epochs=2)
+        return lens.run
+
+    quiet = one()
+    burn = "import time\nend = time.time() + 120\nwhile time.time() < end: pass"
+    burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+    try:
+        busy = one()
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert quiet.meta["probe_size"] == busy.meta["probe_size"] == 200
+    for eq, eb in zip(quiet.epochs, busy.epochs):
+        for kind in eq.measurements:
+            np.testing.assert_array_equal(eq.get(kind).values, eb.get(kind).values)

@@ -386,3 +386,9 @@ def test_the_verdict_comes_first_everywhere():
     assert text.index(v["code"].replace("_", " ").upper()) < text.index("losslens report")
     html = rep.to_html()
     assert 'id="verdict"' in html and html.index('id="verdict"') < html.index('class="facts"')
+
+
+def test_reports_display_inline_in_jupyter():
+    rep = Report(diagnose(make_run()))
+    html = rep._repr_html_()
+    assert html == rep.to_html() and 'id="verdict"' in html

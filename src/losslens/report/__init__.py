@@ -121,6 +121,10 @@ class Report:
         return to_text(self, width=width)
 
     # -- HTML ---------------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        """Jupyter shows the report inline (the same self-contained page as :meth:`to_html`)."""
+        return self.to_html()
+
     def to_html(self) -> str:
         """The report as one self-contained HTML document (no external resources, figures inline)."""
         from .html import render_html
