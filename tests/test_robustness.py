@@ -66,3 +66,16 @@ def test_a_folder_with_a_fifo_diagnoses_the_real_logs(tmp_path):
         assert "regular" in str(exc) or "no training log" in str(exc)
     else:
         assert runs
+
+
+def test_clear_messages_for_a_store_and_a_log_without_loss(tmp_path):
+    from losslens.store import Store
+
+    with Store(tmp_path / "losslens.db") as s:
+        s.create_run("r", {}, None)
+    with pytest.raises(LogFormatError, match="losslens report"):
+        load_log(tmp_path / "losslens.db")
+    p = tmp_path / "log.csv"
+    p.write_text("epoch,accuracy,val_accuracy\n0,0.5,0.4\n1,0.6,0.5\n")
+    with pytest.raises(LogFormatError, match=r"no loss column \(available: accuracy, val_accuracy\)"):
+        load_log(p)

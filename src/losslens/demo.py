@@ -252,7 +252,9 @@ def demo(epochs: int, store_path: str, html_path: str, seed: int) -> None:
     try:
         import torch  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise click.ClickException(f"losslens demo needs PyTorch: pip install 'losslens[torch]' ({exc})") from exc
+        raise click.ClickException(
+            "losslens demo needs PyTorch (CPU build): from a clone of losslens run "
+            f"pip install -c constraints.txt \".[torch]\", or pip install torch==2.13.0 ({exc})") from exc
     from .store import StoreError
 
     try:

@@ -112,6 +112,9 @@ def detect_format(path: Any) -> str:
         keys = list(obj)[:8] if isinstance(obj, dict) else f"a list of {len(obj)} items"
         raise LogFormatError(p, f"JSON that is neither a trainer_state.json (no 'log_history') nor a Keras "
                                 f"History (dict of per-epoch lists with a loss key); top level: {keys}")
+    if data.startswith(b"SQLite format 3\x00"):
+        raise LogFormatError(p, "a SQLite file (a losslens store?): use `losslens runs --store FILE` and "
+                                "`losslens report RUN --store FILE` for recorded runs")
     if b"\x00" in data[:4096]:
         raise LogFormatError(p, "binary file that is not a TensorBoard event file or a pickle")
     header = _csv_header(data)
@@ -121,6 +124,10 @@ def detect_format(path: Any) -> str:
         return "lightning_csv"
     if keras_csv.sniff(header):
         return "keras_csv"
+    h = [c.strip() for c in header]
+    if h and h[0] == "epoch" and not any("loss" in c.lower() for c in h):
+        raise LogFormatError(p, f"no loss column (available: {', '.join(h[1:11])}); name one with "
+                                "--train-loss/--val-loss if it is called otherwise")
     shown = ", ".join(header[:10])[:200]
     raise LogFormatError(p, f"unrecognised log format (first line: {shown!r}); expected a Keras/Lightning/fastai "
                             "CSV with an 'epoch' column, a trainer_state.json, a Keras History JSON or TensorBoard "
