@@ -161,3 +161,36 @@ def test_merge_copies_every_run(tmp_path):
     np.testing.assert_array_equal(runs[0].steps.loss, orig.steps.loss)
     res = CliRunner().invoke(main, ["merge", str(tmp_path / "all.db"), str(tmp_path / "all.db")])
     assert res.exit_code != 0 and "into itself" in res.output
+
+
+def test_merge_by_run_identity_atomically_and_never_into_a_hard_link(tmp_path):
+    """Issues 13/16: the same source twice, or a re-run, copies nothing twice; a failing source leaves DEST as it
+    was; a hard link to DEST is recognised as DEST."""
+    import os
+
+    from click.testing import CliRunner
+
+    from losslens.cli import main
+
+    rng = np.random.default_rng(0)
+    with Store(tmp_path / "a.db") as s:
+        for k in range(2):
+            rid = s.create_run(f"seed{k}", {}, experiment="exp")
+            s.append_epoch(rid, _epoch(0, rng), Steps.build(np.zeros(3), rng.random(3)))
+    out, a = str(tmp_path / "out.db"), str(tmp_path / "a.db")
+    r = CliRunner().invoke(main, ["merge", out, a, a])
+    assert r.exit_code == 0, r.output
+    assert CliRunner().invoke(main, ["merge", out, a]).exit_code == 0    # a re-run
+    with Store(out) as s:
+        assert sorted(x["name"] for x in s.list_runs()) == ["seed0", "seed1"]
+    before = open(out, "rb").read()
+    (tmp_path / "bad.db").write_bytes(b"this is not a database at all" * 100)
+    r = CliRunner().invoke(main, ["merge", out, a, str(tmp_path / "bad.db")])
+    assert r.exit_code != 0 and "unchanged" in r.output
+    assert open(out, "rb").read() == before
+    r = CliRunner().invoke(main, ["merge", str(tmp_path / "new.db"), str(tmp_path / "bad.db")])
+    assert r.exit_code != 0 and not os.path.exists(tmp_path / "new.db")
+    os.link(out, tmp_path / "link.db")
+    r = CliRunner().invoke(main, ["merge", out, str(tmp_path / "link.db")])
+    assert r.exit_code != 0 and "itself" in r.output
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".losslens-merge-")]

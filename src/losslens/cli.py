@@ -71,16 +71,44 @@ def merge(dest: str, sources: tuple[str, ...]) -> None:
     """Copy every run of the SOURCES stores into DEST (created if missing).
 
     For multi-node jobs that wrote one store per node (docs/distributed.md):
-    runs get new ids in DEST; names, experiments, status and every epoch,
-    measurement and step are kept.
+    runs get new ids in DEST; names, experiments, status, creation time and
+    every epoch, measurement and step are kept. A run already in DEST (same
+    name, experiment and creation time) is not copied again. DEST changes
+    only when every source merged.
     """
+    import contextlib
+    import os
+    import sqlite3
+    import tempfile
+
     from .store import Store, StoreError
 
+    for src in sources:
+        if os.path.exists(dest) and os.path.samefile(dest, src):   # also a hard link to the same file
+            raise click.ClickException(f"cannot merge {src} into itself: it is the same file as {dest}")
+    # merge into a temporary copy beside DEST and move it into place only when every source went in:
+    # a failing source leaves DEST as it was (or absent)
+    fd, tmp = tempfile.mkstemp(prefix=".losslens-merge-", suffix=".db", dir=os.path.dirname(os.path.abspath(dest)))
+    os.close(fd)
+    os.unlink(tmp)
     try:
-        with Store(dest) as target:
+        if os.path.exists(dest):
+            with contextlib.closing(sqlite3.connect(dest)) as a, contextlib.closing(sqlite3.connect(tmp)) as b:
+                a.backup(b)
+        lines = []
+        with Store(tmp) as target:
             for src in sources:
                 with Store(src) as store:
+                    n_src = len(store.list_runs())
                     ids = target.merge_from(store)
-                click.echo(f"{src}: {len(ids)} run(s) copied into {dest}")
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+                lines.append(f"{src}: {len(ids)} run(s) copied into {dest}"
+                             + (f" ({n_src - len(ids)} already there)" if n_src > len(ids) else ""))
+        os.replace(tmp, dest)
+        for line in lines:
+            click.echo(line)
+    except (StoreError, sqlite3.Error) as exc:
+        raise click.ClickException(f"{exc}; {dest} is unchanged") from exc
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp + suffix)

@@ -236,12 +236,14 @@ class Store:
         return run.id
 
     def merge_from(self, other: "Store") -> list[int]:
-        """Copy every run of ``other`` into this store (new ids; names, experiments, status and data kept).
+        """Copy every run of ``other`` into this store (new ids; names, experiments, status, creation time and
+        data kept). A run is identified by its name, experiment and creation time: one already here (copied by
+        an earlier merge, or given twice) is not copied again, so seed counts never inflate.
 
         Returns
         -------
         list of int
-            The new ids, in ``other``'s order.
+            The new ids of the runs copied, in ``other``'s order.
 
         Raises
         ------
@@ -250,7 +252,18 @@ class Store:
         """
         if other.path.resolve() == self.path.resolve():
             raise StoreError(f"cannot merge store {str(self.path)!r} into itself")
-        return [self.save_run(other.load_run(row["id"])) for row in other.list_runs()]
+        have = {(r[0], r[1], r[2]) for r in self._conn.execute("SELECT name, experiment, created FROM runs")}
+        ids = []
+        for row in other.list_runs():
+            key = (row["name"], row["experiment"], row["created"])
+            if key in have:   # the same run, copied before (a re-run of merge, or the same source twice)
+                continue
+            new_id = self.save_run(other.load_run(row["id"]))
+            with self._tx():   # keep the run's identity: its creation time travels with it
+                self._conn.execute("UPDATE runs SET created=? WHERE id=?", (row["created"], new_id))
+            have.add(key)
+            ids.append(new_id)
+        return ids
 
     def delete_run(self, run_id: int) -> None:
         """Remove a run and everything recorded for it."""
