@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ._noise import scatter_sigma
+
 __all__ = ["CurveJudgement", "judge_curve", "robust_sigma", "chunk_means", "NOISE_FLOOR", "MIN_REL_GAIN",
            "MIN_REL_RISE", "NOT_LEARNING_REL", "ERRATIC_LOG_SIGMA", "MAX_POINTS", "MIN_POINTS"]
 
@@ -109,23 +111,13 @@ def chunk_means(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> t
     return cx, cy
 
 
-def _d2_sigma(y: np.ndarray) -> float:
-    """``1.4826 · MAD(second differences) / √6`` alone (0.0 for fewer than 3 points)."""
-    if y.size < 3:
-        return 0.0
-    d2 = y[2:] - 2 * y[1:-1] + y[:-2]
-    mad = float(np.median(np.abs(d2 - np.median(d2))))
-    if mad == 0.0:
-        mad = float(np.median(np.abs(d2)))
-    return 1.4826 * mad / math.sqrt(6.0)
-
-
 def robust_sigma(y: np.ndarray) -> float:
     """Robust point-to-point noise σ of a curve around its local trend (units of ``y``).
 
-    ``1.4826 · MAD(second differences) / √6``: for a locally linear trend plus
-    independent noise of standard deviation σ the second difference has
-    standard deviation ``σ√6`` (Rousseeuw & Croux 1993 for the MAD scale); and
+    ``1.4826 · MAD(second differences) / √6`` (:func:`._noise.scatter_sigma`):
+    for a locally linear trend plus independent noise of standard deviation σ
+    the second difference has standard deviation ``σ√6`` (Rousseeuw & Croux
+    1993 for the MAD scale); and
     ``1.4826 · MAD(first differences) / √2`` (a constant slope cancels in the
     MAD); the larger of the two, since a MAD of few differences is often far
     too small. 0.0 for fewer than 3 points.
@@ -133,11 +125,7 @@ def robust_sigma(y: np.ndarray) -> float:
     y = np.asarray(y, dtype=np.float64)
     if y.size < 3:
         return 0.0
-    d2 = y[2:] - 2 * y[1:-1] + y[:-2]
-    mad = float(np.median(np.abs(d2 - np.median(d2))))
-    if mad == 0.0:
-        mad = float(np.median(np.abs(d2)))
-    s2 = 1.4826 * mad / math.sqrt(6.0)
+    s2 = scatter_sigma(y)
     # the same from first differences (std σ√2 around a locally constant slope): a second estimate from other
     # differences; the larger of the two, because a MAD of a few values often comes out far too small
     d1 = np.diff(y)
@@ -246,7 +234,7 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
     # erratic: noise large relative to the level, and larger than the trend it would hide
     h = n // 3   # the trend to compare with: the fitted change over the last two thirds (after the first descent)
     if np.all(y > 0) and n >= 6:
-        s_log = _d2_sigma(np.log(y))   # second differences: a smooth descent does not count as scatter
+        s_log = scatter_sigma(np.log(y))   # second differences: a smooth descent does not count as scatter
         trend_log = abs(_theil_sen(x[h:], np.log(y[h:])) * float(x[-1] - x[h]))
         data["log_sigma"] = s_log
         if s_log > ERRATIC_LOG_SIGMA and s_log > 0.5 * trend_log:

@@ -248,9 +248,9 @@ def _judged_findings(run: Run, role: str) -> list[Finding]:
         spe = run.meta.get("steps_per_epoch")
         if run.meta.get("epoch_unit") == "evaluation interval" and isinstance(spe, (int, float)) and spe > 0:
             data["best_step"] = int(round(ep.position * spe))
-        where = _where(run, best_e)
-        title = f"Overfitting: validation loss is lowest at {where}"
-        rec = (f"Keep the weights of {where} (early stopping on the validation loss with restore_best_weights, "
+        best_at = where(run, best_e)
+        title = f"Overfitting: validation loss is lowest at {best_at}"
+        rec = (f"Keep the weights of {best_at} (early stopping on the validation loss with restore_best_weights, "
                "or load_best_model_at_end in the Trainer); add data, augmentation or regularization to delay the "
                "rise.")
         ev.insert(0, Evidence("best validation loss", float(y[j.best]), math.nan, (best_e,)))
@@ -265,7 +265,6 @@ def _judged_findings(run: Run, role: str) -> list[Finding]:
     return out
 
 
-_where = where
 
 
 def _noise_band_finding(run: Run, idx: list[int], x: np.ndarray, y: np.ndarray) -> list[Finding]:
@@ -288,11 +287,11 @@ def _noise_band_finding(run: Run, idx: list[int], x: np.ndarray, y: np.ndarray) 
         steps_txt = f", {data['steps_after_last_improvement']} optimizer steps"
     total = float(x[-1] - x[0]) if x.size > 1 else 0.0
     share = f" ({100 * after_ep / float(x[-1]):.0f} % of the run)" if x[-1] > 0 else ""
-    shown = ", ".join(_where(run, e) for e in within[:8]) + (", …" if len(within) > 8 else "")
+    shown = ", ".join(where(run, e) for e in within[:8]) + (", …" if len(within) > 8 else "")
     return [Finding(
-        "regime.noise_band", "info", f"Last material improvement at {_where(run, li)}",
+        "regime.noise_band", "info", f"Last material improvement at {where(run, li)}",
         f"{len(within)} of {len(idx)} evaluations are within noise of the best validation loss ({shown}). The "
-        f"last one that improved materially on all earlier ones is {_where(run, li)}; {after_ep:.3g} epochs"
+        f"last one that improved materially on all earlier ones is {where(run, li)}; {after_ep:.3g} epochs"
         f"{steps_txt}{share} came after it.",
         "Any checkpoint within noise of the best is as good as the best; the training after the last material "
         "improvement could have been saved." if after_ep > 0.25 * max(total, 1e-12) else "",
@@ -338,7 +337,7 @@ def _user_metric(run: Run, idx: list[int], loss_code: str, loss_best: int | None
     data["disagrees_with_loss"] = disagree
     msg = (f"On {name} ({'higher' if higher else 'lower'} is better), the metric the run selects its best "
            f"checkpoint by, the run is {j.code.replace('_', ' ')}; its best value {vals[best_i]:.4g} is at "
-           f"{_where(run, best_e)}.")
+           f"{where(run, best_e)}.")
     if disagree and loss_code == "overfitting":
         msg += (f" The validation loss says overfitting, the metric does not: not overfitting in the sense that "
                 f"matters for {name}. Loss and metric disagree (confidence and calibration worsen while the "
@@ -347,7 +346,7 @@ def _user_metric(run: Run, idx: list[int], loss_code: str, loss_best: int | None
         msg += (f" The validation loss says {loss_code.replace('_', ' ')}: loss and metric disagree; judge "
                 f"progress on {name}, which is what the run selects its checkpoint by.")
     elif loss_best is not None and loss_code == "overfitting" and best_e != idx[loss_best]:
-        msg += f" The loss is lowest at {_where(run, idx[loss_best])} instead."
+        msg += f" The loss is lowest at {where(run, idx[loss_best])} instead."
     return [Finding("regime.user_metric", "warning" if disagree else "info",
                     f"{name}: {j.code.replace('_', ' ')}" + (" (disagrees with the loss)" if disagree else ""),
                     msg, "", [Evidence(f"best {name}", float(vals[best_i]), math.nan, (best_e,), unit=name)],
@@ -515,7 +514,6 @@ def regime_findings(run: Run) -> list[Finding]:
             {"slope": slope, "slope_se": se_slope, "window": k})]
 
     # 4. plateau (or, under-fitting, too slow to be fixed by training longer).
-    last_epoch = run.epochs[-1]
     gap = v[last] - train_last.mean if train_last is not None else math.nan
     if baseline is None or train_last is None:
         return [Finding(
@@ -545,24 +543,13 @@ def regime_findings(run: Run) -> list[Finding]:
             "to save compute.", [ev_trend, ev_skill, ev_gap], tuple(idx[-k:]),
             {"skill": skill, "gap": gap, "slope": slope, "slope_se": se_slope})]
 
-    # Under-fitting: too little capacity, or too much regularization?
-    reg, reg_se = float(last_epoch.penalty), 0.0
-    t, a = last_epoch.get(TRAIN_MODE), last_epoch.get(EVAL_AUGMENTED) or last_epoch.get(EVAL_CLEAN)
-    if t is not None and a is not None and t.source == "measured":
-        d, se = paired_difference(t, a)
-        reg, reg_se = reg + d, se
-    reg_measured = reg != 0.0 or t is not None
+    # Under-fitting: too little capacity, or too much regularization (any measured share, skill < MIN_SKILL)?
+    reg_f = _over_regularized(run, idx, tname, train_last, baseline, skill, gap, ev_skill, ev_gap, ev_trend,
+                              slow_note, max_skill=math.inf, min_share=0.0)
+    if reg_f is not None:
+        return [reg_f]
+    reg, reg_se, reg_measured = _regularization_cost(run)
     ev_reg = Evidence("regularization cost: train-mode term (T − A) + penalty Ω", reg, reg_se, (idx[-1],))
-    gap_se = ev_gap.se if math.isfinite(ev_gap.se) else 0.0
-    if reg_measured and reg - max(gap, 0.0) > Z_NOISE * math.hypot(reg_se, gap_se):
-        return [Finding(
-            "regime.over_regularized", "warning", "Under-fitting from too much regularization",
-            f"The {tname} is at {train_last.mean:.4g}, only {100 * skill:.0f} % below the baseline loss "
-            f"{baseline:.4g}, while dropout/batch norm and the penalty cost {reg:.4g} ± {reg_se:.2g} of training "
-            f"loss — more than the generalization gap ({gap:+.4g}) they are there to prevent.{slow_note}",
-            "Reduce dropout and weight decay / L2 penalties, then re-check the gap; raise the learning rate if it "
-            "was lowered to tame regularization.", [ev_skill, ev_reg, ev_gap, ev_trend], (idx[-1],),
-            {"skill": skill, "regularization_cost": reg, "gap": gap})]
     extra = "" if reg_measured else " (dropout/penalty cost not measured: this could also be over-regularization)"
     wd = run.meta.get("weight_decay")
     if wd:
@@ -656,27 +643,33 @@ def label_noise_findings(run: Run) -> list[Finding]:
         "with wrong labels behave like this; they also raise the mean eval-mode training loss "
         f"({c.mean:.3g}), which is not a capacity problem.",
         "Inspect the highest-loss training samples (their labels, then their inputs); relabel or drop them, or "
-        "train with a "
-        "noise-robust loss (label smoothing, a symmetric or truncated loss).",
+        "train with a noise-robust loss (label smoothing, a symmetric or truncated loss).",
         [Evidence("share of probe samples above the baseline loss", share, se, (e.index,), "fraction")],
         (e.index,), {"share": share, "n_probe": n})]
 
 
-def _over_regularized(run: Run, idx: list[int], tname: str, train_last: Measurement, baseline: float,
-                      skill: float, gap: float, ev_skill: Evidence, ev_gap: Evidence, ev_trend: Evidence,
-                      slow_note: str) -> Finding | None:
-    """``regime.over_regularized``: regularization (dropout/batch-norm train mode and the penalty) costs more
-    training loss than the generalization gap it prevents, and the eval-mode training loss stays high."""
+def _regularization_cost(run: Run) -> tuple[float, float, bool]:
+    """At the last epoch: the penalty Ω plus the train-mode term T − A (paired), its standard error, and
+    whether anything of it was measured."""
     last_epoch = run.epochs[-1]
     reg, reg_se = float(last_epoch.penalty), 0.0
     t, a = last_epoch.get(TRAIN_MODE), last_epoch.get(EVAL_AUGMENTED) or last_epoch.get(EVAL_CLEAN)
     if t is not None and a is not None and t.source == "measured":
         d, se = paired_difference(t, a)
         reg, reg_se = reg + d, se
-    if reg == 0.0 and t is None:
-        return None
+    return reg, reg_se, reg != 0.0 or t is not None
+
+
+def _over_regularized(run: Run, idx: list[int], tname: str, train_last: Measurement, baseline: float,
+                      skill: float, gap: float, ev_skill: Evidence, ev_gap: Evidence, ev_trend: Evidence,
+                      slow_note: str, max_skill: float = MAX_SKILL_OVER_REGULARIZED,
+                      min_share: float = MIN_REG_SHARE) -> Finding | None:
+    """``regime.over_regularized``: regularization (dropout/batch-norm train mode and the penalty) costs more
+    training loss than the generalization gap it prevents (beyond noise), at least ``min_share`` of the
+    eval-mode training loss, while the skill stays below ``max_skill``."""
+    reg, reg_se, measured = _regularization_cost(run)
     gap_se = ev_gap.se if math.isfinite(ev_gap.se) else 0.0
-    if not (skill < MAX_SKILL_OVER_REGULARIZED and reg >= MIN_REG_SHARE * train_last.mean
+    if not (measured and skill < max_skill and reg >= min_share * train_last.mean
             and reg - max(gap, 0.0) > Z_NOISE * math.hypot(reg_se, gap_se)):
         return None
     ev_reg = Evidence("regularization cost: train-mode term (T − A) + penalty Ω", reg, reg_se, (idx[-1],))
