@@ -1060,27 +1060,13 @@ class LossLens(keras.callbacks.Callback):
             self._store = None
 
     def _flush(self, final: bool) -> None:
-        """Write the epochs not yet in the store, in order; a failed write (full disk, locked file) is retried
-        at the next epoch end with a warning, so training goes on; at the end of training a write that still
-        fails raises :class:`losslens.store.StoreError` naming the store (the epochs stay in :attr:`run`)."""
-        import sqlite3
-        import warnings
-
-        from .store import StoreError
+        """Write the epochs not yet in the store (:func:`losslens.store.write_pending`): a failed write is retried
+        at the next epoch end with a warning; at the end of training it raises ``StoreError``."""
+        from .store import write_pending
 
         assert self._store is not None and self.run is not None
-        while self._pending_writes:
-            ep, st = self._pending_writes[0]
-            try:
-                self._store.append_epoch(self.run.id, ep, st)
-            except (sqlite3.Error, OSError, StoreError) as exc:
-                msg = (f"store {str(self._store.path)!r}: could not write epoch {ep.index} ({exc}); "
-                       f"{len(self._pending_writes)} epoch(s) kept in memory")
-                if final:
-                    raise StoreError(msg + "; they are in LossLens.run") from exc
-                warnings.warn(msg + ", retried at the next epoch end", RuntimeWarning, stacklevel=3)
-                return
-            self._pending_writes.pop(0)
+        write_pending(self._store, self.run.id, self._pending_writes, final=final, holder="LossLens.run",
+                      retry="the next epoch end")
 
     # -- results -----------------------------------------------------------------------------------
     def diagnose(self) -> Any:

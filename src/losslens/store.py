@@ -384,3 +384,42 @@ class _Transaction:
             self.conn.execute("COMMIT")
         else:
             self.conn.execute("ROLLBACK")
+
+
+def write_pending(store: "Store", run_id: int | None, pending: list, *, final: bool, holder: str, retry: str,
+                  after_write: Any = None) -> None:
+    """Write the finished epochs an adapter holds in ``pending`` (``(Epoch, Steps)`` pairs), in order, removing
+    each once committed.
+
+    A failed write (a full disk, a locked file) leaves it and the later ones in ``pending``: with ``final=False``
+    a ``RuntimeWarning`` says they are kept and retried (``retry``: when), so training goes on; with
+    ``final=True`` it raises. Nothing is dropped silently.
+
+    Parameters
+    ----------
+    holder : str
+        Where the user finds the unwritten epochs (e.g. ``"lens.run"``).
+    after_write : callable, optional
+        Called after each committed epoch (e.g. to write changed metadata), inside the same error handling.
+
+    Raises
+    ------
+    StoreError
+        With ``final=True``, when a write still fails; the message names the store.
+    """
+    import warnings
+
+    while pending:
+        ep, st = pending[0]
+        try:
+            store.append_epoch(run_id, ep, st)  # type: ignore[arg-type]
+            if after_write is not None:
+                after_write()
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            msg = (f"store {str(store.path)!r}: could not write epoch {ep.index} ({exc}); "
+                   f"{len(pending)} epoch(s) kept in memory")
+            if final:
+                raise StoreError(msg + f"; they are in {holder}") from exc
+            warnings.warn(msg + f", retried at {retry}", RuntimeWarning, stacklevel=4)
+            return
+        pending.pop(0)

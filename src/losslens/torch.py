@@ -955,28 +955,13 @@ class Lens:
         return epoch
 
     def _flush(self, final: bool) -> None:
-        """Write the epochs not yet in the store, in order. A failed write (a full disk, a locked file) is kept
-        and retried at the next :meth:`end_epoch` with a warning, so training goes on; at :meth:`finish` a
-        write that still fails raises :class:`losslens.store.StoreError` naming the store (nothing is dropped
-        silently)."""
-        import sqlite3
-
-        from .store import StoreError
+        """Write the epochs not yet in the store (:func:`losslens.store.write_pending`): a failed write is retried
+        at the next :meth:`end_epoch` with a warning; at :meth:`finish` it raises ``StoreError``."""
+        from .store import write_pending
 
         assert self._store is not None
-        while self._pending_writes:
-            ep, st = self._pending_writes[0]
-            try:
-                self._store.append_epoch(self.run.id, ep, st)
-                self._sync_meta()
-            except (sqlite3.Error, OSError, StoreError) as exc:
-                msg = (f"store {str(self._store.path)!r}: could not write epoch {ep.index} ({exc}); "
-                       f"{len(self._pending_writes)} epoch(s) kept in memory")
-                if final:
-                    raise StoreError(msg + "; they are in lens.run") from exc
-                warnings.warn(msg + ", retried at the next end_epoch", RuntimeWarning, stacklevel=3)
-                return
-            self._pending_writes.pop(0)
+        write_pending(self._store, self.run.id, self._pending_writes, final=final, holder="lens.run",
+                      retry="the next end_epoch", after_write=self._sync_meta)
 
     def _reduce_steps(self, losses: np.ndarray, pens: np.ndarray, bs: np.ndarray, seconds: float,
                       sized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
