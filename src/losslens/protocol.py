@@ -107,18 +107,11 @@ def budget_probe_size(cap: int, limit: str, budget: float, samples_per_epoch: in
     why : str
         Which bound decided, in words (for ``run.meta["probe_size_reason"]``).
     """
-    lo = min(PROBE_MIN, cap)
     if math.isfinite(samples_per_epoch) and samples_per_epoch > 0:
         by_budget = int(budget * TRAIN_STEP_FORWARDS * samples_per_epoch / max(1, int(passes)))
     else:
         by_budget = cap
-    n = int(min(cap, max(lo, by_budget)))
-    if n == cap and by_budget >= cap:
-        why = f"limited by the {limit} ({cap})"
-    elif n == lo and by_budget < lo:
-        why = f"budget allows {by_budget}, raised to the minimum {lo}"
-    else:
-        why = "limited by the cost budget"
+    n, why = _bounded(cap, limit, by_budget, "cost budget")
     return n, (f"{why}; budget {100 * budget:g} % of an epoch's training compute: {int(samples_per_epoch)} "
                f"samples x {TRAIN_STEP_FORWARDS:g} forward passes each, {passes} probe pass(es) per probe sample")
 
@@ -148,19 +141,22 @@ def timed_probe_size(cap: int, limit: str, budget: float, epoch_seconds: float,
     n : int
     why : str
     """
-    lo = min(PROBE_MIN, cap)
     if math.isfinite(epoch_seconds) and epoch_seconds > 0 and per_sample_seconds > 0:
         by_budget = int(budget * epoch_seconds / per_sample_seconds)
     else:
         by_budget = cap
+    return _bounded(cap, limit, by_budget, "wall-clock budget")
+
+
+def _bounded(cap: int, limit: str, by_budget: int, budget_name: str) -> tuple[int, str]:
+    """``n = min(cap, max(min(PROBE_MIN, cap), by_budget))`` and which bound decided, in words."""
+    lo = min(PROBE_MIN, cap)
     n = int(min(cap, max(lo, by_budget)))
     if n == cap and by_budget >= cap:
-        why = f"limited by the {limit} ({cap})"
-    elif n == lo and by_budget < lo:
-        why = f"budget allows {by_budget}, raised to the minimum {lo}"
-    else:
-        why = "limited by the wall-clock budget"
-    return n, why
+        return n, f"limited by the {limit} ({cap})"
+    if n == lo and by_budget < lo:
+        return n, f"budget allows {by_budget}, raised to the minimum {lo}"
+    return n, f"limited by the {budget_name}"
 
 
 def inherited_probe_size(store: Any, experiment: str | None, run_id: int | None, n_train: int,
