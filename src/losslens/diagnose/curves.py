@@ -273,7 +273,6 @@ def judge_curve(x: Any, y: Any, *, role: str = "validation", other: Any = None) 
             f"end, {why}", int(np.argmin(y)), data)
     sm = _smooth3(y)
     b = int(np.argmin(sm))
-    _noise_band(x, y, sigma, data)
     # the best raw point next to the smoothed minimum
     lo, hi = max(0, b - 1), min(n, b + 2)
     best = lo + int(np.argmin(y[lo:hi]))
@@ -386,22 +385,15 @@ def noise_band(x: Any, y: Any) -> dict[str, Any]:
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    out: dict[str, Any] = {}
-    _noise_band(x, y, max(robust_sigma(y), NOISE_FLOOR * float(np.median(np.abs(y))) if y.size else 0.0), out)
-    return out
-
-
-def _noise_band(x: np.ndarray, y: np.ndarray, sigma: float, data: dict[str, Any]) -> None:
     if y.size == 0:
-        return
+        return {}
     lvl = float(np.median(np.abs(y)))
+    sigma = max(robust_sigma(y), NOISE_FLOOR * lvl)
     tol = max(2 * sigma, MIN_REL_GAIN * lvl)
-    best = float(np.min(y))
-    data["within_noise"] = [int(i) for i in np.flatnonzero(y <= best + 2 * sigma)]
     last, run_best = 0, float(y[0])
     for i in range(1, y.size):
         if y[i] < run_best - tol:
             last = i
         run_best = min(run_best, float(y[i]))
-    data["last_improvement"] = last
-    data["after"] = float(x[-1] - x[last])
+    return {"within_noise": [int(i) for i in np.flatnonzero(y <= float(np.min(y)) + 2 * sigma)],
+            "last_improvement": last, "after": float(x[-1] - x[last])}

@@ -104,11 +104,10 @@ def real_logs_rows(folder: Any) -> list[dict[str, str]]:
 
     folder = str(folder)
     labels: dict[tuple[str, int], str] = {}
-    lab_path = os.path.join(folder, "labels.tsv")
-    if os.path.exists(lab_path):
-        with open(lab_path, encoding="utf-8", newline="") as fh:
-            for lr in csv.DictReader(fh, delimiter="\t"):
-                labels[(lr["local_file"], int(lr.get("run_index") or 0))] = lr["verdict"]
+    if os.path.exists(os.path.join(folder, "labels.tsv")):
+        from ..diagnose.labels import read_labels
+
+        labels = {(lr["local_file"], lr["run_index"]): lr["verdict"] for lr in read_labels(folder)}
     rows = []
     for kind, label, files in _groups(folder):
         paths = [os.path.join(folder, f) for f in files]
