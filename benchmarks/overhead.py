@@ -1,4 +1,4 @@
-"""Wall-time overhead of losslens.torch.Lens on a plain PyTorch loop.
+"""Wall-time overhead of losslens.torch.LossLens on a plain PyTorch loop.
 
 Three variants of the same training run (same seed, same data order), timed
 side by side in one process:
@@ -7,11 +7,11 @@ side by side in one process:
                (eval mode, no_grad, batches of 1024);
 (b) step-only  (a) plus ``lens.step(loss, batch_size=...)`` every step and
                ``lens.end_epoch()`` every epoch, with the probe passes disabled
-               (``Lens(..., probe_size=0)``, no ``val=``: the user's own
+               (``LossLens(..., probe_size=0)``, no ``val=``: the user's own
                validation pass stays); the store is a real SQLite file;
-(c) default    ``Lens`` with its defaults (probe size "auto" = the 3 % cost
+(c) default    ``LossLens`` with its defaults (probe size "auto" = the 3 % cost
                budget counted from sample counts, ``val=`` given) and the
-               user's own validation pass removed, since the Lens measures
+               user's own validation pass removed, since the recorder measures
                the validation loss.
 
 Task: 50 000 training and 10 000 validation samples from scikit-learn's
@@ -25,7 +25,7 @@ step-only ratio <= 1.02, default ratio <= 1.05.
 
 Printed per variant: the median wall time and its ratio to (a) (the issue's
 measure), the same for this process's CPU time, and an *attributed* ratio:
-within each run, the time spent inside the Lens calls (minus, for (c), the
+within each run, the time spent inside the recorder calls (minus, for (c), the
 user's validation pass it replaces) over the rest of the run. On a shared,
 loaded machine the wall-time ratios of whole runs scatter by tens of per cent;
 the attributed ratio is measured inside each run and stays within ~1 %.
@@ -48,7 +48,7 @@ import torch
 from sklearn.datasets import make_classification
 from torch import nn
 
-from losslens.torch import Lens
+from losslens.torch import LossLens
 
 
 def make_data(n_train: int, n_val: int, seed: int = 0):
@@ -76,13 +76,13 @@ def run_once(variant: str, data, epochs: int, batch_size: int, device: torch.dev
     store = str(store_dir / f"{variant}-{time.perf_counter_ns()}.db")
     t0, c0 = time.perf_counter(), time.process_time()
     if variant == "step-only":
-        lens = Lens(model, loss_fn, probe=(Xtr, ytr), run=variant, store=store, probe_size=0)
+        lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), run=variant, store=store, probe_size=0)
     elif variant == "default":
-        lens = Lens(model, loss_fn, probe=(Xtr, ytr), val=(Xva, yva), run=variant, store=store)
+        lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), val_data=(Xva, yva), run=variant, store=store)
     val_losses = []
     clock = time.perf_counter
     t_setup = clock() - t0  # one-time: fingerprints, exact-duplicate check, store creation
-    t_lens = t_setup  # time inside Lens calls (construction included)
+    t_lens = t_setup  # time inside LossLens calls (construction included)
     t_val = 0.0  # time in the user's own validation pass
     for _ in range(epochs):
         model.train()
@@ -166,17 +166,17 @@ def main() -> None:
         med, cmed = statistics.median(times[v]), statistics.median(cpu[v])
         per = " ".join(f"{t / p:.3f}" for t, p in zip(times[v], times["plain"]))
         print(f"{v:<12}{med:>9.2f}{med / base:>12.3f}{cmed:>9.2f}{cmed / cbase:>11.3f}   {per}")
-    # Attributed overhead: within each run, the time spent inside the Lens calls (minus, for the default
+    # Attributed overhead: within each run, the time spent inside the recorder calls (minus, for the default
     # variant, the user's validation pass it replaces, median over the plain runs) relative to the rest of
     # the run. Machine noise that hits the whole run cancels in this ratio.
     val_ref = statistics.median(r["val_seconds"] for r in runs["plain"])
     for v, replaces_val in (("step-only", False), ("default", True)):
         ratios = []
         for r in runs[v]:
-            # the same run without the Lens: its training time, plus the user's validation pass
+            # the same run without the recorder: its training time, plus the user's validation pass
             rest = r["seconds"] - r["lens_seconds"] + (val_ref if replaces_val else 0.0)
             ratios.append(r["seconds"] / rest)
-        what = "time in Lens calls" + (" - replaced validation pass" if replaces_val else "")
+        what = "time in LossLens calls" + (" - replaced validation pass" if replaces_val else "")
         print(f"{v:<12} attributed overhead ratio ({what} / rest of the run): median {statistics.median(ratios):.3f}  "
               f"[{' '.join(f'{x:.3f}' for x in ratios)}]")
         # The same without the one-time setup at construction: the per-epoch cost once training runs.
@@ -188,7 +188,7 @@ def main() -> None:
     print("wall ratio: median wall time / median wall time of 'plain' (the issue's measure); cpu ratio: the same "
           "with this process's CPU time, which other processes on a shared machine disturb less")
     d = extra.get("default", {})
-    print(f"default probe size: {d.get('probe_size')} samples; Lens end-of-epoch time (validation + probes) in the "
+    print(f"default probe size: {d.get('probe_size')} samples; LossLens end-of-epoch time (validation + probes) in the "
           f"last default run: {d.get('probe_seconds', float('nan')):.2f} s")
     print("targets: step-only <= 1.02, default <= 1.05")
 

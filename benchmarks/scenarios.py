@@ -1,7 +1,7 @@
 """Scenario bank: small real training runs with one injected, known cause each (issue 10).
 
 Every scenario trains a small network on scikit-learn's handwritten digits (CPU,
-one thread, seeded, about a second), recorded with ``losslens.torch.Lens`` at
+one thread, seeded, about a second), recorded with ``losslens.torch.LossLens`` at
 its defaults, and is diagnosed. The *headline claims* of a run are what a user
 reads first: the verdict's deciding finding, every warning or error finding,
 and the top cause of "validation below training" (``cause:<term>``, or
@@ -84,18 +84,18 @@ class _Noisy:
 
 def _record(seed, model, opt, Xtr, ytr, Xva, yva, epochs, batch_size=32, aug=None, penalty=None, lr_at=None,
             **kw):
-    """The plain loop with the Lens lines, defaults otherwise; returns the diagnosis."""
+    """The plain loop with the recorder lines, defaults otherwise; returns the diagnosis."""
     import torch
     from torch import nn
 
     from losslens.diagnose import diagnose
-    from losslens.torch import Lens
+    from losslens.torch import LossLens
 
     torch.manual_seed(1000 + seed)
     ds = aug if aug is not None else torch.utils.data.TensorDataset(Xtr, ytr)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True)
     loss_fn = nn.CrossEntropyLoss()
-    lens = Lens(model, loss_fn, probe=(Xtr, ytr), train=aug, val=(Xva, yva), store=None, optimizer=opt,
+    lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), train_augmented=aug, val_data=(Xva, yva), store=None, optimizer=opt,
                 penalty=penalty, seed=seed, **kw)
     for epoch in range(epochs):
         if lr_at is not None:

@@ -129,7 +129,7 @@ def run_config(name: str, quick: bool = False, store: str | None = None, seed: i
     xv, yv = get_val()
     keras.utils.set_random_seed(seed)
     model = make_model(cfg, factor)
-    lens = LossLens(probe=(x, y), run=f"keras-lstm-{name}" + ("-quick" if quick else ""), store=store, seed=seed)
+    lens = LossLens(train_data=(x, y), run=f"keras-lstm-{name}" + ("-quick" if quick else ""), store=store, seed=seed)
     history = model.fit(x, y, epochs=epochs or cfg.epochs, validation_data=(xv, yv), shuffle=False,
                         callbacks=[lens], verbose=0)
     return lens, history, diagnose(lens.run)

@@ -97,7 +97,7 @@ def run_example(quick: bool = False, store: str | None = None, seed: int = 0, ve
     xt, yt, xv, yv = make_data(n, n, seed)
     keras.utils.set_random_seed(seed)
     model = make_model(units, learning_rate=lr)
-    lens = LossLens(probe=(xt, yt), run="keras-lstm-toy" + ("-quick" if quick else ""), store=store, seed=seed,
+    lens = LossLens(train_data=(xt, yt), run="keras-lstm-toy" + ("-quick" if quick else ""), store=store, seed=seed,
                     probe_size=probe_size)
     history = model.fit(xt, yt, epochs=epochs, batch_size=50, validation_data=(xv, yv), shuffle=True,
                         callbacks=[lens], verbose=verbose)

@@ -101,7 +101,7 @@ def run_example(quick: bool = False, store: str | None = None, seed: int = 0, ve
     sched = keras.optimizers.schedules.InverseTimeDecay(lr0, decay_steps=1, decay_rate=lr0 / epochs)
     model.compile(optimizer=keras.optimizers.SGD(sched, momentum=0.9), loss="categorical_crossentropy",
                   metrics=["accuracy"])
-    lens = LossLens(probe=(xt, yt), probe_size="all", run="keras-minivgg-digits" + ("-quick" if quick else ""),
+    lens = LossLens(train_data=(xt, yt), probe_size="all", run="keras-minivgg-digits" + ("-quick" if quick else ""),
                     store=store, seed=seed)
     history = model.fit(xt, yt, validation_data=(xv, yv), batch_size=32, epochs=QUICK_EPOCHS if quick else epochs,
                         callbacks=[lens], verbose=verbose)

@@ -65,7 +65,7 @@ def run_repeats(store_path: str, repeats: int = 5, epochs: int = 300, verbose: i
     for seed in range(repeats):
         keras.utils.set_random_seed(seed)
         model = make_model()
-        lens = LossLens(probe=(X, y), validation=(vX, vy), run=f"lstm-seed{seed}", store=store_path,
+        lens = LossLens(train_data=(X, y), val_data=(vX, vy), run=f"lstm-seed{seed}", store=store_path,
                         experiment=EXPERIMENT, seed=seed)
         # LossLens also stores content fingerprints of the training and validation arrays in the run's
         # metadata, so the experiment can check that every repeat used the same split.

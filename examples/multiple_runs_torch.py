@@ -1,9 +1,9 @@
-"""Five repeats of one small PyTorch model, recorded with :class:`losslens.torch.Lens`: bands, verdicts, compare.
+"""Five repeats of one small PyTorch model, recorded with :class:`losslens.torch.LossLens`: bands, verdicts, compare.
 
 One run is one sample. This script trains a small MLP on scikit-learn's
 digits five times (seeds 0–4) with dropout 0.5 and five times without
 dropout, on one fixed train/validation split, records every run with
-``losslens.torch.Lens`` into two experiments of one store, and writes
+``losslens.torch.LossLens`` into two experiments of one store, and writes
 
 * ``DIR/multiple_runs_torch.html``: the experiment page of the dropout-0.5
   runs (mean curves with 95 % bootstrap bands on epochs and on samples seen,
@@ -36,7 +36,7 @@ from sklearn.datasets import load_digits
 from losslens.experiment import compare, load_experiment
 from losslens.experiment.report import band_figure, save_comparison_html
 from losslens.store import Store
-from losslens.torch import Lens
+from losslens.torch import LossLens
 
 
 def make_split(seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -60,7 +60,7 @@ def train_one(seed: int, dropout: float, epochs: int, store: Store, experiment: 
                                          generator=torch.Generator().manual_seed(seed))
     # Lens also stores content fingerprints of the training (probe) and validation sets in the run's metadata,
     # so the experiment can check that every seed used the same split.
-    lens = Lens(model, loss_fn, probe=train, val=val, run=f"{experiment}-seed{seed}", store=store,
+    lens = LossLens(model, loss_fn, train_data=train, val_data=val, run=f"{experiment}-seed{seed}", store=store,
                 experiment=experiment, seed=seed, optimizer=opt)
     for _ in range(epochs):
         for xb, yb in loader:

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from losslens.audit import audit_split
 from losslens.cli import main
-from losslens.diagnose.findings import Finding
+from losslens.findings import Finding
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -173,7 +173,7 @@ _KILLED_TRAINING = textwrap.dedent("""
     import torch
     from sklearn.datasets import load_digits
     from torch import nn
-    from losslens.torch import Lens
+    from losslens.torch import LossLens
     torch.set_num_threads(1)
     store, kill_epoch = sys.argv[1], int(sys.argv[2])
     d = load_digits()
@@ -181,7 +181,7 @@ _KILLED_TRAINING = textwrap.dedent("""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(X[:400], y[:400]), val=(X[400:], y[400:]),
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X[:400], y[:400]), val_data=(X[400:], y[400:]),
                 run="killed-run", store=store, optimizer=opt, probe_size=200)
     for epoch in range(10):
         for i in range(0, 400, 40):

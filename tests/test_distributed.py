@@ -18,9 +18,9 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from losslens.protocol import probe_permutation  # noqa: E402
+from losslens.recording.probe import probe_permutation  # noqa: E402
 from losslens.store import Store  # noqa: E402
-from losslens.torch import Lens  # noqa: E402
+from losslens.torch import LossLens  # noqa: E402
 
 WORKER = textwrap.dedent(
     """
@@ -30,7 +30,7 @@ WORKER = textwrap.dedent(
     import torch.distributed as dist
     from torch import nn
     from sklearn.datasets import load_digits
-    from losslens.torch import Lens
+    from losslens.torch import LossLens
 
     def data():
         X, y = load_digits(return_X_y=True)
@@ -55,7 +55,7 @@ WORKER = textwrap.dedent(
         loader = torch.utils.data.DataLoader(ds, batch_size=25, sampler=sampler, drop_last=True)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
         lossf = nn.CrossEntropyLoss()
-        lens = Lens(ddp, lossf, probe=(Xtr, ytr), val=(Xva, yva), run="ddp", store=os.path.join(out, "runs.db"),
+        lens = LossLens(ddp, lossf, train_data=(Xtr, ytr), val_data=(Xva, yva), run="ddp", store=os.path.join(out, "runs.db"),
                     probe_size=300)
         local = []
         for epoch in range(3):
@@ -126,7 +126,7 @@ def test_ddp_probe_losses_equal_one_process(ddp_run):
         np.testing.assert_allclose(r0["validation"], v, rtol=1e-5, atol=1e-6)
         assert r0["train_mode"].shape == (300,)  # every probe sample once: no DistributedSampler padding
         # T too: the same training-size batches, the same per-batch random draws, as one process
-        ref = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size=300)
+        ref = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size=300)
         for _ in range(epoch + 1):
             model.train()
             ref.step(torch.tensor(0.0), batch_size=25)
@@ -164,8 +164,8 @@ def test_distributed_true_without_a_process_group_is_an_error():
     model = nn.Linear(4, 2)
     X, y = torch.zeros(8, 4), torch.zeros(8, dtype=torch.long)
     with pytest.raises(RuntimeError, match="distributed=True"):
-        Lens(model, nn.CrossEntropyLoss(), probe=(X, y), store=None, distributed=True)
+        LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), store=None, distributed=True)
     with pytest.raises(ValueError, match="distributed"):
-        Lens(model, nn.CrossEntropyLoss(), probe=(X, y), store=None, distributed="yes")
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(X, y), store=None)  # no process group: one process
+        LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), store=None, distributed="yes")
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), store=None)  # no process group: one process
     assert "world_size" not in lens.run.meta

@@ -21,7 +21,7 @@ from losslens.experiment import (align, bands, bootstrap_band, combine_terms, co
                                  load_experiment, summarize_run)
 from losslens.experiment.bands import Aligned
 from losslens.experiment.cli import compare as compare_cmd
-from losslens.experiment.fingerprint import split_fingerprints
+from losslens.recording.fingerprint import split_fingerprints
 from losslens.record import Epoch, Measurement, Run, Steps
 from losslens.store import Store, StoreError
 
@@ -386,11 +386,11 @@ def test_sampling_error_shared_by_runs_on_one_validation_set_is_counted():
 
 
 def test_runs_recorded_by_the_torch_adapter(tmp_path):
-    """Runs recorded by losslens.torch.Lens into one experiment, with fingerprints passed through ``meta=`` or
-    computed by the Lens itself: the experiment loads, its verdicts run, a run with another random split is
+    """Runs recorded by losslens.torch.LossLens into one experiment, with fingerprints passed through ``meta=`` or
+    computed by the recorder itself: the experiment loads, its verdicts run, a run with another random split is
     flagged, and ``losslens compare`` (through the main command group) reads the store."""
     from losslens.cli import main
-    from losslens.torch import Lens
+    from losslens.torch import LossLens
 
     def record(seed, split_seed, store, explicit=True):
         perm = np.random.default_rng(split_seed).permutation(len(_X))
@@ -402,9 +402,9 @@ def test_runs_recorded_by_the_torch_adapter(tmp_path):
                                     torch.nn.Linear(32, 10))
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
         loss_fn = torch.nn.CrossEntropyLoss()
-        lens = Lens(model, loss_fn, probe=train, val=val, run=f"lens-seed{seed}", store=store, experiment="lens-exp",
-                    seed=seed, optimizer=opt, probe_size=200,
-                    meta=split_fingerprints(train=train, val=val) if explicit else None)
+        lens = LossLens(model, loss_fn, train_data=train, val_data=val, run=f"lens-seed{seed}", store=store,
+                        experiment="lens-exp", seed=seed, optimizer=opt, probe_size=200,
+                        meta=split_fingerprints(train=train, val=val) if explicit else None)
         g = torch.Generator().manual_seed(seed)
         for _ in range(4):
             order = torch.randperm(300, generator=g)
@@ -428,7 +428,7 @@ def test_runs_recorded_by_the_torch_adapter(tmp_path):
     assert "experiment.decomposition" in codes and not codes & {"experiment.split_changed", "experiment.split_unknown"}
     assert exp.terms()["train_mode"].k == 3
     with Store(path) as st:
-        record(3, 1, st, explicit=False)  # the Lens fingerprints the sets itself
+        record(3, 1, st, explicit=False)  # the recorder fingerprints the sets itself
     exp = load_experiment(path, "lens-exp")
     assert exp.runs[-1].meta["val_fingerprint"] != exp.runs[0].meta["val_fingerprint"]
     codes = {f.code for f in exp.verdicts()}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from losslens.experiment.fingerprint import (auto_fingerprints, decode_hashes, encode_hashes, fingerprint_samples, overlap,
+from losslens.recording.fingerprint import (auto_fingerprints, decode_hashes, encode_hashes, fingerprint_samples, overlap,
                                               sample_hashes, split_fingerprints, stored_hashes)
 
 

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 from losslens.diagnose import decompose  # noqa: E402
 from losslens.keras import LossLens, LossLensError, per_sample_loss  # noqa: E402
+from losslens.report import Report  # noqa: E402
 from losslens.record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, fingerprint_indices  # noqa: E402
 from losslens.store import Store  # noqa: E402
 
@@ -220,14 +221,14 @@ def test_validation_split_probe_from_training_part_only():
     assert h.history["eval_train_loss"][0] == pytest.approx(_batch_data_loss(model, x[:80], y[:80]), rel=1e-5)
 
     # content fingerprints of the two parts (for checks across the runs of an experiment)
-    from losslens.experiment.fingerprint import fingerprint_samples
+    from losslens.recording.fingerprint import fingerprint_samples
     assert meta["train_fingerprint"] == fingerprint_samples((x[:80], y[:80]))["fingerprint"]
     assert meta["val_fingerprint"] == fingerprint_samples((x[80:], y[80:]))["fingerprint"]
     assert meta["train_fingerprint"] != meta["val_fingerprint"]
 
     # the full arrays given as probe: the validation tail that fit split off is removed
     model = _model(dropout=0, bn=False)
-    lens2 = LossLens(probe=(x, y), store=None, probe_size="all")
+    lens2 = LossLens(train_data=(x, y), store=None, probe_size="all")
     model.fit(x, y, batch_size=20, epochs=1, validation_split=0.2, callbacks=[lens2], verbose=0)
     assert lens2.run.meta["train_size"] == 80 and lens2.probe_indices.max() == 79
 
@@ -269,11 +270,11 @@ def test_unindexable_training_data_gets_a_clear_error():
                 yield x[i:i + 16], y[i:i + 16]
 
     model = _model(dropout=0, bn=False)
-    with pytest.raises(LossLensError, match=r"probe=\(x_train, y_train\)"):
+    with pytest.raises(LossLensError, match=r"train_data=\(x_train, y_train\)"):
         model.fit(gen(), steps_per_epoch=4, epochs=1, callbacks=[LossLens(store=None)], verbose=0)
     # with an explicit probe it works
     model = _model(dropout=0, bn=False)
-    lens = LossLens(probe=(x, y), store=None)
+    lens = LossLens(train_data=(x, y), store=None)
     model.fit(gen(), steps_per_epoch=4, epochs=2, callbacks=[lens], verbose=0)
     assert len(lens.run.epochs) == 2 and VALIDATION not in lens.run.epochs[0].measurements
     assert "validation" in lens.run.meta["skipped"]
@@ -293,7 +294,7 @@ def test_store_roundtrip_and_diagnose(tmp_path):
         assert a.train_loss == b.train_loss and a.penalty == b.penalty
         assert np.array_equal(a.get(EVAL_CLEAN).values, b.get(EVAL_CLEAN).values)
     np.testing.assert_array_equal(back.steps.loss, lens.run.steps.loss)
-    report = lens.diagnose()
+    report = Report.from_run(lens)
     codes = [f.code for f in report.findings]
     assert "gap.decomposition" in codes
     # passed to evaluate() outside fit, the callback records nothing and does not fail
@@ -303,7 +304,7 @@ def test_store_roundtrip_and_diagnose(tmp_path):
 
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="probe_size"):
-        LossLens(probe_size=1)
+        LossLens(probe_size=-1)
     with pytest.raises(ValueError, match="probe_size"):
         LossLens(probe_size="some")
     with pytest.raises(ValueError, match="probe_budget"):
@@ -463,12 +464,12 @@ def test_exact_duplicate_check_on_a_multi_input_model():
 
 
 def test_a_failing_duplicate_check_is_recorded_not_raised(monkeypatch):
-    import losslens.audit as audit
+    import losslens.recording.duplicates as duplicates
 
     def broken(train, val, **kw):
         raise MemoryError("out of memory while hashing")
 
-    monkeypatch.setattr(audit, "exact_duplicates", broken)
+    monkeypatch.setattr(duplicates, "array_duplicates", broken)
     x, y = _data(64)
     model = _model(dropout=0, bn=False)
     lens = LossLens(store=None)

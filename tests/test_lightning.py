@@ -19,9 +19,9 @@ from torch import nn  # noqa: E402
 
 from losslens.diagnose import decompose  # noqa: E402
 from losslens.lightning import LossLens  # noqa: E402
-from losslens.protocol import probe_permutation  # noqa: E402
+from losslens.recording.probe import probe_permutation  # noqa: E402
 from losslens.store import Store  # noqa: E402
-from losslens.torch import Lens  # noqa: E402
+from losslens.torch import LossLens as TorchLossLens  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*")
 
@@ -76,7 +76,7 @@ def fit(with_lens, tmp_path=None, accumulate=1, probe_size=256):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True)
     cbs = []
     if with_lens:
-        cbs.append(LossLens(nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), run="lit",
+        cbs.append(LossLens(nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), run="lit",
                             store=tmp_path / "runs.db", probe_size=probe_size))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -138,7 +138,7 @@ def test_accumulate_grad_batches_records_the_batch_loss(tmp_path):
     module = Module()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True)
     spy = Spy()
-    lens = LossLens(nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size=128)
+    lens = LossLens(nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size=128)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer([spy, lens], epochs=1, accumulate_grad_batches=4).fit(module, loader)
@@ -165,7 +165,7 @@ DDP_SCRIPT = COMMON + textwrap.dedent(
         L.seed_everything(0)
         module = Module()
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=20, shuffle=True)
-        lens = LossLens(nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), run="lit-ddp",
+        lens = LossLens(nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), run="lit-ddp",
                         store=os.path.join(OUT, "runs.db"), probe_size=256)
         tr = L.Trainer(max_epochs=3, accelerator="cpu", devices=2, strategy="ddp", logger=False,
                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -216,7 +216,8 @@ def test_lightning_ddp_two_cpu_processes_equal_one_process(tmp_path):
         np.testing.assert_allclose(r0[f"validation_{e}"], v, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(run.epochs[e].get("validation").values, v, rtol=1e-5, atol=1e-6)
         assert r0[f"train_mode_{e}"].shape == (256,)
-        ref = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size=256)
+        ref = TorchLossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None,
+                            probe_size=256)
         for _ in range(e + 1):  # T of one process: batches of the per-device size 20, same random draws
             model.train()
             ref.step(torch.tensor(0.0), batch_size=20)

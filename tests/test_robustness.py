@@ -35,22 +35,22 @@ torch = pytest.importorskip("torch")
 
 
 def test_metrics_with_a_vector_are_a_type_error():
-    from losslens.torch import Lens
+    from losslens.torch import LossLens
 
     X, y = torch.randn(40, 4), torch.randint(0, 2, (40,))
-    lens = Lens(torch.nn.Linear(4, 2), torch.nn.CrossEntropyLoss(), probe=(X, y), store=None, probe_size=10)
+    lens = LossLens(torch.nn.Linear(4, 2), torch.nn.CrossEntropyLoss(), train_data=(X, y), store=None, probe_size=10)
     lens.step(torch.tensor(1.0), batch_size=8)
     with pytest.raises(TypeError, match="metrics"):
         lens.end_epoch({"acc": torch.tensor([0.5, 0.6])})
 
 
 def test_batch_norm_with_a_one_sample_probe_is_refused_at_construction():
-    from losslens.torch import Lens
+    from losslens.torch import LossLens
 
     X, y = torch.randn(40, 4), torch.randint(0, 2, (40,))
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
     with pytest.raises(ValueError, match="probe_size"):
-        Lens(model, torch.nn.CrossEntropyLoss(), probe=(X, y), store=None, probe_size=1)
+        LossLens(model, torch.nn.CrossEntropyLoss(), train_data=(X, y), store=None, probe_size=1)
     assert np and sys   # imports used by the platform checks above
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from losslens.audit import audit_split
 from losslens.diagnose import diagnose
 from losslens.report import Report
-from losslens.torch import Lens
+from losslens.torch import LossLens
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def leaky_run():
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    lens = Lens(model, loss_fn, probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size=600)
+    lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size=600)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True)
     for _ in range(5):
         for xb, yb in loader:

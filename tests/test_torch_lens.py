@@ -1,4 +1,4 @@
-"""losslens.torch.Lens: the measurement protocol, checked against independent computations.
+"""losslens.torch.LossLens: the measurement protocol, checked against independent computations.
 
 Real (small) training runs on scikit-learn's digits, CPU, seeded.
 """
@@ -29,7 +29,7 @@ from losslens.record import (  # noqa: E402
     fingerprint_indices,
 )
 from losslens.store import Store  # noqa: E402
-from losslens.torch import Lens  # noqa: E402
+from losslens.torch import LossLens  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -94,7 +94,7 @@ def test_decomposition_terms_match_independent_computation(digits):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     aug = ShiftedDigits(Xtr, ytr)
     lam = 1e-3
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), train=aug, val=(Xva, yva), store=None,
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), train_augmented=aug, val_data=(Xva, yva), store=None,
                 probe_size=320, optimizer=opt)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
@@ -158,7 +158,7 @@ def test_train_mode_pass_with_dropout_agrees_with_monte_carlo(digits):
     Xtr, ytr, Xva, yva = digits
     model = mlp(dropout=0.5, hidden=128)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size="all")
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size="all")
     for _ in range(2):
         for i in range(0, 1200, 32):
             opt.zero_grad()
@@ -182,7 +182,7 @@ def test_train_mode_pass_with_dropout_agrees_with_monte_carlo(digits):
 def test_step_does_not_read_the_loss():
     """step() keeps the tensor on its device: a meta-device loss (no data at all) is accepted."""
     model = mlp()
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(torch.zeros(10, 64), torch.zeros(10, dtype=torch.long)),
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(torch.zeros(10, 64), torch.zeros(10, dtype=torch.long)),
                 store=None)
     for _ in range(3):
         lens.step(torch.empty((), device="meta"), batch_size=4, penalty=torch.empty((), device="meta"))
@@ -199,8 +199,8 @@ def _train_for_identity(X, y, use_lens, tmp_path=None, epochs=3):
     loader = torch.utils.data.DataLoader(train_ds, batch_size=50, shuffle=True)
     lens = None
     if use_lens:
-        lens = Lens(model, nn.CrossEntropyLoss(), probe=torch.utils.data.TensorDataset(X, y), train=train_ds,
-                    val=(X[:200], y[:200]), store=str(tmp_path / "ident.db"), probe_size=300, optimizer=opt)
+        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=torch.utils.data.TensorDataset(X, y), train_augmented=train_ds,
+                    val_data=(X[:200], y[:200]), store=str(tmp_path / "ident.db"), probe_size=300, optimizer=opt)
     for _ in range(epochs):
         model.train()
         for xb, yb in loader:
@@ -224,7 +224,7 @@ def test_parameters_bit_identical_with_and_without_lens(digits, tmp_path):
     assert set(lens.run.epochs[-1].measurements) == {TRAIN_MODE, EVAL_AUGMENTED, EVAL_CLEAN, VALIDATION}
     assert off.keys() == on.keys()
     for k in off:
-        assert torch.equal(off[k], on[k]), f"{k} differs with the Lens on"
+        assert torch.equal(off[k], on[k]), f"{k} differs with the recorder on"
     assert torch.equal(rng_off, rng_on) and np.array_equal(np_off, np_on)
 
 
@@ -233,7 +233,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np, torch
     from torch import nn
-    from losslens.torch import Lens
+    from losslens.torch import LossLens
     torch.set_num_threads(1)
     store, out, kill_epoch = sys.argv[1], sys.argv[2], int(sys.argv[3])
     data = np.load(os.path.join(out, "digits.npz"))
@@ -241,7 +241,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(X[:400], y[:400]), val=(X[400:], y[400:]),
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X[:400], y[:400]), val_data=(X[400:], y[400:]),
                 run="killed", store=store, probe_size=250)
     for epoch in range(10):
         for i in range(0, 400, 40):
@@ -285,7 +285,7 @@ def test_nan_losses_are_recorded_and_diagnosed(digits):
     X = Xtr[:400].clone()
     model = mlp(dropout=0.2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(X, ytr[:400]), val=(Xva, yva), store=None)
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X, ytr[:400]), val_data=(Xva, yva), store=None)
     for epoch in range(4):
         for i in range(0, 400, 50):
             xb = X[i:i + 50].clone()
@@ -315,7 +315,7 @@ def test_divergence_with_a_huge_learning_rate_is_recorded(digits):
     torch.manual_seed(0)
     model = nn.Linear(64, 10)
     opt = torch.optim.SGD(model.parameters(), lr=5.0)
-    lens = Lens(model, nn.MSELoss(), probe=(Xtr[:300], Y), val=(Xva, Yva), store=None)
+    lens = LossLens(model, nn.MSELoss(), train_data=(Xtr[:300], Y), val_data=(Xva, Yva), store=None)
     for _ in range(3):
         for i in range(0, 300, 30):
             opt.zero_grad()
@@ -396,7 +396,7 @@ class TripleDigits(torch.utils.data.Dataset):
 
 
 def _measure_once(model, probe, val, **kw):
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=probe, val=val, store=None, probe_size=150, **kw)
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=probe, val_data=val, store=None, probe_size=150, **kw)
     lens.step(torch.tensor(1.0), batch_size=25)
     ep = lens.end_epoch()
     return ep.get(EVAL_CLEAN).values, ep.get(VALIDATION).values
@@ -443,31 +443,34 @@ def test_bad_arguments_name_the_argument(digits, tmp_path):
     ce = nn.CrossEntropyLoss()
     probe = (Xtr[:100], ytr[:100])
     cases = [
-        (TypeError, "model", lambda: Lens("net", ce, probe, store=None)),
-        (TypeError, "loss_fn", lambda: Lens(net, 3, probe, store=None)),
-        (TypeError, "probe", lambda: Lens(net, ce, 42, store=None)),
-        (ValueError, "probe", lambda: Lens(net, ce, (Xtr[:100], ytr[:99]), store=None)),
-        (ValueError, "probe", lambda: Lens(net, ce, (Xtr[:0], ytr[:0]), store=None)),
-        (ValueError, "train", lambda: Lens(net, ce, probe, train=(Xtr[:90], ytr[:90]), store=None)),
-        (TypeError, "val", lambda: Lens(net, ce, probe, val={"x": 1}, store=None)),
-        (TypeError, "probe", lambda: Lens(net, ce, _NoTarget(), store=None)),
-        (ValueError, "probe_size", lambda: Lens(net, ce, probe, probe_size="most", store=None)),
-        (ValueError, "probe_size", lambda: Lens(net, ce, probe, probe_size=-1, store=None)),
-        (ValueError, "probe_budget", lambda: Lens(net, ce, probe, probe_budget=0, store=None)),
-        (TypeError, "penalty", lambda: Lens(net, ce, probe, penalty="l2", store=None)),
-        (TypeError, "optimizer", lambda: Lens(net, ce, probe, optimizer="sgd", store=None)),
-        (ValueError, "eval_batch_size", lambda: Lens(net, ce, probe, eval_batch_size=0, store=None)),
-        (TypeError, "store", lambda: Lens(net, ce, probe, store=12)),
-        (ValueError, "run", lambda: Lens(net, ce, probe, run="", store=None)),
-        (TypeError, "meta", lambda: Lens(net, ce, probe, meta={"model": net}, store=None)),
+        (TypeError, "model", lambda: LossLens("net", ce, probe, store=None)),
+        (TypeError, "loss_fn", lambda: LossLens(net, 3, probe, store=None)),
+        (TypeError, "train_data", lambda: LossLens(net, ce, 42, store=None)),
+        (ValueError, "train_data", lambda: LossLens(net, ce, (Xtr[:100], ytr[:99]), store=None)),
+        (ValueError, "train_data", lambda: LossLens(net, ce, (Xtr[:0], ytr[:0]), store=None)),
+        (ValueError, "train_augmented", lambda: LossLens(net, ce, probe, train_augmented=(Xtr[:90], ytr[:90]),
+                                                         store=None)),
+        (TypeError, "probe= and train_data= both", lambda: LossLens(net, ce, probe, probe=probe, store=None)),
+        (TypeError, "unexpected keyword argument 'valid'", lambda: LossLens(net, ce, probe, valid=1, store=None)),
+        (TypeError, "val_data", lambda: LossLens(net, ce, probe, val_data={"x": 1}, store=None)),
+        (TypeError, "train_data", lambda: LossLens(net, ce, _NoTarget(), store=None)),
+        (ValueError, "probe_size", lambda: LossLens(net, ce, probe, probe_size="most", store=None)),
+        (ValueError, "probe_size", lambda: LossLens(net, ce, probe, probe_size=-1, store=None)),
+        (ValueError, "probe_budget", lambda: LossLens(net, ce, probe, probe_budget=0, store=None)),
+        (TypeError, "penalty", lambda: LossLens(net, ce, probe, penalty="l2", store=None)),
+        (TypeError, "optimizer", lambda: LossLens(net, ce, probe, optimizer="sgd", store=None)),
+        (ValueError, "eval_batch_size", lambda: LossLens(net, ce, probe, eval_batch_size=0, store=None)),
+        (TypeError, "store", lambda: LossLens(net, ce, probe, store=12)),
+        (ValueError, "run", lambda: LossLens(net, ce, probe, run="", store=None)),
+        (TypeError, "meta", lambda: LossLens(net, ce, probe, meta={"model": net}, store=None)),
     ]
     for exc, word, make in cases:
         with pytest.raises(exc, match=word):
             make()
     it = _Stream()
     with pytest.raises(TypeError, match="val.*iterable"):
-        Lens(net, ce, probe, val=it, store=None)
-    lens = Lens(net, ce, probe, store=None)
+        LossLens(net, ce, probe, val_data=it, store=None)
+    lens = LossLens(net, ce, probe, store=None)
     with pytest.raises(ValueError, match="loss"):
         lens.step(torch.ones(3))
     with pytest.raises(ValueError, match="batch_size"):
@@ -495,7 +498,7 @@ def test_store_round_trip_equals_lens_run(digits, tmp_path):
     model = mlp(dropout=0.3, bn=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     Xtr, ytr = Xtr[:400], ytr[:400]
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), train=NoisyDigits(Xtr, ytr), val=(Xva, yva),
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), train_augmented=NoisyDigits(Xtr, ytr), val_data=(Xva, yva),
                 run="roundtrip", store=tmp_path / "rt.db", experiment="exp", seed=3, optimizer=opt,
                 meta={"note": "round trip"})
     for _ in range(2):
@@ -540,7 +543,7 @@ def test_per_sample_losses_from_modules_functionals_and_plain_callables(digits):
     reg = nn.Linear(64, 3)
     Y = torch.randn(300, 3)
     # MSE with several outputs: per sample = mean over outputs; baseline = mean target variance
-    lens = Lens(reg, nn.MSELoss(), probe=(X, Y), store=None, probe_size="all")
+    lens = LossLens(reg, nn.MSELoss(), train_data=(X, Y), store=None, probe_size="all")
     lens.step(torch.tensor(0.0))
     ep = lens.end_epoch()
     with torch.no_grad():
@@ -555,20 +558,20 @@ def test_per_sample_losses_from_modules_functionals_and_plain_callables(digits):
         ce = F.cross_entropy(net(X), ytr[:300], reduction="none").numpy()
     prior = np.bincount(ytr[:300].numpy(), minlength=10) / 300
     # functional with reduction=
-    lens = Lens(net, F.cross_entropy, probe=(X, ytr[:300]), store=None, probe_size="all")
+    lens = LossLens(net, F.cross_entropy, train_data=(X, ytr[:300]), store=None, probe_size="all")
     lens.step(torch.tensor(0.0))
     np.testing.assert_allclose(lens.end_epoch().get(EVAL_CLEAN).values, ce, rtol=1e-5)
     assert lens.run.meta["loss_kind"] == "cross_entropy" and lens.run.meta["per_sample_method"] == "reduction=none"
     assert lens.run.meta["baseline_loss"] == pytest.approx(-np.sum(prior[prior > 0] * np.log(prior[prior > 0])))
     # a plain callable without reduction: per-sample calls, with one warning
-    lens = Lens(net, lambda out, y: F.cross_entropy(out, y), probe=(X, ytr[:300]), store=None, probe_size="all")
+    lens = LossLens(net, lambda out, y: F.cross_entropy(out, y), train_data=(X, ytr[:300]), store=None, probe_size="all")
     lens.step(torch.tensor(0.0))
     with pytest.warns(UserWarning, match="one sample at a time"):
         ep = lens.end_epoch()
     np.testing.assert_allclose(ep.get(EVAL_CLEAN).values, ce, rtol=1e-5)
     # class weights: the per-sample mean is not the weighted mean; warned and recorded
     w = torch.linspace(0.2, 3.0, 10)
-    lens = Lens(net, nn.CrossEntropyLoss(weight=w), probe=(X, ytr[:300]), store=None, probe_size="all")
+    lens = LossLens(net, nn.CrossEntropyLoss(weight=w), train_data=(X, ytr[:300]), store=None, probe_size="all")
     lens.step(torch.tensor(0.0))
     with pytest.warns(UserWarning, match="differs"):
         lens.end_epoch()
@@ -586,7 +589,7 @@ def test_penalty_callable_constant_and_per_step(digits):
             return 1e-3 * sum((p ** 2).sum() for p in m.parameters())
 
         pen_arg = l2 if mode == "callable" else 0.25
-        lens = Lens(model, nn.CrossEntropyLoss(), probe=(X, y), store=None, penalty=pen_arg, probe_size=0)
+        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), store=None, penalty=pen_arg, probe_size=0)
         totals, pens = [], []
         for i in range(0, 256, 32):
             opt.zero_grad()
@@ -611,7 +614,7 @@ def test_probe_size_auto_is_bounded_by_the_budget_and_fixed(digits):
     Xtr, ytr, Xva, yva = digits
     model = mlp(dropout=0.2, hidden=32)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva[:300], yva[:300]), store=None,
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva[:300], yva[:300]), store=None,
                 probe_budget=1.0)
     for _ in range(2):
         for i in range(0, 1200, 16):
@@ -630,26 +633,26 @@ def test_probe_size_auto_is_bounded_by_the_budget_and_fixed(digits):
     assert "probe_cost_per_sample_s" not in meta   # nothing was timed
     # a budget that binds: 0.1 x 3 x 1200 / 2 = 180 -> the minimum 200; 0.2 -> 360 (cap 1200 without val)
     for budget, expected in ((0.1, 200), (0.2, 360)):
-        lb = Lens(mlp(dropout=0.2, hidden=32), nn.CrossEntropyLoss(), probe=(Xtr, ytr), store=None,
+        lb = LossLens(mlp(dropout=0.2, hidden=32), nn.CrossEntropyLoss(), train_data=(Xtr, ytr), store=None,
                   probe_budget=budget)
         for i in range(0, 1200, 16):
             lb.step(torch.tensor(1.0), batch_size=16)
         lb.end_epoch()
         assert lb.run.meta["probe_size"] == expected, budget
     # a tiny budget still gives the documented minimum
-    lens2 = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_budget=1e-6)
+    lens2 = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_budget=1e-6)
     lens2.step(torch.tensor(1.0), batch_size=16)
     lens2.end_epoch()
     assert lens2.run.meta["probe_size"] == 200 and "minimum" in lens2.run.meta["probe_size_reason"]
     # "all"
-    lens3 = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), store=None, probe_size="all")
+    lens3 = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), store=None, probe_size="all")
     lens3.step(torch.tensor(1.0), batch_size=16)
     assert lens3.end_epoch().get(TRAIN_MODE).n == 1200
 
 
 def test_model_without_dropout_or_batchnorm_skips_the_train_mode_pass(digits):
     Xtr, ytr, Xva, yva = digits
-    lens = Lens(mlp(), nn.CrossEntropyLoss(), probe=(Xtr[:300], ytr[:300]), val=(Xva, yva), store=None)
+    lens = LossLens(mlp(), nn.CrossEntropyLoss(), train_data=(Xtr[:300], ytr[:300]), val_data=(Xva, yva), store=None)
     lens.step(torch.tensor(1.0), batch_size=10)
     ep = lens.end_epoch()
     assert set(ep.measurements) == {EVAL_CLEAN, VALIDATION}
@@ -663,11 +666,13 @@ def test_diagnose_returns_a_report(digits):
     from losslens.report import Report
 
     Xtr, ytr, Xva, yva = digits
-    lens = Lens(mlp(), nn.CrossEntropyLoss(), probe=(Xtr[:300], ytr[:300]), val=(Xva, yva), store=None)
+    lens = LossLens(mlp(), nn.CrossEntropyLoss(), train_data=(Xtr[:300], ytr[:300]), val_data=(Xva, yva), store=None)
     lens.step(torch.tensor(1.0), batch_size=10)
     lens.end_epoch()
-    report = lens.diagnose()
+    with pytest.warns(FutureWarning, match="Report.from_run"):   # the deprecated path still works
+        report = lens.diagnose()
     assert isinstance(report, Report)
+    assert Report.from_run(lens).to_dict()["report"]["codes"] == report.to_dict()["report"]["codes"]
     assert "gap.decomposition" in report.to_dict()["report"]["codes"]
 
 
@@ -688,7 +693,7 @@ def test_eval_batches_are_halved_on_out_of_memory(digits):
     Xtr, ytr, Xva, yva = digits
     net = mlp(hidden=16)
     model = _OOMAbove(net, limit=100)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None, probe_size="all")
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size="all")
     lens.step(torch.tensor(1.0), batch_size=10)
     ep = lens.end_epoch()
     assert lens._eval_bs <= 100
@@ -705,7 +710,7 @@ def test_frozen_batchnorm_stays_frozen_in_the_train_mode_pass(digits):
     Xtr, ytr, _, _ = digits
     model = mlp(bn=True, hidden=32)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr[:320], ytr[:320]), store=None, probe_size="all")
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr[:320], ytr[:320]), store=None, probe_size="all")
     for frozen in (True, False):
         model.train()
         if frozen:
@@ -728,12 +733,12 @@ def test_frozen_batchnorm_stays_frozen_in_the_train_mode_pass(digits):
 def test_finish_and_metrics(digits, tmp_path):
     Xtr, ytr, Xva, yva = digits
     store = Store(tmp_path / "s.db")
-    lens = Lens(mlp(), nn.CrossEntropyLoss(), probe=(Xtr[:300], ytr[:300]), val=(Xva, yva), store=store, run="m")
+    lens = LossLens(mlp(), nn.CrossEntropyLoss(), train_data=(Xtr[:300], ytr[:300]), val_data=(Xva, yva), store=store, run="m")
     lens.step(torch.tensor(1.0), batch_size=10)
     with pytest.raises(TypeError, match="metrics"):
         lens.end_epoch(metrics={"acc": "high"})
     assert lens.end_epoch().n_steps == 1  # the bad call recorded nothing and lost nothing
-    lens2 = Lens(mlp(), nn.CrossEntropyLoss(), probe=(Xtr[:300], ytr[:300]), val=(Xva, yva), store=store, run="m2")
+    lens2 = LossLens(mlp(), nn.CrossEntropyLoss(), train_data=(Xtr[:300], ytr[:300]), val_data=(Xva, yva), store=store, run="m2")
     lens2.step(torch.tensor(1.0), batch_size=10)
     lens2.end_epoch(metrics={"acc": 0.75})
     assert lens2.finish().status == "finished"
@@ -751,7 +756,7 @@ def test_augmented_batches_are_shared_by_T_and_A_and_reproducible(digits):
     def one_run():
         model = mlp(bn=True, hidden=32)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        lens = Lens(model, nn.CrossEntropyLoss(), probe=(X, y), train=NoisyDigits(X, y, sigma=0.8), store=None,
+        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), train_augmented=NoisyDigits(X, y, sigma=0.8), store=None,
                     probe_size="all")
         for i in range(0, 400, 40):
             opt.zero_grad()
@@ -775,7 +780,7 @@ def test_probe_size_timed_is_an_explicit_option(digits):
     """probe_size="timed" keeps the wall-clock budget (not reproducible across machines), and says so."""
     Xtr, ytr, Xva, yva = digits
     model = mlp(dropout=0.2, hidden=32)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva[:300], yva[:300]), store=None,
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva[:300], yva[:300]), store=None,
                 probe_size="timed", probe_budget=1.0)
     for i in range(0, 1200, 16):
         lens.step(F.cross_entropy(model(Xtr[i:i + 16]), ytr[i:i + 16]).detach(), batch_size=16)
@@ -797,7 +802,7 @@ def test_auto_probe_size_does_not_depend_on_machine_load(digits):
         torch.manual_seed(0)
         model = mlp(dropout=0.3, hidden=32)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), store=None)
+        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None)
         g = torch.Generator().manual_seed(1)
         for _ in range(2):
             for idx in torch.randperm(len(ytr), generator=g).split(32):
@@ -835,7 +840,7 @@ def test_runs_of_one_experiment_share_the_auto_probe_set(digits, tmp_path):
     for seed, budget, experiment in ((0, 0.001, "mlp"), (1, 1.0, "mlp"), (2, 1.0, "other")):
         model = mlp(seed=seed)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr, ytr), val=(Xva, yva), run=f"seed{seed}",
+        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), run=f"seed{seed}",
                     store=store, experiment=experiment, probe_budget=budget)
         for xb, yb in torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=50):
             opt.zero_grad()
@@ -855,7 +860,7 @@ def test_runs_of_one_experiment_share_the_auto_probe_set(digits, tmp_path):
 def test_with_block_finishes_the_run(digits, tmp_path):
     Xtr, ytr, Xva, yva = digits
     model = mlp(hidden=16)
-    with Lens(model, nn.CrossEntropyLoss(), probe=(Xtr[:200], ytr[:200]), val=(Xva[:100], yva[:100]),
+    with LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr[:200], ytr[:200]), val_data=(Xva[:100], yva[:100]),
               store=tmp_path / "s.db", run="w") as lens:
         lens.step(torch.tensor(1.0), batch_size=16)
         lens.end_epoch()
@@ -863,7 +868,7 @@ def test_with_block_finishes_the_run(digits, tmp_path):
     with Store(tmp_path / "s.db") as s:
         assert s.load_run("w").status == "finished"
     with pytest.raises(RuntimeError):
-        with Lens(model, nn.CrossEntropyLoss(), probe=(Xtr[:200], ytr[:200]), store=None) as lens2:
+        with LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr[:200], ytr[:200]), store=None) as lens2:
             raise RuntimeError("user code failed")
     assert lens2.run.status == "running"   # a crashed run is not reported as finished
 
@@ -890,7 +895,7 @@ def test_a_failing_measurement_never_stops_training(digits, tmp_path):
     model = mlp(hidden=16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     probe = _BrokenAfter(Xtr[:300], ytr[:300], ok_reads=10**9)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=probe, val=(Xva[:100], yva[:100]), store=tmp_path / "s.db",
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=probe, val_data=(Xva[:100], yva[:100]), store=tmp_path / "s.db",
                 run="broken", probe_size=100)
     for epoch in range(4):
         for i in range(0, 300, 50):
@@ -927,7 +932,7 @@ def test_a_failed_store_write_is_retried_and_never_merges_epochs(digits, tmp_pat
 
     Xtr, ytr, Xva, yva = digits
     model = mlp(hidden=16)
-    lens = Lens(model, nn.CrossEntropyLoss(), probe=(Xtr[:200], ytr[:200]), val=(Xva[:100], yva[:100]),
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr[:200], ytr[:200]), val_data=(Xva[:100], yva[:100]),
                 store=tmp_path / "s.db", run="disk", probe_size=50)
     real = lens._store.append_epoch
     fails = {"left": 0}
@@ -965,7 +970,7 @@ def test_a_store_that_stays_unwritable_is_reported_at_finish(digits, tmp_path, m
     from losslens.store import StoreError
 
     Xtr, ytr, _, _ = digits
-    lens = Lens(mlp(hidden=16), nn.CrossEntropyLoss(), probe=(Xtr[:200], ytr[:200]), store=tmp_path / "s.db",
+    lens = LossLens(mlp(hidden=16), nn.CrossEntropyLoss(), train_data=(Xtr[:200], ytr[:200]), store=tmp_path / "s.db",
                 run="full", probe_size=50)
 
     def full(*a, **k):

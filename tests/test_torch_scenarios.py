@@ -1,4 +1,4 @@
-"""Scenarios of issue 2, recorded with losslens.torch.Lens and diagnosed.
+"""Scenarios of issue 2, recorded with losslens.torch.LossLens and diagnosed.
 
 Each scenario is a real training run on scikit-learn's digits (CPU, seeded,
 about a second) built so that one cause of "validation loss below training
@@ -17,7 +17,7 @@ from torch import nn  # noqa: E402
 
 from losslens.diagnose import diagnose  # noqa: E402
 from losslens.record import VALIDATION  # noqa: E402
-from losslens.torch import Lens  # noqa: E402
+from losslens.torch import LossLens  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -56,12 +56,12 @@ def mlp(*sizes, dropout=0.0):
 
 
 def record(model, opt, Xtr, ytr, Xva, yva, epochs, batch_size=32, aug=None, **kw):
-    """A plain loop with the four Lens lines; returns (lens, diagnosis)."""
+    """A plain loop with the four LossLossLens lines; returns (lens, diagnosis)."""
     torch.manual_seed(1)
     loader = torch.utils.data.DataLoader(aug if aug is not None else torch.utils.data.TensorDataset(Xtr, ytr),
                                          batch_size=batch_size, shuffle=True)
     loss_fn = nn.CrossEntropyLoss()
-    lens = Lens(model, loss_fn, probe=(Xtr, ytr), train=aug, val=(Xva, yva), store=None, **kw)
+    lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), train_augmented=aug, val_data=(Xva, yva), store=None, **kw)
     for _ in range(epochs):
         model.train()
         for xb, yb in loader:

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from losslens.diagnose import decompose  # noqa: E402
-from losslens.protocol import probe_permutation  # noqa: E402
+from losslens.recording.probe import probe_permutation  # noqa: E402
 from losslens.store import Store  # noqa: E402
 from losslens.transformers import LossLens  # noqa: E402
 
@@ -64,7 +64,7 @@ Tokens, tiny_bert, args, Trainer = _ns["Tokens"], _ns["tiny_bert"], _ns["args"],
 def train(tmp, with_lens):
     train_ds, val_ds = Tokens(320, 1), Tokens(128, 2)
     model = tiny_bert()
-    cbs = [LossLens(probe=train_ds, val=val_ds, run="bert", store=tmp / "runs.db", probe_size=160)] if with_lens \
+    cbs = [LossLens(train_data=train_ds, val_data=val_ds, run="bert", store=tmp / "runs.db", probe_size=160)] if with_lens \
         else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -123,7 +123,7 @@ def test_regression_model_needs_a_loss_fn(tmp_path):
 
     cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=32, num_labels=1)
-    lens = LossLens(probe=Tokens(8, 0), store=None)
+    lens = LossLens(train_data=Tokens(8, 0), store=None)
     with pytest.raises(ValueError, match="loss_fn"):
         lens.on_train_begin(args(str(tmp_path)), TrainerState(), TrainerControl(),
                             model=BertForSequenceClassification(cfg))
@@ -141,7 +141,7 @@ TORCHRUN_SCRIPT = COMMON + textwrap.dedent(
         out = sys.argv[1]
         train_ds, val_ds = Tokens(320, 1), Tokens(128, 2)
         model = tiny_bert()
-        lens = LossLens(probe=train_ds, val=val_ds, run="bert-ddp", store=os.path.join(out, "runs.db"),
+        lens = LossLens(train_data=train_ds, val_data=val_ds, run="bert-ddp", store=os.path.join(out, "runs.db"),
                         probe_size=160)
         trainer = Trainer(model=model, args=args(os.path.join(out, "o"), ddp_backend="gloo", num_train_epochs=2,
                                                  per_device_train_batch_size=8),
@@ -202,12 +202,11 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     for k in ("eval_clean", "validation", "train_mode"):
         np.testing.assert_array_equal(r0[k], r1[k])
     # T of one process: batches of the per-device size 8 in probe order, the same per-batch dropout draws
-    from losslens.torch import Lens
+    from losslens.torch import LossLens as TorchLossLens
     from losslens.transformers import logits_forward
 
-    ref = Lens(model, torch.nn.CrossEntropyLoss(), probe=train_ds, val=val_ds, store=None, probe_size=160,
-               forward=logits_forward)
-    ref._fixed_train_bs = 8
+    ref = TorchLossLens(model, torch.nn.CrossEntropyLoss(), train_data=train_ds, val_data=val_ds, store=None,
+                        probe_size=160, forward=logits_forward, train_batch_size=8)
     for _ in range(2):
         model.train()
         ref.step(0.0)

@@ -5,7 +5,7 @@ The data is scikit-learn's bundled handwritten digits (:func:`sklearn.datasets.l
 into training and validation sets, stratified by class. A small multi-layer
 perceptron with dropout is trained with Adam on augmented inputs (a random
 shift of up to one pixel in each direction and Gaussian pixel noise, done with
-torch operations), and recorded with :class:`losslens.torch.Lens`:
+torch operations), and recorded with :class:`losslens.torch.LossLens`:
 
 * ``probe``: the training images without augmentation (eval transforms),
 * ``train``: the same images with the training augmentation,
@@ -93,7 +93,7 @@ def _augmented_dataset(x: Any, y: Any, noise: float, max_shift: int) -> Any:
         Items are ``(image, label)`` with image a float32 tensor of shape (8, 8).
         ``__getitems__`` (used by ``DataLoader`` for a whole batch) augments the
         batch with vectorised torch operations. The randomness comes from torch's
-        global generator, so a seeded run is reproducible and the Lens's probe
+        global generator, so a seeded run is reproducible and the recorder's probe
         passes (which fork the RNG) leave it untouched.
         """
 
@@ -164,7 +164,8 @@ def run_demo(epochs: int = DEMO_DEFAULTS["epochs"], store: str | os.PathLike[str
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .torch import Lens
+    from .report import Report
+    from .torch import LossLens
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -199,9 +200,9 @@ def run_demo(epochs: int = DEMO_DEFAULTS["epochs"], store: str | os.PathLike[str
             f"shifted by up to {cfg['max_shift']} pixel and noise σ={cfg['noise']}; {epochs} epochs, seed {seed}.",
             highlight=False, markup=False,
         )
-        lens = Lens(model, loss_fn, probe=train_clean, train=train_aug, val=val, run="demo-digits", store=store,
-                    optimizer=opt, seed=seed, meta={"demo": dict(cfg)},
-                    probe_size=len(y_val) if cfg["probe_size"] == "val" else cfg["probe_size"])
+        lens = LossLens(model, loss_fn, train_data=train_clean, train_augmented=train_aug, val_data=val,
+                        run="demo-digits", store=store, optimizer=opt, seed=seed, meta={"demo": dict(cfg)},
+                        probe_size=len(y_val) if cfg["probe_size"] == "val" else cfg["probe_size"])
         t0 = time.perf_counter()
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
@@ -221,7 +222,7 @@ def run_demo(epochs: int = DEMO_DEFAULTS["epochs"], store: str | os.PathLike[str
                            status=f"reported train loss {ep.train_loss:.3f}  validation {v.mean:.3f}" if v else "")
         lens.finish()
         seconds = time.perf_counter() - t0
-        report = lens.diagnose()
+        report = Report.from_run(lens)
         say = {"highlight": False, "markup": False, "soft_wrap": True}
         console.print(f"trained and measured {epochs} epochs in {seconds:.1f} s", **say)
         report.print(console)

@@ -49,34 +49,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from .protocol import (  # the probe rule and the baseline loss, shared with the PyTorch adapter
-    PILOT_SIZE,
-    PROBE_CAP,
-    baseline_loss,
-    budget_probe_size,
-    inherited_probe_size,
-    probe_permutation,
-    probe_size_cap,
-    timed_probe_size,
-)
-from .record import (
-    EVAL_CLEAN,
-    TRAIN_MODE,
-    VALIDATION,
-    Epoch,
-    Measurement,
-    Run,
-    Steps,
-    fingerprint_indices,
-    record_measurement_error,
-)
+from .record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
+from .recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, input_duplicates
+from .recording.deprecations import deprecated_report, renamed_data_args
+from .recording.probe import PROBE_CAP, baseline_loss
+from .recording.recorder import per_sample_check
 
 __all__ = ["LossLens", "per_sample_loss", "LossLensError"]
 
 DEFAULT_PROBE_CAP = PROBE_CAP   # the name of the first version of this module
 
 #: Index pairs kept in ``run.meta["split_exact_duplicates"]`` (the counts are exact).
-DUPLICATE_PAIRS_KEPT = 100
 
 #: Keras layer classes whose output differs between training and inference.
 _TRAIN_MODE_LAYER_NAMES = (
@@ -268,31 +251,6 @@ def _fit_locals(model: Any) -> dict[str, Any] | None:
     return None
 
 
-def _joined_rows(train: list[np.ndarray], val: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """One ``(n, bytes)`` uint8 row per sample from several input arrays (for the duplicate check).
-
-    Arrays ``k`` of the two sets are cast to float64 when their dtypes differ; float
-    arrays are canonicalized (``-0.0 + 0.0 = 0.0``, every NaN the same NaN) so equal
-    values give equal bytes.
-    """
-    def rows(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        a = np.ascontiguousarray(a, dtype=dtype)
-        if a.dtype.kind == "f":
-            a = a + a.dtype.type(0.0)
-            a[np.isnan(a)] = np.nan
-        elif a.dtype.kind not in "biuc":
-            raise ValueError(f"inputs of dtype {a.dtype} are not compared in multi-input structures")
-        return a.reshape(len(a), -1).view(np.uint8).reshape(len(a), -1)
-
-    out_t, out_v = [], []
-    for a, b in zip(train, val):
-        a, b = np.asarray(a), np.asarray(b)
-        dt = a.dtype if a.dtype == b.dtype else np.dtype(np.float64)
-        out_t.append(rows(a, dt))
-        out_v.append(rows(b, dt))
-    return np.concatenate(out_t, axis=1), np.concatenate(out_v, axis=1)
-
-
 # ---------------------------------------------------------------------------------------------
 # RNG and state guard
 # ---------------------------------------------------------------------------------------------
@@ -372,17 +330,18 @@ class LossLens(keras.callbacks.Callback):
 
     Parameters
     ----------
-    probe : tuple (x, y), keras.utils.PyDataset or None
+    train_data : tuple (x, y), keras.utils.PyDataset or None
         Training data to draw the probe set from. The probe is a fixed, seeded
         random subset of these samples, the same every epoch. None: the
         training data passed to ``fit`` (NumPy/JAX/torch arrays or a
         ``PyDataset``; with ``validation_split`` only the training part). If the
         given arrays are the full arrays that ``fit`` split with
         ``validation_split``, the validation tail is removed. Inputs are used as
-        they are (clean): pass un-augmented data.
-    validation : tuple (x, y), keras.utils.PyDataset or None
+        they are (clean): pass un-augmented data. (Formerly ``probe``, a deprecated alias.)
+    val_data : tuple (x, y), keras.utils.PyDataset or None
         Validation data for ``V``. None: the ``validation_data`` (or
         ``validation_split`` part) of ``fit``; no validation -> ``V`` is not measured.
+        (Formerly ``validation``.)
     run : str
         Name of the run in the store.
     store : str, os.PathLike or None
@@ -393,8 +352,8 @@ class LossLens(keras.callbacks.Callback):
         ``min(validation size (10 000 without validation), 10 000, training size,
         the cost budget counted from sample counts)``, at least 200 (or the whole
         cap if smaller), fixed at the end of the first epoch (see Notes).
-        ``"all"``: every training sample; an int >= 2: that many samples (at most
-        the training size). ``"all"`` and an int override the budget.
+        ``"all"``: every training sample; an int: that many samples (at most
+        the training size); 0: no probe passes (only ``R``, ``Ω`` and ``V``). ``"all"`` and an int override the budget.
         ``"timed"``: the budget in wall time from a timed pilot pass (depends on
         machine load, so not reproducible across machines).
     probe_budget : float
@@ -423,13 +382,17 @@ class LossLens(keras.callbacks.Callback):
         The user's seed, recorded in the metadata.
     check_duplicates : bool
         At the start of training, look for validation inputs that occur exactly in
-        the training inputs (:func:`losslens.audit.exact_duplicates`: one hashing
+        the training inputs (:func:`losslens.recording.duplicates.input_duplicates`: one hashing
         pass over both sets, no model compute) and store the counts and up to 100
         ``[train_index, val_index]`` pairs in ``run.meta["split_exact_duplicates"]``
-        (indices into the training part, i.e. the ``probe=`` arrays or ``fit``'s
+        (indices into the training part, i.e. the ``train_data=`` arrays or ``fit``'s
         ``x``, and into the validation set); the diagnosis cites them. Runs when
         both are in-memory arrays (any Keras input structure); a failure is
         recorded as ``{"error": ...}``, never raised. Default True.
+    resume : dict or None
+        :meth:`state_dict` of the callback of an earlier process (saved beside the model checkpoint): with
+        ``fit(..., initial_epoch=k)`` the stored run continues at epoch ``k`` (later stored epochs are dropped
+        and recorded again) instead of a new run starting at epoch 0.
 
     Attributes
     ----------
@@ -442,8 +405,8 @@ class LossLens(keras.callbacks.Callback):
     Notes
     -----
     **Probe size and cost.** With ``probe_size="auto"`` the size is fixed at the
-    end of the first epoch, with the rule of :class:`losslens.torch.Lens`
-    (:func:`losslens.protocol.budget_probe_size`): the ``S`` training samples of
+    end of the first epoch, with the rule of :class:`losslens.torch.LossLens`
+    (:func:`losslens.recording.probe.budget_probe_size`): the ``S`` training samples of
     the first epoch cost ``3 S`` forward passes and the probe passes ``p n``
     (``p`` = 1 for ``C``, 2 when ``T`` runs), so ``n_budget = probe_budget * 3 S / p``;
     then ``n = min(cap, max(min(200, cap), n_budget))`` with ``cap = min(validation
@@ -487,9 +450,9 @@ class LossLens(keras.callbacks.Callback):
 
     def __init__(
         self,
-        probe: Any = None,
+        train_data: Any = None,
         *,
-        validation: Any = None,
+        val_data: Any = None,
         run: str = "keras",
         store: Any = "losslens.db",
         probe_size: int | str | None = "auto",
@@ -502,23 +465,20 @@ class LossLens(keras.callbacks.Callback):
         experiment: str | None = None,
         seed: int | None = None,
         check_duplicates: bool = True,
+        resume: dict[str, Any] | None = None,
+        **deprecated: Any,
     ) -> None:
         super().__init__()
-        if probe_size is None:
-            probe_size = "auto"
-        if probe_size not in ("auto", "all", "timed") and (
-                isinstance(probe_size, bool) or not isinstance(probe_size, (int, np.integer)) or probe_size < 2):
-            raise ValueError(f"LossLens: probe_size must be 'auto', 'all', 'timed' or an int >= 2, got {probe_size!r}")
-        if isinstance(probe_budget, bool) or not isinstance(probe_budget, (int, float)) \
-                or not 0 < probe_budget <= 1:
-            raise ValueError(f"LossLens: probe_budget must be a fraction in (0, 1], got {probe_budget!r}")
+        train_data, val_data = renamed_data_args("LossLens", deprecated, train_data=train_data, val_data=val_data)
+        probe_size = check_common_args(probe_size=probe_size, probe_budget=probe_budget, probe_seed=probe_seed,
+                                       eval_batch_size=eval_batch_size)
         if train_mode not in (True, False, "auto"):
-            raise ValueError(f"LossLens: train_mode must be True, False or 'auto', got {train_mode!r}")
-        self._probe_arg = probe
-        self._val_arg = validation
+            raise ValueError(f"train_mode: expected True, False or 'auto', got {train_mode!r}")
+        self._probe_arg = train_data
+        self._val_arg = val_data
         self.run_name = run
         self.store_path = store
-        self.probe_size = probe_size if isinstance(probe_size, str) else int(probe_size)
+        self.probe_size = probe_size
         self.probe_budget = float(probe_budget)
         self.check_duplicates = bool(check_duplicates)
         self.probe_seed = int(probe_seed)
@@ -528,11 +488,22 @@ class LossLens(keras.callbacks.Callback):
         self._train_mode_arg = train_mode
         self.experiment = experiment
         self.seed = seed
+        self._resume = resume
         self.run: Run | None = None
-        self._store = None
-        self._pending_writes: list[tuple[Epoch, Steps]] = []   # finished epochs whose store write failed
+        self._rec: Recorder | None = None
         self._in_epoch = False
         self._final = True
+
+    @property
+    def probe_indices(self) -> np.ndarray | None:
+        """Sorted training-set indices of the probe set (int64), once fixed."""
+        return self._plan.indices if getattr(self, "_plan", None) is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"run_id", "epochs"}`` of the stored run (plain numbers): pass it as ``resume=`` to continue it."""
+        if self._rec is None:
+            raise RuntimeError("LossLens.state_dict(): nothing recorded yet; call model.fit(..., callbacks=[lens])")
+        return self._rec.state_dict()
 
     # -- setup -------------------------------------------------------------------------------
     def _resolve_data(self, fit: dict[str, Any] | None) -> None:
@@ -542,7 +513,7 @@ class LossLens(keras.callbacks.Callback):
         train_bs = self._bs_arg or fit.get("batch_size")
         if src is None:
             if fit.get("x") is None:
-                raise LossLensError("LossLens: no training data found; pass probe=(x_train, y_train)")
+                raise LossLensError("LossLens: no training data found; pass train_data=(x_train, y_train)")
             if isinstance(fit["x"], keras.utils.PyDataset):
                 src = fit["x"]
             elif fit.get("y") is not None and _indexable(fit["x"]) and _indexable(fit["y"]):
@@ -550,8 +521,8 @@ class LossLens(keras.callbacks.Callback):
             else:
                 raise LossLensError(
                     f"LossLens: cannot index the training data passed to fit (type {type(fit['x']).__name__}, e.g. "
-                    "a tf.data.Dataset or a generator); pass probe=(x_train, y_train): NumPy arrays of (a subset of) "
-                    "the clean training data")
+                    "a tf.data.Dataset or a generator); pass train_data=(x_train, y_train): NumPy arrays of (a "
+                    "subset of) the clean training data")
         if isinstance(src, keras.utils.PyDataset):
             px, py, pbs = _materialize_pydataset(src, "probe")
             train_bs = train_bs or pbs
@@ -559,7 +530,7 @@ class LossLens(keras.callbacks.Callback):
             px, py = src
         else:
             raise LossLensError(
-                f"LossLens: probe must be (x, y) arrays or a keras.utils.PyDataset, got {type(src).__name__}")
+                f"LossLens: train_data must be (x, y) arrays or a keras.utils.PyDataset, got {type(src).__name__}")
         # validation data
         vsrc = self._val_arg
         if vsrc is None and fit.get("val_x") is not None:
@@ -571,7 +542,7 @@ class LossLens(keras.callbacks.Callback):
             else:
                 raise LossLensError(
                     f"LossLens: cannot index the validation data passed to fit (type {type(vx).__name__}); "
-                    "pass validation=(x_val, y_val) arrays")
+                    "pass val_data=(x_val, y_val) arrays")
         if vsrc is None:
             vx = vy = None
         elif isinstance(vsrc, keras.utils.PyDataset):
@@ -580,7 +551,7 @@ class LossLens(keras.callbacks.Callback):
             vx, vy = vsrc[0], vsrc[1]
         else:
             raise LossLensError(
-                f"LossLens: validation must be (x, y) arrays or a keras.utils.PyDataset, got {type(vsrc).__name__}")
+                f"LossLens: val_data must be (x, y) arrays or a keras.utils.PyDataset, got {type(vsrc).__name__}")
         n_train = _n_samples(px)
         # validation_split: the explicit probe arrays may be the full arrays fit split; keep the training head.
         split = fit.get("validation_split") or 0.0
@@ -601,8 +572,7 @@ class LossLens(keras.callbacks.Callback):
         self.batch_size = int(train_bs or 32)
         self.eval_batch_size = int(self._eval_bs_arg or max(self.batch_size, 256))
         # probe subset: a seeded permutation's prefix, so every smaller probe is part of a larger one
-        self._perm = probe_permutation(self.probe_seed, n_train)
-        self.probe_indices: np.ndarray | None = None
+        self._plan = ProbePlan(self.probe_size, self.probe_budget, self.probe_seed, n_train, self.val_size or None)
         self._px = self._py = None
 
     def _layers(self) -> list[Any]:
@@ -671,7 +641,10 @@ class LossLens(keras.callbacks.Callback):
             "Keras augmentation layers run inside the model in training mode only; the train_mode term includes "
             f"them ({', '.join(self.augmentation_layers)})" if self.augmentation_layers else
             "no augmentation measured: the probe inputs are used as given (A = C)")}
-        if not self.measure_train_mode:
+        if not self._plan.enabled:
+            skipped["eval_clean"] = skipped["train_mode"] = "probe passes disabled (probe_size=0)"
+            self.measure_train_mode = False
+        elif not self.measure_train_mode:
             skipped["train_mode"] = ("no dropout, noise, batch-norm or augmentation layer" if
                                      self._train_mode_arg == "auto" else "disabled (train_mode=False)")
         if not self.val_size:
@@ -721,45 +694,30 @@ class LossLens(keras.callbacks.Callback):
             dup = self._exact_duplicates()
             if dup is not None:
                 meta["split_exact_duplicates"] = dup
-        self.run = Run(self.run_name, meta=meta, experiment=self.experiment)
-        if self.store_path is not None:
-            from .store import Store
-            self._store = Store(self.store_path)
-            self.run.id = self._store.create_run(self.run_name, meta, self.experiment)
-        if self.probe_size not in ("auto", "timed"):
-            n = self.train_size if self.probe_size == "all" else min(int(self.probe_size), self.train_size)
-            self._fix_probe(n, f"probe_size={self.probe_size!r}")
+        resume = self._resume if self._resume and self._resume.get("run_id") is not None else None
+        if resume is not None:
+            resume = dict(resume, epochs=int(fit.get("initial_epoch") or 0) if fit else resume.get("epochs"))
+        self._rec = Recorder(self.run_name, meta, self.experiment, self.store_path, holder="LossLens.run",
+                             retry="the next epoch end", resume=resume)
+        self._resume = None   # a second fit() with this callback records a new run
+        self.run = self._rec.run
+        fixed = self._plan.requested()
+        if resume is not None and self.run.meta.get("probe_size"):
+            fixed = int(self.run.meta["probe_size"]), str(self.run.meta.get("probe_size_reason"))
+        if fixed is not None and self._plan.enabled:
+            self._fix_probe(*fixed)
 
     def _exact_duplicates(self) -> dict[str, Any] | None:
-        """Exact copies of validation inputs among the training inputs (:func:`losslens.audit.exact_duplicates`).
-
-        Returns :meth:`losslens.audit.ExactDuplicates.to_dict` with at most
-        :data:`DUPLICATE_PAIRS_KEPT` pairs, None when an input is not an in-memory
-        array structure, or ``{"error": ...}`` when the check fails (training goes on).
-        Single-array inputs are passed as they are (the audit's normalization applies);
-        a structure of several arrays (multi-input models) is compared on the
-        concatenated bytes of each sample's arrays, floats canonicalized first
-        (``-0.0`` as ``0.0``, one NaN), both sides cast to float64 where their dtypes differ.
-        """
-        try:
-            from .audit import exact_duplicates
-            tx, vx = self._train_full[0], self._vx
-            if not (_indexable(tx) and _indexable(vx)):
-                return None
-            tl, vl = keras.tree.flatten(_as_numpy(tx)), keras.tree.flatten(vx)
-            if len(tl) == 1 and len(vl) == 1:
-                res = exact_duplicates(tl[0], vl[0])
-            else:
-                if len(tl) != len(vl):
-                    raise ValueError(f"the training inputs have {len(tl)} arrays and the validation inputs "
-                                     f"{len(vl)}")
-                res = exact_duplicates(*_joined_rows(tl, vl), kind="array")
-            return res.to_dict(max_pairs=DUPLICATE_PAIRS_KEPT)
-        except Exception as exc:  # noqa: BLE001 - the check never stops training
-            return {"error": f"{type(exc).__name__}: {exc}"}
+        """Exact copies of validation inputs among the training inputs
+        (:func:`losslens.recording.duplicates.input_duplicates`, any Keras input structure), None when an input
+        is not in-memory arrays, ``{"error": ...}`` when the check fails (training goes on)."""
+        tx, vx = self._train_full[0], self._vx
+        if not (_indexable(tx) and _indexable(vx)):
+            return None
+        return input_duplicates(keras.tree.flatten(_as_numpy(tx)), keras.tree.flatten(vx))
 
     def _content_fingerprints(self) -> dict[str, Any]:
-        """Content fingerprints of the training and validation sets (:mod:`losslens.experiment.fingerprint`).
+        """Content fingerprints of the training and validation sets (:mod:`losslens.recording.fingerprint`).
 
         Lets the runs of one experiment be checked for a changed split. Sets that
         are too large to hash cheaply are listed under ``fingerprint_skipped``; a
@@ -767,7 +725,6 @@ class LossLens(keras.callbacks.Callback):
         """
         train = self._train_full
         try:
-            from .experiment.fingerprint import auto_fingerprints
             val = (self._vx, self._vy) if self._vx is not None else None
             return auto_fingerprints(train=_as_numpy(train), val=val)
         except Exception as exc:  # noqa: BLE001 - optional metadata
@@ -782,7 +739,7 @@ class LossLens(keras.callbacks.Callback):
         (``per_sample_loss_check``) and a mismatch warns.
         """
         n = min(self.train_size, self.eval_batch_size)
-        idx = np.sort(self._perm[:n])   # the first samples of any probe
+        idx = self._plan.first(n)   # the first samples of any probe
         try:
             with _StateGuard(self.model, self.probe_seed):
                 xb = _to_tensors(_take(self._train_full[0], idx))
@@ -794,11 +751,8 @@ class LossLens(keras.callbacks.Callback):
                 ref = float(ops.convert_to_numpy(total)) - pen
         except Exception as exc:  # noqa: BLE001 - custom compute_loss signatures: record, do not fail
             return {"consistent": None, "error": f"{type(exc).__name__}: {exc}"}
-        ok = math.isclose(mine, ref, rel_tol=1e-4, abs_tol=1e-6)
-        if not ok:
-            warnings.warn(f"LossLens: the per-sample loss (mean {mine:.6g}) differs from the compiled loss "
-                          f"({ref:.6g}) on a probe batch; pass loss_fn= matching compile(loss=...)", stacklevel=3)
-        return {"consistent": bool(ok), "mean_of_per_sample": mine, "compiled_loss": ref, "n": n}
+        res = per_sample_check(mine, ref, what=_loss_name(getattr(self.model, "loss", None)), compiled_loss=ref, n=n)
+        return res if res is not None else {"consistent": None, "error": "non-finite loss on the checked batch"}
 
     # -- per step ------------------------------------------------------------------------------
     def _tracker(self) -> Any:
@@ -953,48 +907,31 @@ class LossLens(keras.callbacks.Callback):
 
     # -- probe size ----------------------------------------------------------------------------------
     def _fix_probe(self, n: int, reason: str) -> None:
-        """Fix the probe set: the sorted first ``n`` indices of the seeded permutation; record it."""
-        idx = np.sort(self._perm[:n]).astype(np.int64)
-        self.probe_indices = idx
+        """Fix the probe set (:meth:`losslens.recording.ProbePlan.fix`) and keep a copy of its samples only."""
+        assert self.run is not None and self._rec is not None
+        idx = self._plan.fix(n, reason, self.run.meta)
         px, py = self._train_full
         self._px, self._py = _take(px, idx), _take(py, idx)
         self._train_full = None   # the probe copy is all the callback keeps of the training data
-        meta = self.run.meta
-        meta["probe_size"] = int(n)
-        meta["probe_size_reason"] = reason
-        meta["probe_fingerprint"] = fingerprint_indices(idx, self.train_size)
-        if self._store is not None:
-            self._store.update_meta(self.run.id, meta)
+        self._rec.sync_meta()
 
     def _choose_probe(self, epoch_seconds: float, samples_per_epoch: float) -> None:
-        """Fix the size of an ``"auto"`` (or ``"timed"``) probe from the cost budget (rule in the class Notes)."""
-        n_total = self.train_size
-        inherited = inherited_probe_size(self._store, self.experiment, self.run.id, n_total, self.probe_seed)
-        if inherited is not None:
-            self._fix_probe(min(inherited[0], n_total), inherited[1])
-            return
-        cap, limit = probe_size_cap(n_total, self.val_size)
-        if self.probe_size == "auto":
-            passes = 1 + int(self.measure_train_mode)
-            n, why = budget_probe_size(cap, limit, self.probe_budget, samples_per_epoch, passes)
-            self._fix_probe(n, f"auto: {why}")
-            return
-        n_pilot = min(PILOT_SIZE, cap)
-        pilot = np.sort(self._perm[:n_pilot])
-        px, py = _take(self._train_full[0], pilot), _take(self._train_full[1], pilot)
-        t0 = time.perf_counter()
-        if self.measure_train_mode:
+        """Fix the size of an ``"auto"`` (or ``"timed"``) probe (:meth:`losslens.recording.ProbePlan.decide`)."""
+        assert self.run is not None and self._rec is not None
+
+        def time_pilot(pilot: np.ndarray) -> float:
+            px, py = _take(self._train_full[0], pilot), _take(self._train_full[1], pilot)
+            t0 = time.perf_counter()
+            if self.measure_train_mode:
+                with _StateGuard(self.model, self.probe_seed):
+                    self._passes(px, py, True, min(self.batch_size, len(pilot)))
             with _StateGuard(self.model, self.probe_seed):
-                self._passes(px, py, True, min(self.batch_size, n_pilot))
-        with _StateGuard(self.model, self.probe_seed):
-            self._passes(px, py, False, self.eval_batch_size)
-        per_sample = (time.perf_counter() - t0) / n_pilot
-        n, why = timed_probe_size(cap, limit, self.probe_budget, epoch_seconds, per_sample)
-        passes_txt = "train-mode and eval-mode passes" if self.measure_train_mode else "eval-mode pass"
-        reason = (f"timed: {why}; budget {100 * self.probe_budget:g} % of the first epoch's {epoch_seconds:.3g} s "
-                  f"training time at {1e6 * per_sample:.3g} µs per probe sample ({passes_txt}, timed on {n_pilot} "
-                  "samples)")
-        self.run.meta["probe_cost_per_sample_s"] = per_sample
+                self._passes(px, py, False, self.eval_batch_size)
+            return time.perf_counter() - t0
+
+        n, reason = self._plan.decide(samples_per_epoch=samples_per_epoch, passes=1 + int(self.measure_train_mode),
+                                      store=self._rec.store, experiment=self.experiment, run_id=self.run.id,
+                                      epoch_seconds=epoch_seconds, time_pilot=time_pilot, meta=self.run.meta)
         self._fix_probe(n, reason)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -1005,25 +942,33 @@ class LossLens(keras.callbacks.Callback):
         steps, r, omega, n_samples = self._steps(epoch)
         if not math.isfinite(r) and logs and "loss" in logs:
             r = float(logs["loss"]) - omega
-        if self._px is None:
+        probes_on = self._plan.enabled
+        if self._px is None and probes_on:
             samples = n_samples if n_samples > 0 else self.train_size
             self._choose_probe(getattr(self, "_t_train", math.nan), float(samples))
         t0 = time.perf_counter()
         ms: dict[str, Measurement] = {}
+        assert self._rec is not None
         try:
-            if self.measure_train_mode:
+            if not probes_on:   # probe_size=0: the validation pass only
+                if self._vx is not None:
+                    with _StateGuard(self.model, self.probe_seed + epoch):
+                        ms[VALIDATION] = Measurement.from_values(VALIDATION, self._passes(
+                            self._vx, self._vy, False, self.eval_batch_size))
+            elif self.measure_train_mode:
                 # its own guard: the batch-norm moving statistics it updates are restored before the eval passes
                 with _StateGuard(self.model, self.probe_seed + epoch):
                     ms[TRAIN_MODE] = Measurement.from_values(TRAIN_MODE, self._passes(
                         self._px, self._py, True, self.batch_size))
-            with _StateGuard(self.model, self.probe_seed + epoch):
-                c_vals, v_vals = self._eval_passes()
+            if probes_on:
+                with _StateGuard(self.model, self.probe_seed + epoch):
+                    c_vals, v_vals = self._eval_passes()
                 ms[EVAL_CLEAN] = Measurement.from_values(EVAL_CLEAN, c_vals)
                 if v_vals is not None:
                     ms[VALIDATION] = Measurement.from_values(VALIDATION, v_vals)
         except Exception as exc:  # losslens never stops training because its own measurement failed
             ms = {}
-            record_measurement_error(self.run, int(epoch), exc)
+            self._rec.measurement_failed(int(epoch), exc)
         probe_s = time.perf_counter() - t0
         metrics = {}
         for key, val in (logs or {}).items():
@@ -1033,11 +978,7 @@ class LossLens(keras.callbacks.Callback):
                 pass
         ep = Epoch(index=int(epoch), train_loss=r, penalty=omega, n_steps=len(steps), n_samples=n_samples,
                    measurements=ms, metrics=metrics, seconds=self._t_train, probe_seconds=probe_s)
-        self.run.epochs.append(ep)
-        self.run.steps = Steps.concat([self.run.steps, steps])
-        if self._store is not None:
-            self._pending_writes.append((ep, steps))
-            self._flush(final=False)
+        self._rec.commit(ep, steps)
         if logs is not None and EVAL_CLEAN in ms:
             logs["eval_train_loss"] = ms[EVAL_CLEAN].mean
             if TRAIN_MODE in ms:
@@ -1048,29 +989,14 @@ class LossLens(keras.callbacks.Callback):
                 logs["losslens_val_loss"] = ms[VALIDATION].mean
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self.run is None:
+        if self._rec is None or self.run is None:
             return
         self._train_full = None
-        if self._store is not None:
-            self._flush(final=True)
-        self.run.status = "finished"
-        if self._store is not None:
-            self._store.set_status(self.run.id, "finished")
-            self._store.close()
-            self._store = None
-
-    def _flush(self, final: bool) -> None:
-        """Write the epochs not yet in the store (:func:`losslens.store.write_pending`): a failed write is retried
-        at the next epoch end with a warning; at the end of training it raises ``StoreError``."""
-        from .store import write_pending
-
-        assert self._store is not None and self.run is not None
-        write_pending(self._store, self.run.id, self._pending_writes, final=final, holder="LossLens.run",
-                      retry="the next epoch end")
+        self._rec.finish()
 
     # -- results -----------------------------------------------------------------------------------
     def diagnose(self) -> Any:
-        """The diagnosis of the recorded run as a :class:`losslens.report.Report`.
+        """Deprecated: use ``Report.from_run(callback)`` (:class:`losslens.report.Report`); removed in 0.3.
 
         Raises
         ------
@@ -1079,6 +1005,4 @@ class LossLens(keras.callbacks.Callback):
         """
         if self.run is None or not self.run.epochs:
             raise RuntimeError("LossLens.diagnose(): no epoch recorded yet; call model.fit(..., callbacks=[lens])")
-        from .diagnose import diagnose
-        from .report import Report
-        return Report(diagnose(self.run))
+        return deprecated_report(self.run, "LossLens.diagnose()")

@@ -7,9 +7,9 @@
     lens = LossLens(loss_fn=nn.CrossEntropyLoss(), probe=train_ds_eval, val=val_ds, run="digits", store="losslens.db")
     trainer = L.Trainer(max_epochs=20, callbacks=[lens])
     trainer.fit(module, train_loader, val_loader)
-    lens.diagnose().print()
+    Report.from_run(lens).print()   # from losslens.report import Report
 
-The callback drives a :class:`losslens.torch.Lens` on the ``LightningModule``
+The callback drives a :class:`losslens.torch.LossLens` on the ``LightningModule``
 (its own ``forward``), so the measurements, the store and the report are those
 of the PyTorch adapter (see its docstring for the protocol ``R, Ω, T, A, C, V``):
 
@@ -24,7 +24,7 @@ of the PyTorch adapter (see its docstring for the protocol ``R, Ω, T, A, C, V``
   the epoch is committed to the store;
 * under ``strategy="ddp"`` (any ``torch.distributed`` process group) the passes
   are sharded over the ranks and gathered, step losses are exchanged once per
-  epoch, and rank 0 alone writes the store (:class:`losslens.torch.Lens`,
+  epoch, and rank 0 alone writes the store (:class:`losslens.torch.LossLens`,
   "torch.distributed"; docs/distributed.md).
 
 This module imports lightning and torch; the core of losslens does not.
@@ -42,8 +42,10 @@ try:
 except ImportError:  # the standalone package
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
+from .recording.deprecations import deprecated_report, renamed_data_args
 from .store import Store
-from .torch import Lens, _batch_len, default_unpack
+from .torch import LossLens as TorchLossLens
+from .torch import batch_len, default_unpack, weight_decay_of
 
 __all__ = ["LossLens"]
 
@@ -57,25 +59,25 @@ class LossLens(pl.Callback):
         ``loss_fn(outputs, target) -> scalar tensor``: the data loss the module's
         ``training_step`` optimises, applied to ``module(inputs)`` (per-sample
         losses are derived from it, :func:`losslens.torch.per_sample_loss_fn`).
-    probe : dataset or None
-        The training set with clean (eval) transforms, see :class:`losslens.torch.Lens`.
-    val : dataset, optional
-        The validation set (gives ``V``).
-    train : dataset, optional
-        The training samples with the training transforms (gives ``A``).
+    train_data : dataset or None
+        The training set with clean (eval) transforms, see :class:`losslens.torch.LossLens` (formerly ``probe``).
+    val_data : dataset, optional
+        The validation set (gives ``V``; formerly ``val``).
+    train_augmented : dataset, optional
+        The training samples with the training transforms (gives ``A``; formerly ``train``).
     run : str
         Name of the run.
     store : str, os.PathLike, Store or None
         SQLite store (rank 0 alone writes it under DDP); None keeps the run in memory.
     **lens_kwargs
-        Any other keyword of :class:`losslens.torch.Lens` (``experiment``,
+        Any other keyword of :class:`losslens.torch.LossLens` (``experiment``,
         ``probe_size``, ``probe_budget``, ``probe_seed``, ``penalty``, ``unpack``,
         ``forward``, ``eval_batch_size``, ``meta``, ...). ``forward`` defaults to
         calling the module (its own ``forward``).
 
     Attributes
     ----------
-    lens : losslens.torch.Lens or None
+    lens : losslens.torch.LossLens or None
         The underlying recorder, created at ``on_fit_start``.
     run : losslens.record.Run or None
         The run recorded so far.
@@ -83,7 +85,7 @@ class LossLens(pl.Callback):
     Raises
     ------
     TypeError
-        If ``loss_fn`` is not callable or an argument of :class:`~losslens.torch.Lens`
+        If ``loss_fn`` is not callable or an argument of :class:`~losslens.torch.LossLens`
         has the wrong type (at ``on_fit_start``, when the module is known).
 
     Notes
@@ -92,20 +94,28 @@ class LossLens(pl.Callback):
     ``outputs`` as returned (a tensor, or the ``"loss"`` entry of a dict); a
     ``training_step`` that returns nothing records no step. Batches skipped by
     returning None are not recorded.
+
+    **Resume.** The callback's ``state_dict`` (the stored run's id) is saved in Lightning checkpoints; a fit
+    resumed with ``ckpt_path=`` continues that run in the same store: epochs recorded after the checkpoint are
+    dropped and recorded again as they are trained again (``trainer.current_epoch`` is the next epoch's index).
     """
 
-    def __init__(self, loss_fn: Callable[..., torch.Tensor], probe: Any, val: Any = None, train: Any = None, *,
-                 run: str = "run", store: str | os.PathLike[str] | Store | None = "losslens.db",
-                 **lens_kwargs: Any) -> None:
+    def __init__(self, loss_fn: Callable[..., torch.Tensor], train_data: Any = None, val_data: Any = None,
+                 train_augmented: Any = None, *, run: str = "run",
+                 store: str | os.PathLike[str] | Store | None = "losslens.db", **lens_kwargs: Any) -> None:
+        old: dict[str, Any] = {k: lens_kwargs.pop(k) for k in ("probe", "val", "train") if k in lens_kwargs}
+        train_data, val_data, train_augmented = renamed_data_args(
+            "LossLens", old, train_data=train_data, val_data=val_data, train_augmented=train_augmented)
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable loss, got {type(loss_fn).__name__}")
         if "model" in lens_kwargs:
             raise TypeError("model: not an argument of LossLens; the LightningModule being fitted is recorded")
         self.loss_fn = loss_fn
-        self._data = dict(probe=probe, val=val, train=train)
+        self._data = dict(train_data=train_data, val_data=val_data, train_augmented=train_augmented)
+        self._resume: dict[str, Any] | None = None
         self._kwargs = dict(run=run, store=store, **lens_kwargs)
         self._unpack = lens_kwargs.get("unpack") or default_unpack
-        self.lens: Lens | None = None
+        self.lens: TorchLossLens | None = None
 
     @property
     def run(self) -> Any:
@@ -120,15 +130,18 @@ class LossLens(pl.Callback):
                 "accumulate_grad_batches": int(trainer.accumulate_grad_batches)}
         meta.update(kwargs.pop("meta", None) or {})
         optimizer = kwargs.pop("optimizer", None)
-        self.lens = Lens(pl_module, self.loss_fn, self._data["probe"], self._data["val"], self._data["train"],
-                         optimizer=optimizer, meta=meta, **kwargs)
+        resume = None
+        if self._resume is not None and self._resume.get("run_id") is not None:
+            resume = dict(self._resume, epochs=int(trainer.current_epoch))  # the epoch training restarts at
+        self.lens = TorchLossLens(pl_module, self.loss_fn, **self._data, optimizer=optimizer, meta=meta,
+                                  resume=resume, **kwargs)
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         lens = self.lens
         if lens is not None and trainer.optimizers and lens.run.meta.get("optimizer") is None:
             opt = trainer.optimizers[0]
             lens.run.meta["optimizer"] = type(opt).__name__
-            lens.run.meta["weight_decay"] = Lens._weight_decay(opt)
+            lens.run.meta["weight_decay"] = weight_decay_of(opt)
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -140,7 +153,7 @@ class LossLens(pl.Callback):
         if pl_module.automatic_optimization and trainer.accumulate_grad_batches > 1:
             loss = loss * trainer.accumulate_grad_batches  # Lightning divides the hook's loss by k
         try:
-            n = _batch_len(self._unpack(batch)[1])
+            n = batch_len(self._unpack(batch)[1])
         except TypeError:
             n = None
         self.lens.step(loss, batch_size=n)
@@ -154,9 +167,19 @@ class LossLens(pl.Callback):
         if self.lens is not None and self.lens.run.status != "finished":
             self.lens.finish()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in Lightning checkpoints: ``{"run_id", "epochs"}`` of the stored run (plain numbers)."""
+        if self.lens is not None:
+            return self.lens.state_dict()
+        return dict(self._resume or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called by Lightning when a fit resumes from a checkpoint, before ``on_fit_start``."""
+        self._resume = dict(state_dict) if state_dict else None
+
     # ---------------------------------------------------------------------------------------
     def diagnose(self) -> Any:
-        """The report of the run recorded so far (:meth:`losslens.torch.Lens.diagnose`).
+        """Deprecated: use ``Report.from_run(callback)`` (:class:`losslens.report.Report`); removed in 0.3.
 
         Raises
         ------
@@ -165,4 +188,4 @@ class LossLens(pl.Callback):
         """
         if self.lens is None:
             raise RuntimeError("LossLens.diagnose: nothing recorded yet (call trainer.fit first)")
-        return self.lens.diagnose()
+        return deprecated_report(self.lens.run, "LossLens.diagnose()")

@@ -102,7 +102,7 @@ META_KEYS = {
     "probe_budget": "fraction of an epoch's training time the probe passes may cost when probe_size='auto'",
     "probe_cost_per_sample_s": "measured seconds per probe sample over all probe passes (timed pilot)",
     "probe_size_reason": "why the probe has its size (cap, budget, user setting)",
-    "train_fingerprint": "order-independent content fingerprint of the training set (losslens.experiment.fingerprint)",
+    "train_fingerprint": "order-independent content fingerprint of the training set (losslens.recording.fingerprint)",
     "val_fingerprint": "order-independent content fingerprint of the validation set",
     "probe_content_fingerprint": "content fingerprint of the probe set (probe_fingerprint is index-based)",
     "train_hashes": "base64 per-sample content hashes of the training set (possibly a hash-threshold subsample)",

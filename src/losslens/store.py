@@ -272,6 +272,20 @@ class Store:
                 self._conn.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
             self._conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
+    def truncate_run(self, run_id: int, start_epoch: int) -> int:
+        """Delete the epochs with index >= ``start_epoch`` (and their measurements and steps) of a run.
+
+        Used when a run resumes from a checkpoint taken before its last recorded epochs: the epochs from
+        ``start_epoch`` on are trained again and recorded again. Returns the number of epochs deleted.
+        """
+        with self._tx():
+            n = self._conn.execute("SELECT COUNT(*) FROM epochs WHERE run_id=? AND epoch>=?",
+                                   (run_id, start_epoch)).fetchone()[0]
+            for table in ("measurements", "epochs", "steps"):
+                self._conn.execute(f"DELETE FROM {table} WHERE run_id=? AND epoch>=?", (run_id, start_epoch))
+            self._conn.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+        return int(n)
+
     # -- reading ---------------------------------------------------------------------------
     def list_runs(self) -> list[dict[str, Any]]:
         """One dict per run: id, name, experiment, status, created, n_epochs, last validation loss."""

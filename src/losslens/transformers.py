@@ -7,9 +7,9 @@
     lens = LossLens(probe=train_ds, val=eval_ds, run="bert-sst2", store="losslens.db")
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, callbacks=[lens])
     trainer.train()
-    lens.diagnose().print()
+    Report.from_run(lens).print()   # from losslens.report import Report
 
-What is recorded (the protocol of :class:`losslens.torch.Lens`, whose machinery this
+What is recorded (the protocol of :class:`losslens.torch.LossLens`, whose machinery this
 callback drives):
 
 * **loss windows** (``on_log``): the Trainer logs the mean training loss of the
@@ -44,8 +44,9 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from .recording.deprecations import deprecated_report, renamed_data_args
 from .store import Store
-from .torch import Lens
+from .torch import LossLens as TorchLossLens
 
 __all__ = ["LossLens", "logits_forward"]
 
@@ -61,13 +62,14 @@ class LossLens(TrainerCallback):
 
     Parameters
     ----------
-    probe : dataset, DataLoader or None
+    train_data : dataset, DataLoader or None
         The training set with clean inputs (map-style; items are dicts with a
         ``"labels"`` entry, as the Trainer's). None: the Trainer's training
         ``DataLoader`` (its dataset and data collator) at ``on_train_begin``.
-    val : dataset, DataLoader or None
+        (Formerly ``probe``.)
+    val_data : dataset, DataLoader or None
         The validation set; None: the Trainer's evaluation ``DataLoader`` when it
-        has one at ``on_train_begin``, else no ``V``.
+        has one at ``on_train_begin``, else no ``V``. (Formerly ``val``.)
     loss_fn : callable, optional
         ``loss_fn(logits, labels) -> scalar tensor``. Default:
         ``torch.nn.CrossEntropyLoss()`` when ``model.config.num_labels > 1``;
@@ -77,14 +79,14 @@ class LossLens(TrainerCallback):
     store : str, os.PathLike, Store or None
         SQLite store (rank 0 alone writes it under torchrun); None keeps the run in memory.
     **lens_kwargs
-        Any other keyword of :class:`losslens.torch.Lens` (``experiment``,
+        Any other keyword of :class:`losslens.torch.LossLens` (``experiment``,
         ``probe_size``, ``probe_seed``, ``eval_batch_size``, ``meta``, ...).
-        ``forward`` defaults to :func:`logits_forward`; ``train`` (augmented
-        inputs) is accepted as in the torch adapter.
+        ``forward`` defaults to :func:`logits_forward`; ``train_augmented``
+        (augmented inputs) is accepted as in the torch adapter.
 
     Attributes
     ----------
-    lens : losslens.torch.Lens or None
+    lens : losslens.torch.LossLens or None
         The recorder, created at ``on_train_begin``.
 
     Notes
@@ -96,17 +98,19 @@ class LossLens(TrainerCallback):
     or a final ``trainer.evaluate()``) to keep them.
     """
 
-    def __init__(self, probe: Any = None, val: Any = None, loss_fn: Callable[..., torch.Tensor] | None = None, *,
-                 run: str = "run", store: str | os.PathLike[str] | Store | None = "losslens.db",
-                 **lens_kwargs: Any) -> None:
+    def __init__(self, train_data: Any = None, val_data: Any = None,
+                 loss_fn: Callable[..., torch.Tensor] | None = None, *, run: str = "run",
+                 store: str | os.PathLike[str] | Store | None = "losslens.db", **lens_kwargs: Any) -> None:
+        old: dict[str, Any] = {k: lens_kwargs.pop(k) for k in ("probe", "val") if k in lens_kwargs}
+        train_data, val_data = renamed_data_args("LossLens", old, train_data=train_data, val_data=val_data)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable loss, got {type(loss_fn).__name__}")
         if "model" in lens_kwargs:
             raise TypeError("model: not an argument of LossLens; the Trainer's model is recorded")
         self.loss_fn = loss_fn
-        self._probe, self._val = probe, val
+        self._probe, self._val = train_data, val_data
         self._kwargs = dict(run=run, store=store, **lens_kwargs)
-        self.lens: Lens | None = None
+        self.lens: TorchLossLens | None = None
         self._last_step = 0
         self._positions: list[float] = []
         self._spans: list[float] = []
@@ -131,8 +135,8 @@ class LossLens(TrainerCallback):
         probe = self._probe if self._probe is not None else kwargs.get("train_dataloader")
         val = self._val if self._val is not None else kwargs.get("eval_dataloader")
         if probe is None:
-            raise ValueError("probe: no probe dataset given and the Trainer has no training DataLoader yet; "
-                             "pass probe=train_dataset to LossLens")
+            raise ValueError("train_data: none given and the Trainer has no training DataLoader yet; "
+                             "pass train_data=train_dataset to LossLens")
         import transformers
 
         kw = dict(self._kwargs)
@@ -141,10 +145,13 @@ class LossLens(TrainerCallback):
                 "gradient_accumulation_steps": args.gradient_accumulation_steps}
         meta.update(kw.pop("meta", None) or {})
         kw.setdefault("forward", logits_forward)
-        self.lens = Lens(model, loss_fn, probe, val, optimizer=kwargs.get("optimizer"), seed=args.seed, meta=meta,
-                         **kw)
+        if "train" in kw:
+            kw["train_augmented"] = renamed_data_args("LossLens", {"train": kw.pop("train")},
+                                                      train_augmented=kw.get("train_augmented"))[0]
         # T runs in batches of the per-device training batch size (batch-norm statistics depend on it)
-        self.lens._fixed_train_bs = int(args.per_device_train_batch_size)
+        kw.setdefault("train_batch_size", int(args.per_device_train_batch_size))
+        self.lens = TorchLossLens(model, loss_fn, probe, val, optimizer=kwargs.get("optimizer"), seed=args.seed,
+                                  meta=meta, **kw)
         self._last_step = state.global_step
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
@@ -174,7 +181,7 @@ class LossLens(TrainerCallback):
         if self.lens is None or self.lens.run.status == "finished":
             return
         if self._spans:
-            self.lens._losses, self.lens._batch_sizes, self.lens._penalties = [], [], []
+            self.lens.discard_steps()
             import warnings
 
             warnings.warn(f"LossLens: {len(self._spans)} loss window(s) after the last evaluation are not recorded; "
@@ -183,7 +190,7 @@ class LossLens(TrainerCallback):
 
     # ---------------------------------------------------------------------------------------
     def diagnose(self) -> Any:
-        """The report of the run recorded so far (:meth:`losslens.torch.Lens.diagnose`).
+        """Deprecated: use ``Report.from_run(callback)`` (:class:`losslens.report.Report`); removed in 0.3.
 
         Raises
         ------
@@ -192,4 +199,4 @@ class LossLens(TrainerCallback):
         """
         if self.lens is None:
             raise RuntimeError("LossLens.diagnose: nothing recorded yet (call trainer.train first)")
-        return self.lens.diagnose()
+        return deprecated_report(self.lens.run, "LossLens.diagnose()")

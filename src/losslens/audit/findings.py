@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ..diagnose.findings import Evidence, Finding
+from ..findings import Evidence, Finding
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import AuditResult

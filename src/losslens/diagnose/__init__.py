@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..findings import Z_NOISE, Evidence, Finding
 from ..record import Run, _jsonable
-from .findings import Z_NOISE, Evidence, Finding
 from .gap import EpochDecomposition, Term, decompose, gap_findings
 from .regime import label_noise_findings, regime_findings
 from .stability import stability_findings

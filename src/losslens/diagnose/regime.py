@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from ..findings import Z_NOISE, Evidence, Finding, where
 from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Measurement, Run
 from ._noise import epoch_diff_se, scatter_sigma, trend
-from .findings import Z_NOISE, Evidence, Finding, where
 from .gap import paired_difference
 
 __all__ = ["regime_findings", "suggest_patience", "MIN_EPOCHS", "MIN_SKILL", "MIN_EFFECT", "MIN_SUSTAINED"]

@@ -23,9 +23,9 @@ import math
 
 import numpy as np
 
+from ..findings import Z_NOISE, Evidence, Finding
 from ..record import EVAL_CLEAN, MEASUREMENT_KINDS, Measurement, Run
 from ._noise import scatter_sigma, trend
-from .findings import Z_NOISE, Evidence, Finding
 
 __all__ = ["stability_findings", "FAR_ABOVE_BASELINE"]
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .findings import Finding
+from ..findings import Finding
 
 __all__ = ["Verdict", "VERDICT_CODES", "FINDING_VERDICT", "headline"]
 

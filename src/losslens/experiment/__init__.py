@@ -15,7 +15,7 @@ one name (``Store.create_run(name, meta, experiment="my-config")``).
 Modules: :mod:`.bands` (alignment on epochs / samples / steps and bootstrap
 bands), :mod:`.verdicts` (regime, best epoch, decomposition terms across
 seeds, split checks), :mod:`.compare` (differences with intervals),
-:mod:`.fingerprint` (content fingerprints of the data sets), :mod:`.report`
+:mod:`losslens.recording.fingerprint` (content fingerprints of the data sets), :mod:`.report`
 (HTML page), :mod:`.cli` (``losslens compare``). No deep-learning framework is
 imported.
 """
@@ -28,10 +28,10 @@ from typing import Any, Sequence
 
 from ..diagnose import Finding
 from ..record import Run
+from ..recording.fingerprint import auto_fingerprints, fingerprint_samples, sample_hashes, split_fingerprints
 from ..store import Store
 from .bands import AXES, Aligned, Band, align, bands, bootstrap_band
 from .compare import Comparison, Difference, compare
-from .fingerprint import auto_fingerprints, fingerprint_samples, sample_hashes, split_fingerprints
 from .verdicts import RunSummary, TermSummary, combine_terms, experiment_verdicts, summarize_run, term_summaries
 
 __all__ = [

@@ -18,7 +18,7 @@ within-run noise, :mod:`losslens.diagnose`), then across the runs:
 * **split**: runs whose validation sets differ (``experiment.split_changed``)
   or whose validation set holds another run's training samples
   (``experiment.split_overlap``), from the content fingerprints of
-  :mod:`.fingerprint` stored in ``run.meta``.
+  :mod:`losslens.recording.fingerprint` stored in ``run.meta``.
 
 Combining within-run and between-run noise
 ------------------------------------------
@@ -62,7 +62,7 @@ from scipy import stats
 from ..diagnose import Z_NOISE, Evidence, Finding, decompose, diagnose
 from ..diagnose.gap import TERM_LABELS
 from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Run
-from . import fingerprint as fp
+from ..recording import fingerprint as fp
 
 __all__ = ["RunSummary", "TermSummary", "summarize_run", "combine_terms", "experiment_verdicts",
            "split_findings", "term_summaries", "shared_se", "LEVEL", "TERMS"]
@@ -432,7 +432,7 @@ def split_findings(runs: Sequence[Run], labels: Sequence[str] | None = None) -> 
             "experiment.split_unknown", "info", "The split of some runs cannot be checked",
             f"Runs {', '.join(lacking)} carry no validation-set fingerprint, so losslens cannot tell whether they "
             "validated on the same samples as the others.",
-            "Record runs with losslens.experiment.fingerprint.split_fingerprints(train, val) merged into the "
+            "Record runs with losslens.recording.fingerprint.split_fingerprints(train, val) merged into the "
             "run's metadata (the adapters do this when given the data sets).",
             data={"runs": lacking}))
     groups: dict[str, list[str]] = {}

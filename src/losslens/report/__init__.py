@@ -75,16 +75,25 @@ class Report:
         self.audit = audit
 
     @classmethod
-    def from_run(cls, run: Run, audit: Any = None) -> "Report":
+    def from_run(cls, run: Any, audit: Any = None) -> "Report":
         """Diagnose ``run`` (:func:`losslens.diagnose.diagnose`) and wrap the result.
+
+        Parameters
+        ----------
+        run : losslens.record.Run, or a recorder with a ``run`` attribute
+            A run, or any losslens adapter (``losslens.torch.LossLens``, the Keras, Lightning and Hugging Face
+            callbacks): ``Report.from_run(lens)``.
 
         Raises
         ------
         TypeError
-            If ``run`` is not a :class:`~losslens.record.Run`.
+            If ``run`` is neither a :class:`~losslens.record.Run` nor holds one (e.g. a callback before training).
         """
+        if not isinstance(run, Run) and isinstance(getattr(run, "run", None), Run):
+            run = run.run
         if not isinstance(run, Run):
-            raise TypeError(f"Report.from_run(run=...) expects a losslens.record.Run, got {type(run).__name__}")
+            raise TypeError(f"Report.from_run(run=...) expects a losslens.record.Run or a recorder holding one, got "
+                            f"{type(run).__name__}")
         return cls(diagnose(run, audit=audit), audit=audit)
 
     @property

@@ -41,7 +41,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..hashing import row_hashes
+from .hashing import row_hashes
 
 __all__ = [
     "sample_hashes",
@@ -132,7 +132,8 @@ _CHUNK_ROWS = 65_536
 
 
 def _numeric_row_hashes(arrays: list[np.ndarray], targets: list[np.dtype], tags: bytes, n: int) -> np.ndarray:
-    """Vectorized path: canonical bytes of every part side by side, hashed with :func:`losslens.hashing.row_hashes`.
+    """Vectorized path: canonical bytes of every part side by side, hashed with
+    :func:`losslens.recording.hashing.row_hashes`.
 
     The parts' kinds and shapes (``tags``) enter through a constant first word, so equal bytes of different
     dtypes or shapes do not collide.
@@ -232,8 +233,8 @@ def sample_hashes(data: Any) -> np.ndarray:
         out = np.empty(n, dtype=np.uint64)
         for i in range(n):
             item = data[i]
-            parts = item if isinstance(item, (tuple, list)) else (item,)
-            arrays = [_to_numpy(p, f"{what}, sample {i}")[None, ...] for p in parts]
+            items: Any = item if isinstance(item, (tuple, list)) else (item,)
+            arrays = [_to_numpy(p, f"{what}, sample {i}")[None, ...] for p in items]
             out[i] = _row_hashes(arrays, f"{what}, sample {i}")[0]
         return out
     raise TypeError(f"{what}: unsupported type {type(data).__name__}; pass an array, a tensor, an (X, y) tuple, "

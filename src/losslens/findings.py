@@ -1,4 +1,4 @@
-"""Findings: the unit of a diagnosis.
+"""Findings: the unit of a diagnosis and of a split audit (record layer: both produce them, neither owns them).
 
 A :class:`Finding` has a stable ``code`` (``family.name``, never renamed once
 released), a severity, a title a user understands, the evidence (numbers with

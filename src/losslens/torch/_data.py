@@ -1,0 +1,286 @@
+"""Batches for the PyTorch adapter: indexable sources, unpacking, device moves, per-sample losses."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["default_unpack", "default_forward", "per_sample_loss_fn", "Source", "batch_len", "loss_name",
+           "LOSS_KINDS", "TARGET_KEYS", "stack_cpu", "to_device", "slice_batch", "input_bytes"]
+
+#: Keys tried, in order, for the target of a dict item by :func:`default_unpack`.
+TARGET_KEYS = ("labels", "label", "target", "y")
+
+# --------------------------------------------------------------------------------------------
+# batches: unpack, forward, device moves, slicing
+# --------------------------------------------------------------------------------------------
+def default_unpack(batch: Any) -> tuple[Any, Any]:
+    """Split a collated batch into ``(inputs, target)``.
+
+    * a 2-sequence ``(x, y)`` gives ``inputs = x``;
+    * a longer sequence gives ``inputs = tuple(batch[:-1])``, ``target = batch[-1]``
+      (the model is called as ``model(*inputs)``);
+    * a dict gives the target from the first of the keys ``"labels"``, ``"label"``,
+      ``"target"``, ``"y"`` and ``inputs`` = the other entries (``model(**inputs)``).
+
+    Raises
+    ------
+    TypeError
+        If the batch is none of these; pass ``unpack=`` to :class:`Lens`.
+    """
+    if isinstance(batch, dict):
+        for key in TARGET_KEYS:
+            if key in batch:
+                return {k: v for k, v in batch.items() if k != key}, batch[key]
+        raise TypeError(
+            f"unpack: dict items need a target under one of {TARGET_KEYS}, got keys {sorted(batch)}; "
+            "pass unpack=lambda batch: (inputs, target) to Lens"
+        )
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1]
+        if len(batch) > 2:
+            return tuple(batch[:-1]), batch[-1]
+    raise TypeError(
+        f"unpack: cannot split a batch of type {type(batch).__name__} into (inputs, target); "
+        "items must be (x, y), (x1, ..., y) or dicts, or pass unpack=lambda batch: (inputs, target) to Lens"
+    )
+
+
+def default_forward(model: nn.Module, inputs: Any) -> Any:
+    """``model(*inputs)`` for a tuple, ``model(**inputs)`` for a dict, else ``model(inputs)``."""
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(inputs)
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+def slice_batch(x: Any, sl: slice) -> Any:
+    """Rows ``sl`` of every tensor in a (nested) batch."""
+    if isinstance(x, torch.Tensor):
+        return x[sl]
+    if isinstance(x, dict):
+        return {k: slice_batch(v, sl) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(slice_batch(v, sl) for v in x)
+    return x
+
+
+def batch_len(x: Any) -> int | None:
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0]) if x.ndim else None
+    if isinstance(x, dict):
+        for v in x.values():
+            n = batch_len(v)
+            if n is not None:
+                return n
+    if isinstance(x, (tuple, list)):
+        for v in x:
+            n = batch_len(v)
+            if n is not None:
+                return n
+    return None
+
+
+def input_bytes(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.element_size() * x.numel()
+    if isinstance(x, dict):
+        return sum(input_bytes(v) for v in x.values())
+    if isinstance(x, (tuple, list)):
+        return sum(input_bytes(v) for v in x)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# data sources
+# --------------------------------------------------------------------------------------------
+class Source:
+    """Index-able view of a probe/train/val argument: ``batch(indices)`` gives a collated batch.
+
+    Tensor data (a tuple of tensors or a ``TensorDataset``) is indexed directly;
+    any other map-style dataset is read item by item and collated with the
+    DataLoader's ``collate_fn`` (``default_collate`` otherwise).
+    """
+
+    def __init__(self, data: Any, name: str) -> None:
+        self.name = name
+        self.tensors: tuple[torch.Tensor, ...] | None = None
+        self.dataset: Any = None
+        self.collate: Callable[[list], Any] = torch.utils.data.default_collate
+        if isinstance(data, torch.utils.data.DataLoader):
+            if data.collate_fn is not None:
+                self.collate = data.collate_fn
+            data = data.dataset
+        if isinstance(data, torch.utils.data.IterableDataset):
+            raise TypeError(
+                f"{name}: an iterable-style dataset ({type(data).__name__}) cannot be indexed; pass a map-style "
+                "Dataset, a TensorDataset, a DataLoader over one, or a tuple (X, y) of tensors"
+            )
+        if isinstance(data, (tuple, list)) and data and all(
+            isinstance(t, (torch.Tensor, np.ndarray)) for t in data
+        ):
+            tensors = tuple(torch.as_tensor(t) for t in data)
+            if len(tensors) < 2:
+                raise ValueError(f"{name}: a tuple of tensors needs inputs and a target, got {len(tensors)} tensor")
+            self._set_tensors(tensors)
+        elif isinstance(data, torch.utils.data.TensorDataset) and self.collate is torch.utils.data.default_collate:
+            self._set_tensors(tuple(data.tensors))
+        elif hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (str, bytes, dict)):
+            self.dataset = data
+            self.n = len(data)
+        else:
+            raise TypeError(
+                f"{name}: expected a tuple (X, y) of tensors, a TensorDataset, a map-style Dataset or a DataLoader, "
+                f"got {type(data).__name__}"
+            )
+        if self.n == 0:
+            raise ValueError(f"{name}: the dataset is empty")
+
+    def _set_tensors(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        lengths = {int(t.shape[0]) if t.ndim else -1 for t in tensors}
+        if len(lengths) != 1 or -1 in lengths:
+            raise ValueError(
+                f"{self.name}: tensors must share their first dimension, got shapes "
+                f"{[tuple(t.shape) for t in tensors]}"
+            )
+        self.tensors = tensors
+        self.n = lengths.pop()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, indices: np.ndarray) -> Any:
+        if self.tensors is not None:
+            idx = torch.as_tensor(indices, dtype=torch.long)
+            return tuple(t[idx.to(t.device)] for t in self.tensors)
+        getitems = getattr(self.dataset, "__getitems__", None)  # batched reads, as torch's DataLoader does
+        if getitems is not None:
+            return self.collate(getitems([int(i) for i in indices]))
+        return self.collate([self.dataset[int(i)] for i in indices])
+
+
+# --------------------------------------------------------------------------------------------
+# per-sample losses
+# --------------------------------------------------------------------------------------------
+LOSS_KINDS = {
+    "crossentropyloss": "cross_entropy",
+    "cross_entropy": "cross_entropy",
+    "nllloss": "cross_entropy",
+    "nll_loss": "cross_entropy",
+    "bceloss": "binary_cross_entropy",
+    "bcewithlogitsloss": "binary_cross_entropy",
+    "binary_cross_entropy": "binary_cross_entropy",
+    "binary_cross_entropy_with_logits": "binary_cross_entropy",
+    "mseloss": "mse",
+    "mse_loss": "mse",
+    "l1loss": "mae",
+    "l1_loss": "mae",
+}
+
+
+def loss_name(loss_fn: Any) -> str:
+    if isinstance(loss_fn, functools.partial):
+        return loss_name(loss_fn.func)
+    if isinstance(loss_fn, nn.Module):
+        return type(loss_fn).__name__
+    return getattr(loss_fn, "__name__", type(loss_fn).__name__)
+
+
+def _accepts_reduction(fn: Any) -> bool:
+    try:
+        return "reduction" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def per_sample_loss_fn(loss_fn: Callable[..., torch.Tensor]) -> tuple[Callable[[Any, Any], torch.Tensor], str]:
+    """A function ``(outputs, target) -> per-sample losses, shape (batch,)`` from any torch loss.
+
+    * an ``nn.modules.loss._Loss`` with a ``reduction`` attribute: a shallow copy
+      with ``reduction="none"`` (parameters such as class weights are shared);
+    * a function accepting ``reduction=`` (``torch.nn.functional`` losses): called
+      with ``reduction="none"``;
+    * anything else: called once per sample on ``outputs[i:i+1]``, ``target[i:i+1]``
+      (slow; :class:`Lens` warns once).
+
+    Results with more than one dimension are reduced by the mean over the
+    non-batch dimensions (so an MSE per sample is the mean over its outputs, as
+    ``reduction="mean"`` computes it).
+
+    Returns
+    -------
+    fn : callable
+        ``fn(outputs, target)`` -> float tensor of shape ``(batch,)``.
+    method : str
+        ``"reduction=none"`` or ``"per-sample calls"``.
+    """
+    base: Any
+    if isinstance(loss_fn, nn.modules.loss._Loss) and hasattr(loss_fn, "reduction"):
+        unreduced = copy.copy(loss_fn)
+        unreduced.reduction = "none"
+        base, method = unreduced, "reduction=none"
+    elif not isinstance(loss_fn, nn.Module) and _accepts_reduction(loss_fn):
+        base, method = functools.partial(loss_fn, reduction="none"), "reduction=none"
+    else:
+        base, method = None, "per-sample calls"
+
+    def per_sample_calls(out: Any, target: Any) -> torch.Tensor:
+        n = batch_len(out)
+        if n is None:
+            raise TypeError("loss_fn: cannot split the model outputs into samples for per-sample losses")
+        vals = [torch.as_tensor(loss_fn(slice_batch(out, slice(i, i + 1)),
+                                        slice_batch(target, slice(i, i + 1)))).reshape(()) for i in range(n)]
+        return torch.stack(vals).float()
+
+    def fn(out: Any, target: Any) -> torch.Tensor:
+        if base is None:
+            return per_sample_calls(out, target)
+        v = torch.as_tensor(base(out, target))
+        n = batch_len(out)
+        if v.ndim == 0 or (n is not None and v.shape[0] != n):
+            return per_sample_calls(out, target)
+        if v.ndim > 1:
+            v = v.reshape(v.shape[0], -1).mean(dim=1)
+        return v.float()
+
+    fn.method = method  # type: ignore[attr-defined]
+    return fn, method
+
+
+def stack_cpu(items: Sequence[Any]) -> np.ndarray:
+    """Scalars (tensors on any device, or numbers) -> float64 array, one device copy per device."""
+    out = np.zeros(len(items), dtype=np.float64)
+    groups: dict[Any, list[int]] = {}
+    for i, x in enumerate(items):
+        if isinstance(x, torch.Tensor):
+            groups.setdefault(x.device, []).append(i)
+        elif x is not None:
+            out[i] = float(x)
+    for idx in groups.values():
+        ts = [items[i] for i in idx]
+        try:
+            stacked = torch.stack(ts)
+        except RuntimeError:  # mixed shapes () and (1,), or dtypes stack cannot promote
+            stacked = torch.stack([t.reshape(()).float() for t in ts])
+        out[idx] = stacked.reshape(-1).float().cpu().double().numpy()
+    return out
+
+

@@ -1,0 +1,827 @@
+"""The PyTorch recorder :class:`LossLens`: a backend over :mod:`losslens.recording`.
+
+This module runs the forward passes (eval and train mode, RNG and buffers guarded by
+:class:`~losslens.torch._guard.Protect`), reads the step losses from the device once per epoch, and hands
+everything else (the run and its store, the probe plan, ``R``/``Ω``, the per-sample check) to the recording core.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections import Counter
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
+from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, epoch_means, input_duplicates
+from ..recording.deprecations import deprecated_report, renamed_data_args
+from ..recording.probe import baseline_loss
+from ..recording.recorder import per_sample_check
+from ..store import Store
+from ._data import (
+    LOSS_KINDS,
+    Source,
+    batch_len,
+    default_forward,
+    default_unpack,
+    input_bytes,
+    loss_name,
+    per_sample_loss_fn,
+    slice_batch,
+    stack_cpu,
+    to_device,
+)
+from ._dist import broadcast_decision, gather_steps, measure_distributed
+from ._guard import Protect
+
+__all__ = ["LossLens", "Lens", "weight_decay_of"]
+
+#: Default eval-mode batch size on CPU (samples), further bounded so a batch of inputs
+#: stays under :data:`CPU_EVAL_BYTES`. On CUDA the eval batch starts at
+#: :data:`CUDA_EVAL_BATCH` and is halved on out-of-memory errors.
+CPU_EVAL_BATCH = 2048
+CPU_EVAL_BYTES = 64 * 2 ** 20
+CUDA_EVAL_BATCH = 8192
+
+
+class LossLens:
+    """Record a PyTorch training loop: step losses, end-of-epoch probes, validation.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained.
+    loss_fn : callable
+        ``loss_fn(outputs, target) -> scalar tensor``, the data loss of the loop
+        (any ``torch.nn`` loss or functional; per-sample losses are derived from
+        it, see :func:`per_sample_loss_fn`).
+    train_data : dataset or None
+        The training set with eval (clean) transforms: a tuple ``(X, y)`` of
+        tensors, a ``TensorDataset``, a map-style ``Dataset`` or a ``DataLoader``
+        (its ``dataset`` and ``collate_fn`` are used; it is never iterated).
+        The probe set is drawn from it. None disables the probe passes.
+        (Formerly ``probe=``, a deprecated alias.)
+    val_data : dataset, optional
+        The validation set (same types). Without it no ``V`` is measured.
+        (Formerly ``val=``.)
+    train_augmented : dataset, optional
+        The same training samples, in the same order, with the training
+        (augmentation) transforms. Enables the ``A`` pass and feeds ``T``.
+        (Formerly ``train=``.)
+    run : str
+        Name of the run.
+    store : str, os.PathLike, Store or None
+        SQLite store file (created if missing) or an open :class:`~losslens.store.Store`;
+        None keeps the run in memory only (:attr:`run`).
+    experiment : str, optional
+        Name of the group of runs this one belongs to.
+    probe_size : int, "all", "auto" or "timed"
+        ``"auto"`` (default): min(len(val) (10 000 without val), 10 000, the cost
+        budget counted from sample counts), fixed at the first :meth:`end_epoch`;
+        ``"all"``: the whole training set; an int: that many samples; ``0``: no
+        probe passes (only ``R``, ``Ω`` and ``V``); ``"timed"``: the budget in
+        wall time, from a timed pilot pass (depends on machine load: not
+        reproducible across machines).
+    probe_budget : float
+        With ``probe_size="auto"``, the probe passes (T, A, C) may cost at most
+        this fraction of an epoch's training compute (default 0.03), counted in
+        forward passes (:func:`losslens.recording.probe.budget_probe_size`); with
+        ``"timed"``, of the first epoch's training wall time. The probe gets at
+        least 200 samples (or the whole training set if smaller) whatever the budget.
+    probe_seed : int
+        Seed of the probe subset (``numpy.random.default_rng(probe_seed)
+        .permutation(N)[:n]``, sorted) and of the RNG inside the probe passes.
+    penalty : callable or float, optional
+        Regularization included in the loss passed to :meth:`step`:
+        ``penalty(model) -> scalar tensor`` is evaluated under ``no_grad`` at every
+        :meth:`step` call, i.e. with the weights *after* that step's update; a
+        float is a constant per step. ``step(..., penalty=)`` overrides it.
+    optimizer : torch.optim.Optimizer, optional
+        Recorded as metadata (class name, weight decay of the param groups).
+    seed : int, optional
+        The user's training seed, recorded as metadata.
+    unpack : callable, optional
+        ``unpack(batch) -> (inputs, target)`` for a collated batch (default
+        :func:`default_unpack`).
+    forward : callable, optional
+        ``forward(model, inputs) -> outputs`` (default :func:`default_forward`),
+        e.g. ``forward=lambda m, batch: m(**batch).logits`` for a model returning
+        an output object, with ``unpack=lambda b: ({k: v for k, v in b.items()
+        if k != "labels"}, b["labels"])``.
+    eval_batch_size : int, optional
+        Batch size of the eval-mode passes; None: 2048 on CPU (fewer when a
+        batch of inputs would exceed 64 MiB), 8192 on CUDA, halved on CUDA
+        out-of-memory errors.
+    train_batch_size : int, optional
+        Batch size of the train-mode probe pass (batch-norm batch statistics depend on it); default: the most
+        common ``batch_size`` given to :meth:`step` (without one, training-set size / steps per epoch).
+    meta : dict, optional
+        Extra metadata stored with the run (it overrides the keys losslens sets).
+    fingerprint_split : bool
+        Store order-independent content fingerprints and per-sample hashes of the
+        training (``train_data``) and validation sets in ``run.meta``
+        (:func:`losslens.recording.fingerprint.auto_fingerprints`: in-memory
+        tensors/arrays, ``TensorDataset``, ``Subset``, folder datasets' sample ids;
+        other datasets are skipped, not read), so runs of one experiment can be
+        checked for a changed split. Default True.
+    check_duplicates : bool
+        Once, at construction, look for validation inputs that occur exactly in the
+        training (``train_data``) inputs (:func:`losslens.recording.duplicates.input_duplicates`: one pass
+        of hashing, no model compute) and store the counts and up to 100 index pairs
+        in ``run.meta["split_exact_duplicates"]``; the diagnosis cites them. Runs when
+        both are in-memory tensor data (tuples of tensors or ``TensorDataset``) with a
+        single input tensor; other data are not read. Default True.
+    resume : dict, optional
+        :meth:`state_dict` of the recorder of an earlier process: the stored run is continued (the epochs
+        recorded after that state are dropped and recorded again as training repeats them) instead of a new
+        run starting at epoch 0. The probe set is the same (same seed and size).
+    distributed : bool or None
+        None (default): shard the passes and gather the results when a
+        ``torch.distributed`` process group is initialised with world size > 1;
+        False: never (each rank records alone); True: require an initialised
+        process group (``RuntimeError`` otherwise).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For arguments of the wrong type or value; the message names the argument.
+
+    Attributes
+    ----------
+    run : losslens.record.Run
+        The run recorded so far (the same content as the store).
+    probe_indices : numpy.ndarray of int64 or None
+        Sorted training-set indices of the probe subset, known after the first
+        :meth:`end_epoch`.
+
+    Notes
+    -----
+    **Probe size and cost.** With ``probe_size="auto"`` the size is fixed at the
+    first :meth:`end_epoch` from counts only: the training samples ``S`` of the
+    first epoch (the sum of the ``batch_size`` given to :meth:`step`, or steps
+    times the training batch size) cost ``3 S`` forward passes, the probe passes
+    ``p n`` (``p`` = 1 for C, plus 1 each for T and A where they run), so
+    ``n_budget = probe_budget * 3 S / p`` and ``n = min(cap, max(min(200, cap),
+    n_budget))`` with ``cap = min(len(val) or 10 000, 10 000, N)``. The same
+    seed gives the same probe on any machine and under any load. The floor of
+    200 samples bounds the standard error of a probe mean at ~7 % of the
+    per-sample standard deviation. ``run.meta`` records ``probe_size``,
+    ``probe_budget`` and ``probe_size_reason`` (and ``probe_cost_per_sample_s``
+    with ``probe_size="timed"``).
+
+    **Passes.** C and V run in eval mode in large batches. T runs in train mode
+    in batches of the training batch size (the most common ``batch_size`` given
+    to :meth:`step`; without one, ``N / steps per epoch``), because batch-norm
+    batch statistics depend on it, on the sorted probe indices; each augmented
+    batch is read once and fed to T and A, so the two are paired. The module
+    flags of training (read at the first :meth:`step` of each epoch, so frozen
+    submodules stay frozen) are used for T. T is skipped when the model has no
+    dropout (``p > 0``) or batch-norm module; dropout applied functionally inside
+    ``forward`` (``F.dropout``) is not detected. A is skipped without ``train_augmented``.
+    Skipped passes are listed in ``run.meta["skipped"]``.
+
+    **Invariants.** The passes run inside a context that forks torch's CPU RNG
+    and the CUDA RNGs of the model's devices (``torch.random.fork_rng``), saves
+    numpy's and Python's global RNG states, disables gradients, and on exit
+    restores every module's ``training`` flag and every buffer; the RNGs are
+    seeded with ``probe_seed`` and the epoch inside, and again before each
+    train-mode batch with its batch number, so the passes are reproducible and
+    a batch's draws do not depend on the batches before it. Parameters after training are bit-identical with the Lens on
+    or off (tests/test_torch_lens.py). The user's DataLoader is never iterated.
+
+    **Extra metadata** (beyond :data:`losslens.record.META_KEYS`):
+    ``torch_version``, ``per_sample_method`` (``"reduction=none"`` or
+    ``"per-sample calls"``), ``per_sample_loss_check`` (mean of the per-sample
+    losses vs the loss function's own value on the first eval batch),
+    ``augmented_probe``, ``probe_budget``, ``probe_cost_per_sample_s``,
+    ``probe_size_reason``.
+
+    **torch.distributed.** When a default process group is initialised with more
+    than one rank (plain DDP, Lightning ``strategy="ddp"``, Hugging Face
+    ``Trainer`` under ``torchrun``), every rank constructs its own Lens with the
+    same arguments and calls :meth:`step` / :meth:`end_epoch` as usual:
+
+    * the probe and validation passes are sharded without padding duplicates
+      (eval passes: rank ``r`` takes positions ``r::world`` of the index list;
+      train-mode passes: rank ``r`` takes batches ``r::world`` of the very same
+      training-size batches one process would use, so batch-norm statistics are
+      those of a single process; each batch's random draws are seeded by its
+      batch number), all on rank 0's buffers (one ``broadcast_object_list``),
+      and one ``all_gather_object`` per :meth:`end_epoch` puts every per-sample
+      loss back in the single-process order on every rank: the measurements
+      equal a one-process run's (tests/test_distributed.py);
+    * the step losses are exchanged once per epoch (one ``all_gather_object``):
+      a recorded step is the batch-size weighted mean of the ranks' losses at
+      that step, its batch size the global batch;
+    * the automatic probe size is decided by rank 0 and broadcast (once);
+    * only rank 0 opens and writes the store (``store`` is ignored on other
+      ranks, which never touch the file); every rank holds the full :attr:`run`.
+
+    A model wrapped in ``DistributedDataParallel`` is unwrapped (its ``module``
+    is used for the probe passes, so no collective runs inside them). Pass
+    ``distributed=False`` to record each rank on its own. See docs/distributed.md.
+
+    Not supported yet: iterable-style datasets.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[..., torch.Tensor],
+        train_data: Any = None,
+        val_data: Any = None,
+        train_augmented: Any = None,
+        *,
+        run: str = "run",
+        store: str | os.PathLike[str] | Store | None = "losslens.db",
+        experiment: str | None = None,
+        probe_size: int | str = "auto",
+        probe_budget: float = 0.03,
+        probe_seed: int = 0,
+        penalty: Callable[[nn.Module], torch.Tensor] | float | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        seed: int | None = None,
+        unpack: Callable[[Any], tuple[Any, Any]] | None = None,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
+        eval_batch_size: int | None = None,
+        train_batch_size: int | None = None,
+        meta: dict[str, Any] | None = None,
+        fingerprint_split: bool = True,
+        check_duplicates: bool = True,
+        resume: dict[str, Any] | None = None,
+        distributed: bool | None = None,
+        **deprecated: Any,
+    ) -> None:
+        train_data, val_data, train_augmented = renamed_data_args(
+            "LossLens", deprecated, train_data=train_data, val_data=val_data, train_augmented=train_augmented)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable loss, got {type(loss_fn).__name__}")
+        if not isinstance(run, str) or not run:
+            raise ValueError(f"run: expected a non-empty string, got {run!r}")
+        probe_size = check_common_args(probe_size=probe_size, probe_budget=probe_budget, probe_seed=probe_seed,
+                                       eval_batch_size=eval_batch_size, meta=meta)
+        if probe_size == 1 and any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules()):
+            raise ValueError("probe_size: 1 is too small for a model with batch norm (a train-mode batch of one "
+                             "sample has no batch statistics); use at least 2")
+        if penalty is not None and (isinstance(penalty, bool) or not (callable(penalty)
+                                                                      or isinstance(penalty, (int, float)))):
+            raise TypeError(f"penalty: expected a callable(model) -> tensor or a number, got {type(penalty).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        for name, fn, what in (("unpack", unpack, "callable(batch) -> (inputs, target)"),
+                               ("forward", forward, "callable(model, inputs) -> outputs")):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name}: expected a {what}, got {type(fn).__name__}")
+        if train_batch_size is not None and (isinstance(train_batch_size, bool)
+                                             or not isinstance(train_batch_size, (int, np.integer))
+                                             or train_batch_size < 1):
+            raise ValueError(f"train_batch_size: expected an int >= 1 or None, got {train_batch_size!r}")
+        if distributed not in (None, True, False):
+            raise ValueError(f"distributed: expected None, True or False, got {distributed!r}")
+        dist_ok = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and not dist_ok:
+            raise RuntimeError("distributed=True: no torch.distributed process group is initialised "
+                               "(call torch.distributed.init_process_group first)")
+        self._world = torch.distributed.get_world_size() if dist_ok and distributed is not False else 1
+        self._rank = torch.distributed.get_rank() if self._world > 1 else 0
+        self._dist = self._world > 1
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # no collectives inside the probe passes
+
+        self.model = model
+        self.loss_fn = loss_fn
+        self._per_sample, self._per_sample_method = per_sample_loss_fn(loss_fn)
+        self._unpack = unpack or default_unpack
+        self._forward = forward or default_forward
+        self._probe = Source(train_data, "train_data") if train_data is not None else None
+        self._train = Source(train_augmented, "train_augmented") if train_augmented is not None else None
+        self._val = Source(val_data, "val_data") if val_data is not None else None
+        if self._train is not None:
+            if self._probe is None:
+                raise ValueError("train_augmented: needs train_data (the same samples with clean transforms)")
+            if len(self._train) != len(self._probe):
+                raise ValueError(f"train_augmented: must index the same samples as train_data, but has "
+                                 f"{len(self._train)} samples and train_data {len(self._probe)}")
+        self._plan = ProbePlan(probe_size, probe_budget, probe_seed, len(self._probe) if self._probe else 0,
+                               len(self._val) if self._val is not None else None)
+        self._probe_seed = int(probe_seed)
+        self._penalty = penalty
+        self._eval_bs: int | None = int(eval_batch_size) if eval_batch_size is not None else None
+        self._fixed_train_bs = int(train_batch_size) if train_batch_size is not None else None
+
+        # per-epoch step state (device tensors, read once per epoch)
+        self._losses: list[Any] = []
+        self._batch_sizes: list[int | None] = []
+        self._penalties: list[Any] = []
+        self._t_first_step: float | None = None
+        self._train_flags: list[bool] | None = None
+        self._all_batch_sizes: Counter[int] = Counter()
+        self._epoch_samples = math.nan   # training samples of the current epoch (probe-size rule)
+        self._warned_fallback = False
+        self._epoch = 0
+
+        dropout = [n for n, m in model.named_modules()
+                   if isinstance(m, nn.modules.dropout._DropoutNd)
+                   or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)]
+        has_dropout = any((isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
+                          or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0) for m in model.modules())
+        batchnorm = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._loss_kind = LOSS_KINDS.get(loss_name(loss_fn).lower())
+        m: dict[str, Any] = {
+            "framework": "torch",
+            "torch_version": torch.__version__.split("+")[0],
+            "loss": loss_name(loss_fn),
+            "loss_kind": self._loss_kind,
+            "per_sample_method": self._per_sample_method,
+            "baseline_loss": None,
+            "batch_size": None,
+            "train_size": len(self._probe) if self._probe is not None else None,
+            "val_size": len(self._val) if self._val is not None else None,
+            "probe_size": None,
+            "probe_seed": self._probe_seed,
+            "probe_budget": float(probe_budget),
+            "seed": seed,
+            "dropout_layers": dropout,
+            "batchnorm_layers": batchnorm,
+            "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+            "weight_decay": weight_decay_of(optimizer),
+            "penalty_source": (None if penalty is None else "callable" if callable(penalty) else "constant"),
+            "reported_loss_kind": "epoch_mean",
+            "augmented_probe": self._train is not None,
+            "skipped": {},
+        }
+        if self._dist:
+            m["world_size"] = self._world
+        skipped: dict[str, str] = m["skipped"]
+        if self._probe is None or probe_size == 0:
+            reason = ("probe passes disabled (train_data=None)" if self._probe is None
+                      else "probe passes disabled (probe_size=0)")
+            for k in (TRAIN_MODE, EVAL_AUGMENTED, EVAL_CLEAN):
+                skipped[k] = reason
+        else:
+            if self._train is None:
+                skipped[EVAL_AUGMENTED] = "no train_augmented dataset: augmented inputs equal clean inputs (A = C)"
+            if not (has_dropout or batchnorm):
+                skipped[TRAIN_MODE] = "no dropout or batch norm: train mode equals eval mode (T = A)"
+        if self._val is None:
+            skipped[VALIDATION] = "no val_data dataset"
+        self._probes_on = self._probe is not None and self._plan.enabled
+        self._run_T = self._probes_on and TRAIN_MODE not in skipped
+        self._run_A = self._probes_on and self._train is not None
+
+        if fingerprint_split:
+            m.update(auto_fingerprints(train=train_data, val=val_data))
+        if check_duplicates and self._val is not None and self._probe is not None:
+            dup = self._exact_duplicates()
+            if dup is not None:
+                m["split_exact_duplicates"] = dup
+        m.update(meta or {})
+        self._check_data()
+        self._rec = Recorder(run, m, experiment, store, write=self._rank == 0, holder="lens.run",
+                             retry="the next end_epoch", resume=resume)
+        self.run = self._rec.run
+        self._epoch = self._rec.next_epoch
+        if resume is not None and self.run.meta.get("probe_size"):
+            self._plan.fix(int(self.run.meta["probe_size"]), str(self.run.meta.get("probe_size_reason")),
+                           self.run.meta)
+
+    @property
+    def probe_indices(self) -> np.ndarray | None:
+        """Sorted training-set indices of the probe set (int64), known after the first :meth:`end_epoch`."""
+        return self._plan.indices
+
+    @property
+    def _store(self) -> Store | None:
+        return self._rec.store
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state a recorder in a resumed process continues from (``LossLens(..., resume=state)``).
+
+        Returns
+        -------
+        dict
+            ``{"run_id", "epochs"}``: plain numbers, safe in any checkpoint (``torch.save``, Lightning's
+            ``state_dict``, JSON). A run kept in memory only has ``run_id`` None and cannot be continued.
+        """
+        return self._rec.state_dict()
+
+    # ---------------------------------------------------------------------------------------
+    def _exact_duplicates(self) -> dict[str, Any] | None:
+        """Exact validation/training input duplicates, for tensor data with one input tensor."""
+        p, v = self._probe, self._val
+        if p is None or v is None or p.tensors is None or v.tensors is None:
+            return None
+        if len(p.tensors) != 2 or len(v.tensors) != 2:
+            return None
+        return input_duplicates([p.tensors[0].detach().cpu().numpy()], [v.tensors[0].detach().cpu().numpy()])
+
+    @property
+    def _device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        for b in self.model.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def _cuda_devices(self) -> list[int]:
+        devs = {p.device.index for p in self.model.parameters() if p.device.type == "cuda"}
+        devs |= {b.device.index for b in self.model.buffers() if b.device.type == "cuda"}
+        if devs and torch.cuda.is_available():
+            return sorted(d if d is not None else torch.cuda.current_device() for d in devs)
+        return []
+
+    def _protected(self) -> Protect:
+        return Protect(self.model, self._cuda_devices(), self._probe_seed * 100_003 + self._epoch)
+
+    def _check_data(self) -> None:
+        """Fetch and unpack two samples of each dataset (RNG protected) so bad data fails now, not after an epoch."""
+        with self._protected():
+            for src in (self._probe, self._train, self._val):
+                if src is None:
+                    continue
+                idx = np.arange(min(2, len(src)))
+                try:
+                    batch = src.batch(idx)
+                except Exception as exc:
+                    raise type(exc)(f"{src.name}: reading samples {idx.tolist()} failed: {exc}") from exc
+                try:
+                    self._unpack(batch)
+                except TypeError as exc:
+                    raise TypeError(f"{src.name}: {exc}") from exc
+
+    # ---------------------------------------------------------------------------------------
+    def step(self, loss: Any, batch_size: int | None = None, penalty: Any = None) -> None:
+        """Record one optimizer step. Never synchronises with the device.
+
+        Parameters
+        ----------
+        loss : torch.Tensor (one element) or float
+            The loss the user optimised in this step (penalty included, if any),
+            per sample (a batch mean). Only ``loss.detach()`` is kept.
+        batch_size : int, optional
+            Samples in the batch; the weight of this step in the epoch mean ``R``.
+            The most common value is the training batch size used by the
+            train-mode probe pass.
+        penalty : torch.Tensor or float, optional
+            The penalty included in ``loss`` at this step (overrides the
+            ``penalty`` given to :class:`LossLens`).
+
+        Raises
+        ------
+        ValueError
+            If ``loss`` or ``penalty`` has more than one element, or ``batch_size`` < 1.
+        """
+        if self._t_first_step is None:
+            self._t_first_step = time.perf_counter()
+            if self.model.training:
+                self._train_flags = [mod.training for mod in self.model.modules()]
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"loss: expected a scalar (one-element) tensor, got shape {tuple(loss.shape)}")
+            loss = loss.detach()
+        elif not isinstance(loss, (int, float, np.number)) or isinstance(loss, bool):
+            raise TypeError(f"loss: expected a tensor or a number, got {type(loss).__name__}")
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+                raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+            batch_size = int(batch_size)
+        if penalty is None and self._penalty is not None:
+            if callable(self._penalty):
+                with torch.no_grad():
+                    penalty = self._penalty(self.model)
+                if isinstance(penalty, torch.Tensor) and penalty.numel() != 1:
+                    raise ValueError(f"penalty: the callable returned shape {tuple(penalty.shape)}, expected a scalar")
+            else:
+                penalty = float(self._penalty)
+        if isinstance(penalty, torch.Tensor):
+            if penalty.numel() != 1:
+                raise ValueError(f"penalty: expected a scalar tensor, got shape {tuple(penalty.shape)}")
+            penalty = penalty.detach()
+        self._losses.append(loss)
+        self._batch_sizes.append(batch_size)
+        self._penalties.append(penalty)
+
+    def discard_steps(self) -> int:
+        """Drop the steps recorded since the last :meth:`end_epoch` (e.g. windows after the last evaluation);
+        returns how many were dropped."""
+        n = len(self._losses)
+        self._losses, self._batch_sizes, self._penalties = [], [], []
+        self._t_first_step = None
+        return n
+
+    # ---------------------------------------------------------------------------------------
+    def end_epoch(self, metrics: dict[str, Any] | None = None, *, position: float | None = None,
+                  step_positions: Any = None, step_spans: Any = None) -> Epoch:
+        """Close the epoch: read the step losses, run the probe and validation passes, commit.
+
+        Parameters
+        ----------
+        metrics : dict, optional
+            Other per-epoch numbers (name -> float or one-element tensor), stored
+            in :attr:`Epoch.metrics`.
+        position : float, optional
+            Time of the measurements in fractional epochs (default ``index + 1``);
+            set by adapters whose measurement points are not epoch ends
+            (:mod:`losslens.transformers` evaluates every ``eval_steps``).
+        step_positions, step_spans : array-like, shape (n_steps,), optional
+            Positions (fractional epochs) and spans (optimizer steps) of the values
+            given to :meth:`step`, when they are logged windows rather than single
+            steps (default: evenly spaced single steps within the epoch).
+
+        Returns
+        -------
+        Epoch
+            The recorded epoch (also appended to :attr:`run` and committed to the
+            store in one transaction). Non-finite losses are recorded as they are.
+            ``Epoch.seconds`` is the wall time from the epoch's first :meth:`step`
+            call to this call; ``Epoch.probe_seconds`` the time of the validation
+            and probe passes.
+
+        Raises
+        ------
+        TypeError
+            If a value of ``metrics`` is not a number (nothing is recorded then).
+        """
+        e = self._epoch
+        mets: dict[str, float] = {}
+        for k, v in (metrics or {}).items():
+            try:
+                if isinstance(v, torch.Tensor) and v.numel() != 1:
+                    raise TypeError(f"shape {tuple(v.shape)}")
+                mets[str(k)] = float(v.item() if isinstance(v, torch.Tensor) else v)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"metrics: value of {k!r} is not a number ({type(v).__name__})") from exc
+        n_steps = len(self._losses)
+        losses = stack_cpu(self._losses)                 # the one device->host copy of the epoch
+        seconds = (time.perf_counter() - self._t_first_step) if self._t_first_step is not None else math.nan
+        pens = stack_cpu(self._penalties)
+        known = [b for b in self._batch_sizes if b is not None]
+        self._all_batch_sizes.update(known)
+        sized = bool(n_steps) and len(known) == n_steps
+        bs = np.asarray(self._batch_sizes, dtype=np.float64) if sized else np.ones(n_steps, dtype=np.float64)
+        if self._dist:
+            losses, pens, bs, seconds, sized, self._b_train_dist = gather_steps(
+                losses, pens, bs, seconds, sized, self._train_batch_size(n_steps), self._world)
+            n_steps = len(losses)
+        r, omega = epoch_means(losses, pens, bs)
+        if not n_steps:
+            warnings.warn(f"LossLens.end_epoch: no step() calls in epoch {e}; R is unknown", stacklevel=2)
+        steps = Steps.build(np.full(n_steps, e), losses - pens, batch_size=bs, penalty=pens,
+                            position=step_positions, span=step_spans)
+        # training samples of this epoch, for the probe-size rule (counts, never seconds)
+        self._epoch_samples = float(bs.sum()) if sized else float(n_steps * self._train_batch_size(n_steps))
+        t_probe = time.perf_counter()
+        try:
+            measurements = self._measure(seconds, n_steps)
+        except Exception as exc:  # losslens never stops training because its own measurement failed
+            if self._dist:   # the other ranks wait in a collective: failing alone would hang them all
+                raise
+            measurements = {}
+            self._rec.measurement_failed(e, exc)
+        epoch = Epoch(index=e, train_loss=r, penalty=omega, n_steps=n_steps,
+                      n_samples=int(bs.sum()) if sized else 0,
+                      position=float(e + 1) if position is None else float(position),
+                      measurements=measurements, metrics=mets,
+                      seconds=seconds, probe_seconds=time.perf_counter() - t_probe)
+        self.discard_steps()
+        self._epoch += 1
+        return self._rec.commit(epoch, steps)
+
+    # ---------------------------------------------------------------------------------------
+    def _train_batch_size(self, n_steps: int) -> int:
+        if self._fixed_train_bs is not None:  # adapters whose step rows are windows, not batches
+            return self._fixed_train_bs
+        if self._dist and getattr(self, "_b_train_dist", None):
+            return self._b_train_dist
+        if self._all_batch_sizes:
+            return int(self._all_batch_sizes.most_common(1)[0][0])
+        # batch sizes not given: the training-set size over the steps of an epoch
+        if self._probe is not None and n_steps:
+            return max(2, int(round(len(self._probe) / n_steps)))
+        return 32
+
+    def _measure(self, epoch_seconds: float, n_steps: int) -> dict[str, Measurement]:
+        meta = self.run.meta
+        b_train = self._train_batch_size(n_steps)
+        if meta.get("batch_size") != b_train:
+            meta["batch_size"] = b_train
+        if self._dist:
+            return measure_distributed(self, epoch_seconds, b_train)
+        out: dict[str, Measurement] = {}
+        with self._protected() as prot:
+            if self._val is not None:
+                vals, _ = self._eval_pass(self._val, np.arange(len(self._val)), collect_targets=False)
+                out[VALIDATION] = Measurement.from_values(VALIDATION, vals)
+            if self._probes_on:
+                idx = self._probe_indices(epoch_seconds, b_train, prot)
+                clean, targets = self._eval_pass(self._probe, idx, collect_targets=meta["baseline_loss"] is None)
+                if targets is not None and meta["baseline_loss"] is None:
+                    meta["baseline_loss"] = baseline_loss(self._loss_kind, targets.detach().cpu().numpy())
+                out[EVAL_CLEAN] = Measurement.from_values(EVAL_CLEAN, clean)
+                if self._run_T or self._run_A:
+                    t_vals, a_vals = self._train_mode_pass(idx, b_train, prot)
+                    if a_vals is not None:
+                        out[EVAL_AUGMENTED] = Measurement.from_values(EVAL_AUGMENTED, a_vals)
+                    if t_vals is not None:
+                        out[TRAIN_MODE] = Measurement.from_values(TRAIN_MODE, t_vals)
+        return out
+
+    def _probe_indices(self, epoch_seconds: float, b_train: int, prot: Protect) -> np.ndarray:
+        """The probe set, fixed at the first end_epoch (:class:`losslens.recording.ProbePlan`)."""
+        if self._plan.indices is not None:
+            return self._plan.indices
+
+        def time_pilot(pilot: np.ndarray) -> float:
+            t0 = time.perf_counter()
+            self._eval_pass(self._probe, pilot, collect_targets=False)
+            if self._run_T or self._run_A:
+                self._train_mode_pass(pilot, min(b_train, len(pilot)), prot)
+            return time.perf_counter() - t0
+
+        meta = self.run.meta
+        n, reason = self._plan.decide(samples_per_epoch=self._epoch_samples,
+                                      passes=1 + int(self._run_T) + int(self._run_A), store=self._store,
+                                      experiment=self.run.experiment, run_id=self.run.id,
+                                      epoch_seconds=epoch_seconds, time_pilot=time_pilot, world=self._world,
+                                      meta=meta)
+        if self._dist:  # rank 0's decision holds on every rank (a timed one can differ between ranks)
+            n, reason, cost = broadcast_decision(n, reason, meta.get("probe_cost_per_sample_s"))
+            if cost is not None:
+                meta["probe_cost_per_sample_s"] = cost
+        return self._plan.fix(n, reason, meta)
+
+    # ---------------------------------------------------------------------------------------
+    def _default_eval_bs(self, sample: Any) -> int:
+        if self._device.type == "cuda":
+            return CUDA_EVAL_BATCH
+        per = max(1, input_bytes(sample) // max(1, batch_len(sample) or 1))
+        return int(max(64, min(CPU_EVAL_BATCH, CPU_EVAL_BYTES // per)))
+
+    def _losses_of(self, inputs: Any, target: Any) -> torch.Tensor:
+        """Per-sample losses of one batch (float32 on the device), split on CUDA out-of-memory."""
+        try:
+            out = self._forward(self.model, inputs)
+            vals = self._per_sample(out, target)
+        except torch.OutOfMemoryError:
+            n = batch_len(inputs) or 1
+            if n <= 1:
+                raise
+            out = None
+            torch.cuda.empty_cache()
+            half = n // 2
+            self._eval_bs = max(1, min(self._eval_bs or n, half))
+            return torch.cat([self._losses_of(slice_batch(inputs, slice(0, half)),
+                                              slice_batch(target, slice(0, half))),
+                              self._losses_of(slice_batch(inputs, slice(half, n)),
+                                              slice_batch(target, slice(half, n)))])
+        if "per_sample_loss_check" not in self.run.meta:
+            self._check_per_sample(out, target, vals)
+        if not self._warned_fallback and self._per_sample_method == "per-sample calls":
+            self._warned_fallback = True
+            warnings.warn(
+                f"loss_fn {loss_name(self.loss_fn)!r} takes no reduction argument: per-sample losses are computed "
+                "one sample at a time (slow). Pass a torch.nn loss or a function accepting reduction='none'.",
+                stacklevel=4)
+        return vals
+
+    def _check_per_sample(self, out: Any, target: Any, vals: torch.Tensor) -> None:
+        try:
+            ref = float(torch.as_tensor(self.loss_fn(out, target)).float().mean())
+        except Exception as exc:  # the loss cannot be called on this batch as a whole
+            self.run.meta["per_sample_loss_check"] = {"consistent": None, "error": str(exc)}
+            return
+        res = per_sample_check(float(vals.double().mean()), ref, what=loss_name(self.loss_fn),
+                               method=self._per_sample_method)
+        if res is not None:   # a non-finite batch is judged on the next finite one
+            self.run.meta["per_sample_loss_check"] = res
+
+    def _eval_pass(self, src: Source | None, indices: np.ndarray, collect_targets: bool) -> tuple[np.ndarray, Any]:
+        """Eval mode, large batches; per-sample losses in ``indices`` order, and the targets if asked."""
+        assert src is not None
+        self.model.eval()
+        device = self._device
+        parts: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        i = 0
+        while i < len(indices):
+            if self._eval_bs is None:
+                self._eval_bs = self._default_eval_bs(self._unpack(src.batch(indices[:1]))[0])
+            chunk = indices[i:i + self._eval_bs]
+            inputs, target = self._unpack(src.batch(chunk))
+            inputs, target = to_device(inputs, device), to_device(target, device)
+            parts.append(self._losses_of(inputs, target))
+            if collect_targets and isinstance(target, torch.Tensor):
+                targets.append(target.detach())
+            i += len(chunk)
+        vals = torch.cat(parts).cpu().numpy().astype(np.float32) if parts else np.zeros(0, np.float32)
+        tg = torch.cat(targets).cpu() if collect_targets and targets else None
+        return vals, tg
+
+    def _train_mode_pass(self, indices: np.ndarray, b_train: int, prot: Protect,
+                         shard: tuple[int, int] | None = None) -> tuple[Any, ...]:
+        """T and A on the same augmented batches of the training batch size (sorted probe order).
+
+        A final batch smaller than half the training batch size is merged into the
+        previous one (a batch of one sample cannot be normalised by batch norm).
+        With ``shard=(rank, world)`` only batches ``rank::world`` are run and the
+        positions (into ``indices``) of the values are returned third.
+        """
+        src = self._train if self._train is not None else self._probe
+        assert src is not None
+        device = self._device
+        n = len(indices)
+        if not self._run_T:  # eval mode only: batch composition does not matter
+            if self._eval_bs is None:
+                self._eval_bs = self._default_eval_bs(self._unpack(src.batch(indices[:1]))[0])
+            b_train = max(b_train, self._eval_bs)
+        starts = list(range(0, n, b_train))
+        if len(starts) > 1 and n - starts[-1] < b_train / 2:
+            starts.pop()
+        bounds = list(zip(starts, starts[1:] + [n]))
+        numbered = list(enumerate(bounds))
+        if shard is not None:
+            numbered = numbered[shard[0]::shard[1]]
+            bounds = [b for _, b in numbered]
+        t_parts: list[torch.Tensor] = []
+        a_parts: list[torch.Tensor] = []
+        for k, (lo, hi) in numbered:
+            prot.reseed(k)  # batch k draws the same augmentation and dropout masks on any rank
+            inputs, target = self._unpack(src.batch(indices[lo:hi]))
+            inputs, target = to_device(inputs, device), to_device(target, device)
+            if self._run_T:
+                prot.apply_train_flags(self._train_flags)
+                t_parts.append(self._per_sample(self._forward(self.model, inputs), target))
+                if self._run_A:  # eval mode reads the running statistics the train-mode forward just moved
+                    prot.restore_buffers()
+            if self._run_A:
+                self.model.eval()
+                a_parts.append(self._per_sample(self._forward(self.model, inputs), target))
+        self.model.eval()
+        prot.restore_buffers()
+        t_vals = torch.cat(t_parts).cpu().numpy().astype(np.float32) if t_parts else None
+        a_vals = torch.cat(a_parts).cpu().numpy().astype(np.float32) if a_parts else None
+        if shard is not None:
+            pos = (np.concatenate([np.arange(lo, hi) for lo, hi in bounds]) if bounds
+                   else np.zeros(0, dtype=np.int64))
+            empty = np.zeros(0, np.float32)
+            return (t_vals if t_vals is not None or not self._run_T else empty,
+                    a_vals if a_vals is not None or not self._run_A else empty, pos)
+        return t_vals, a_vals
+
+    # ---------------------------------------------------------------------------------------
+    def finish(self) -> Run:
+        """Mark the run finished (in memory and in the store) and close a store opened from a path.
+
+        Returns
+        -------
+        Run
+            :attr:`run`.
+
+        Raises
+        ------
+        losslens.store.StoreError
+            If epochs whose store write failed during training still cannot be written (the message names the
+            store; the epochs stay in :attr:`run`).
+        """
+        if self._losses:
+            warnings.warn(f"LossLens.finish: {len(self._losses)} step(s) after the last end_epoch() are not "
+                          "recorded", stacklevel=2)
+        return self._rec.finish()
+
+    def __enter__(self) -> "LossLens":
+        """``with LossLens(...) as lens:`` finishes the run when the block ends without an exception (a run left
+        by an exception stays "running": its report says it did not finish)."""
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None and self.run.status != "finished":
+            self.finish()
+
+    def diagnose(self) -> Any:
+        """Deprecated: use ``Report.from_run(lens)`` (:class:`losslens.report.Report`); removed in 0.3."""
+        return deprecated_report(self.run, "LossLens.diagnose()")
+
+
+def weight_decay_of(optimizer: Any) -> Any:
+    """The weight decay of an optimizer's parameter groups: one float, a list when groups differ, or None."""
+    if optimizer is None:
+        return None
+    wds = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
+    return wds[0] if len(set(wds)) == 1 else wds
+
+
+class Lens(LossLens):
+    """Deprecated alias of :class:`LossLens` (one name across the adapters); removed in 0.3."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn("losslens.torch.Lens is renamed LossLens (the name every losslens adapter uses); "
+                      "Lens will be removed in 0.3", FutureWarning, stacklevel=2)
+        super().__init__(*args, **kwargs)
