@@ -7,7 +7,8 @@ import pytest
 
 from losslens.importers import LogFormatError, detect_format, load_log
 from losslens.importers.roles import assign_roles
-from losslens.record import TRAIN_MODE, VALIDATION
+from losslens.diagnose.timing import with_end_of_epoch_estimates
+from losslens.record import END_OF_EPOCH_ESTIMATE, TRAIN_MODE, VALIDATION
 
 
 def _write(tmp_path, name, text):
@@ -70,7 +71,8 @@ def test_lightning_header_rewrite_and_old_format(tmp_path):
     assert [e.measurements[VALIDATION].mean for e in run.epochs] == [0.95, 0.75]
     assert np.allclose(run.steps.position, [0.45, 0.95, 1.45, 1.95])
     assert run.meta["steps_per_epoch"] == 10
-    old = load_log(_write(tmp_path, "old.csv", "train_loss,epoch,created_at\n1.0,0,2020-01-01\n0.5,1,2020-01-02\n"))
+    old = with_end_of_epoch_estimates(load_log(_write(tmp_path, "old.csv",
+                                                      "train_loss,epoch,created_at\n1.0,0,2020-01-01\n0.5,1,2020-01-02\n")))
     assert [e.train_loss for e in old.epochs] == [1.0, 0.5] and old.meta["timing_method"] == "means"
 
 
@@ -95,7 +97,9 @@ def test_trainer_state_first_step_logging_and_final_summary(tmp_path):
     assert e.train_loss == pytest.approx(np.average(run.steps.loss, weights=run.steps.span))
     # window means v = 2 − s/200 stamped at the window end s are the loss at the window centre c = s − 5:
     # the line through them is 2 − (c + 5)/200, whose value at the end (step 100) is 1.475
-    assert e.measurements[TRAIN_MODE].mean == pytest.approx(2.0 - 105 / 200, abs=1e-6)
+    assert not run.has(TRAIN_MODE) and not run.has(END_OF_EPOCH_ESTIMATE)  # the importer records the log only
+    e = with_end_of_epoch_estimates(run).epochs[0]
+    assert e.measurements[END_OF_EPOCH_ESTIMATE].mean == pytest.approx(2.0 - 105 / 200, abs=1e-6)
 
 
 def test_roles(tmp_path):

@@ -16,9 +16,10 @@ import warnings
 import numpy as np
 import pytest
 
-from losslens.diagnose.timing import ema_lag
+from losslens.importers.fastai import ema_lag
 from losslens.importers import load_log
-from losslens.record import TRAIN_MODE, VALIDATION
+from losslens.diagnose.timing import with_end_of_epoch_estimates
+from losslens.record import END_OF_EPOCH_ESTIMATE, VALIDATION
 
 torch = pytest.importorskip("torch")
 
@@ -100,8 +101,9 @@ def test_lightning_csv_places_step_losses_and_reads_epoch_means(lightning_logs):
     assert np.allclose(run.steps.loss, st.train_loss_step.to_numpy())
     assert run.meta["steps_per_epoch"] == spe
     # 10 logged steps per epoch: the end-of-epoch loss is estimated from the within-epoch trend
+    run = with_end_of_epoch_estimates(run)
     assert run.meta["timing_method"].startswith("steps")
-    assert all(e.measurements[TRAIN_MODE].source == "estimated" for e in run.epochs)
+    assert all(e.measurements[END_OF_EPOCH_ESTIMATE].source == "estimated" for e in run.epochs)
 
 
 def test_lightning_tensorboard_gives_the_same_run_as_its_csv(lightning_logs):
@@ -160,10 +162,10 @@ def test_torch_summarywriter_per_step_and_per_epoch(tmp_path):
     # the k-th step of epoch e (counter e*spe + k + 1 after it) sits at the centre of its step
     k = np.arange(3 * spe)
     assert np.allclose(run.steps.position, k // spe + (k % spe + 0.5) / spe)
-    assert run.meta["timing_method"] == "steps"
+    assert with_end_of_epoch_estimates(run).meta["timing_method"] == "steps"
     per_epoch = load_log(tmp_path / "epochs")
     assert [e.train_loss for e in per_epoch.epochs] == pytest.approx(means, rel=1e-6)
-    assert per_epoch.meta["timing_method"] == "means"
+    assert with_end_of_epoch_estimates(per_epoch).meta["timing_method"] == "means"
 
 
 # ------------------------------------------------------------------------------------------------- Keras
@@ -211,14 +213,14 @@ def test_keras_csv_import_matches_the_live_callback(keras_run):
 
 def test_keras_history_json_matches_the_csv(keras_run):
     root, _, history, _ = keras_run
-    a = load_log(root / "training.log")
-    b = load_log(root / "history.json")
+    a = with_end_of_epoch_estimates(load_log(root / "training.log"))
+    b = with_end_of_epoch_estimates(load_log(root / "history.json"))
     assert b.meta["importer"] == "keras_history"
     assert [e.train_loss for e in b.epochs] == pytest.approx([e.train_loss for e in a.epochs], rel=1e-6)
     assert [e.measurements[VALIDATION].mean for e in b.epochs] == pytest.approx(
         [e.measurements[VALIDATION].mean for e in a.epochs], rel=1e-6)
-    assert [e.measurements[TRAIN_MODE].mean for e in b.epochs] == pytest.approx(
-        [e.measurements[TRAIN_MODE].mean for e in a.epochs], rel=1e-6)
+    assert [e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in b.epochs] == pytest.approx(
+        [e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in a.epochs], rel=1e-6)
 
 
 def test_keras_csv_na_columns_with_validation_freq(keras_run):
@@ -265,15 +267,15 @@ def test_fastai_history_lag_correction(tmp_path):
     (tmp_path / "history.csv").write_text("\n".join(lines) + "\n")
     run = load_log(tmp_path / "history.csv")
     assert run.meta["importer"] == "fastai" and run.meta["reported_loss_kind"] == "ema"
-    assert not run.has(TRAIN_MODE)  # steps per epoch unknown: nothing estimated
+    assert not with_end_of_epoch_estimates(run).has(END_OF_EPOCH_ESTIMATE)  # steps per epoch unknown
     assert run.epochs[0].seconds == 1.0
-    run = load_log(tmp_path / "history.csv", steps_per_epoch=spe)
+    run = with_end_of_epoch_estimates(load_log(tmp_path / "history.csv", steps_per_epoch=spe))
     lag = run.meta["ema_lag_steps"]
     assert 40 < lag < 49.01
     # each EMA is placed lag + 0.5 steps before its epoch's end
     lags = np.array([ema_lag(0.98, (e + 1) * spe) for e in range(4)])
     assert np.allclose(run.steps.position, np.arange(4) + 1 - (lags + 0.5) / spe)
-    est = np.array([e.measurements[TRAIN_MODE].mean for e in run.epochs])
+    est = np.array([e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in run.epochs])
     r = np.array([e.train_loss for e in run.epochs])
     # the lag-corrected estimate is closer to the true end-of-epoch loss than the EMA itself
     assert np.mean(np.abs(est - end)) < np.mean(np.abs(r - end))
@@ -329,7 +331,7 @@ def test_keras_tf2_batch_running_means_become_batch_losses(tmp_path):
     assert len(run.steps) == loss.size
     np.testing.assert_allclose(run.steps.loss, loss, rtol=2e-3, atol=2e-4)  # float32 running means
     np.testing.assert_allclose(run.steps.position, pos)
-    assert run.meta["timing_method"] == "steps"
+    assert with_end_of_epoch_estimates(run).meta["timing_method"] == "steps"
 
 
 def test_hugging_face_tensorboard_equals_its_trainer_state(tmp_path):
@@ -355,12 +357,12 @@ def test_hugging_face_tensorboard_equals_its_trainer_state(tmp_path):
             else:
                 w.add_scalar("train/" + k, v, h["step"])
     w.close()
-    a = load_log(tmp_path / "trainer_state.json")
-    b = load_log(tmp_path / "runs")
+    a = with_end_of_epoch_estimates(load_log(tmp_path / "trainer_state.json"))
+    b = with_end_of_epoch_estimates(load_log(tmp_path / "runs"))
     assert b.meta["writer"] == "transformers" and len(a.epochs) == len(b.epochs) == 4
     assert [e.train_loss for e in b.epochs] == pytest.approx([e.train_loss for e in a.epochs], rel=1e-6)
     assert [e.measurements[VALIDATION].mean for e in b.epochs] == pytest.approx(
         [e.measurements[VALIDATION].mean for e in a.epochs], rel=1e-6)
     np.testing.assert_allclose(b.steps.position, a.steps.position)
-    assert [e.measurements[TRAIN_MODE].mean for e in b.epochs] == pytest.approx(
-        [e.measurements[TRAIN_MODE].mean for e in a.epochs], rel=1e-5)
+    assert [e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in b.epochs] == pytest.approx(
+        [e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in a.epochs], rel=1e-5)

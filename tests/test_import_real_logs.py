@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from losslens.importers import LogFormatError, load_log
-from losslens.importers.tables import real_logs_table, table_in_doc
+from losslens.report.tables import real_logs_table, table_in_doc
 from losslens.importers.tensorboard import load_scalars
-from losslens.record import TRAIN_MODE, VALIDATION
+from losslens.diagnose.timing import with_end_of_epoch_estimates
+from losslens.record import END_OF_EPOCH_ESTIMATE, TRAIN_MODE, VALIDATION
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real-logs"
@@ -31,7 +32,7 @@ def table():
 def test_the_documented_table_is_current(table):
     doc = (ROOT / "docs" / "real-logs.md").read_text(encoding="utf-8")
     assert table_in_doc(doc) == table, (
-        "docs/real-logs.md is out of date: run python -c \"from losslens.importers.tables import update_doc; "
+        "docs/real-logs.md is out of date: run python -c \"from losslens.report.tables import update_doc; "
         "update_doc('../shared/real-logs', 'docs/real-logs.md')\"")
 
 
@@ -59,8 +60,9 @@ def test_each_file_imports_or_is_refused_with_a_reason(row):
     if row["kind"] == "keras":
         assert sum(len(r.epochs) for r in runs) == int(row["n_rows_or_entries"])
     for r in runs:
-        for e in r.epochs:
-            t = e.measurements.get(TRAIN_MODE)
+        assert not r.has(TRAIN_MODE) and not r.has(END_OF_EPOCH_ESTIMATE)  # importers record the log only
+        for e in with_end_of_epoch_estimates(r).epochs:
+            t = e.measurements.get(END_OF_EPOCH_ESTIMATE)
             if t is not None:
                 assert t.source == "estimated" and (math.isfinite(t.sem) or math.isnan(t.mean))
 

@@ -8,11 +8,11 @@ import pytest
 from losslens.diagnose import decompose
 from losslens.diagnose.timing import (
     add_end_of_epoch_estimates,
-    ema_lag,
     end_estimate_from_points,
     robust_line_at,
 )
-from losslens.record import TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
+from losslens.importers.fastai import ema_lag
+from losslens.record import END_OF_EPOCH_ESTIMATE, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
 
 
 def test_robust_line_recovers_a_line_despite_spikes_and_its_error_is_calibrated():
@@ -130,10 +130,10 @@ def test_step_trend_estimates_the_measured_end_of_epoch_loss():
         epochs.append(Epoch(e, train_loss=r, measurements={VALIDATION: v}))
     run = Run("digits", epochs=epochs, steps=steps, meta={"reported_loss_kind": "epoch_mean"}, status="imported")
     assert add_end_of_epoch_estimates(run) == "steps"
-    est = np.array([e.measurements[TRAIN_MODE].mean for e in run.epochs])
-    se = np.array([e.measurements[TRAIN_MODE].sem for e in run.epochs])
+    est = np.array([e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in run.epochs])
+    se = np.array([e.measurements[END_OF_EPOCH_ESTIMATE].sem for e in run.epochs])
     r = np.array([e.train_loss for e in run.epochs])
-    assert all(e.measurements[TRAIN_MODE].source == "estimated" for e in run.epochs)
+    assert all(e.measurements[END_OF_EPOCH_ESTIMATE].source == "estimated" for e in run.epochs)
     # the estimate is much closer to the true end-of-epoch loss than the epoch mean is
     assert np.all(np.abs(est - end) < np.abs(r - end))
     # and it agrees with it within 3 standard errors
@@ -150,7 +150,7 @@ def test_means_rule_is_used_when_only_epoch_means_exist():
     epochs = [Epoch(e, train_loss=float(loss[ep == e].mean())) for e in range(end.size)]
     run = Run("digits", epochs=epochs, meta={"reported_loss_kind": "epoch_mean"}, status="imported")
     assert add_end_of_epoch_estimates(run) == "means"
-    est = np.array([e.measurements[TRAIN_MODE].mean for e in run.epochs])
+    est = np.array([e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in run.epochs])
     r = np.array([e.train_loss for e in run.epochs])
     # interpolating between epoch centres moves the value toward the true end-of-epoch loss
     assert np.all(np.abs(est[:-1] - end[:-1]) < np.abs(r[:-1] - end[:-1]))
@@ -159,4 +159,4 @@ def test_means_rule_is_used_when_only_epoch_means_exist():
 def test_ema_is_not_estimated_without_its_placement():
     run = Run("x", epochs=[Epoch(0, train_loss=1.0), Epoch(1, train_loss=0.5)], meta={"reported_loss_kind": "ema"})
     assert add_end_of_epoch_estimates(run) == "none"
-    assert not run.has(TRAIN_MODE)
+    assert not run.has(END_OF_EPOCH_ESTIMATE)

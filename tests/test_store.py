@@ -74,6 +74,31 @@ def test_wal_and_schema_version(tmp_path):
         Store(path)
 
 
+def test_a_version_1_store_is_migrated_when_opened(tmp_path):
+    """Schema 1 kept the end-of-epoch estimate of imported logs as a train_mode measurement with source
+    "estimated"; opening it gives the estimate its own kind and leaves measured train-mode passes alone."""
+    path = tmp_path / "v1.db"
+    with Store(path) as st:
+        ep = Epoch(0, 1.0, measurements={"train_mode": Measurement("train_mode", 0.9, 0.01, 0, None, "estimated"),
+                                         VALIDATION: Measurement.from_values(VALIDATION, [1.1, 1.2])})
+        ep2 = Epoch(1, 0.8, measurements={"train_mode": Measurement.from_values("train_mode", [0.7, 0.8])})
+        rid = st.save_run(Run("old", epochs=[ep, ep2], status="imported"))
+    con = sqlite3.connect(path)
+    con.execute("UPDATE measurements SET kind='train_mode' WHERE kind='end_of_epoch_estimate'")  # as v1 wrote it
+    con.execute("UPDATE losslens_info SET value='1' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    with Store(path) as st:
+        run = st.load_run(rid)
+    assert set(run.epochs[0].measurements) == {"end_of_epoch_estimate", VALIDATION}
+    assert run.epochs[0].measurements["end_of_epoch_estimate"].mean == pytest.approx(0.9)
+    assert set(run.epochs[1].measurements) == {"train_mode"}
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT value FROM losslens_info WHERE key='schema_version'").fetchone()[0] == \
+        str(SCHEMA_VERSION)
+    con.close()
+
+
 def test_clear_errors(tmp_path):
     other = tmp_path / "other.db"
     con = sqlite3.connect(other)

@@ -35,6 +35,7 @@ __all__ = [
     "Steps",
     "Run",
     "TRAIN_MODE",
+    "END_OF_EPOCH_ESTIMATE",
     "EVAL_AUGMENTED",
     "EVAL_CLEAN",
     "VALIDATION",
@@ -51,8 +52,13 @@ EVAL_AUGMENTED = "eval_augmented"
 EVAL_CLEAN = "eval_clean"
 #: ``V``: end-of-epoch weights, validation set, eval mode, clean inputs.
 VALIDATION = "validation"
+#: ``T̂``: the end-of-epoch training loss (train mode, augmented inputs, as the log's loss) *estimated* from the
+#: within-epoch trend of a log's losses (:func:`losslens.diagnose.timing.add_end_of_epoch_estimates`): not a
+#: probe pass, ``n = 0``, ``source = "estimated"``. Stores of schema version 1 kept it as a ``train_mode``
+#: measurement with source "estimated"; opening them migrates it.
+END_OF_EPOCH_ESTIMATE = "end_of_epoch_estimate"
 
-MEASUREMENT_KINDS = (TRAIN_MODE, EVAL_AUGMENTED, EVAL_CLEAN, VALIDATION)
+MEASUREMENT_KINDS = (TRAIN_MODE, END_OF_EPOCH_ESTIMATE, EVAL_AUGMENTED, EVAL_CLEAN, VALIDATION)
 
 #: Human-readable description of each measurement kind (used by every report).
 MEASUREMENT_LABELS = {
@@ -60,17 +66,13 @@ MEASUREMENT_LABELS = {
     EVAL_AUGMENTED: "eval-mode probe loss on augmented inputs (end-of-epoch weights)",
     EVAL_CLEAN: "eval-mode training loss (end-of-epoch weights, probe set, clean inputs)",
     VALIDATION: "validation loss (end-of-epoch weights, eval mode)",
+    END_OF_EPOCH_ESTIMATE: ("end-of-epoch training loss (train mode) estimated from the within-epoch trend of the "
+                            "logged losses, not a probe"),
 }
-
-#: Label of a TRAIN_MODE measurement with source "estimated" (imported logs): not a probe pass.
-ESTIMATED_TRAIN_LABEL = ("end-of-epoch training loss (train mode) from the within-epoch trend of the logged "
-                         "losses, not a probe")
 
 
 def measurement_label(kind: str, source: str = "measured") -> str:
     """What a measurement is, in words, for every report (an estimate says so)."""
-    if kind == TRAIN_MODE and source == "estimated":
-        return ESTIMATED_TRAIN_LABEL
     return MEASUREMENT_LABELS[kind]
 
 

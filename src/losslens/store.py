@@ -32,7 +32,10 @@ from .record import Epoch, Measurement, Run, Steps, _jsonable
 __all__ = ["Store", "StoreError", "SCHEMA_VERSION"]
 
 #: Version of the on-disk schema; bumped on every incompatible change.
-SCHEMA_VERSION = 1
+#: Version 2: the end-of-epoch estimate of imported logs has its own measurement kind
+#: (``end_of_epoch_estimate``, formerly ``train_mode`` with source "estimated"); :meth:`Store._migrate` upgrades
+#: a version-1 store when it is opened.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS losslens_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -146,6 +149,15 @@ class Store:
                     f"store {str(self.path)!r} has schema version {row[0]}, newer than this losslens "
                     f"reads ({SCHEMA_VERSION}); upgrade losslens"
                 )
+            elif int(row[0]) < SCHEMA_VERSION:
+                self._migrate(int(row[0]))
+
+    def _migrate(self, version: int) -> None:
+        """Upgrade an older store in place, inside the opening transaction (all or nothing)."""
+        if version < 2:
+            self._conn.execute("UPDATE measurements SET kind='end_of_epoch_estimate' "
+                               "WHERE kind='train_mode' AND source='estimated'")
+        self._conn.execute("UPDATE losslens_info SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _tx(self) -> "_Transaction":
         return _Transaction(self._conn)

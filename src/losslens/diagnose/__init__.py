@@ -19,6 +19,7 @@ from ..record import Run, _jsonable
 from .gap import EpochDecomposition, Term, decompose, gap_findings
 from .regime import label_noise_findings, regime_findings
 from .stability import stability_findings
+from .timing import with_end_of_epoch_estimates
 from .verdict import VERDICT_CODES, Verdict, headline
 
 __all__ = ["Diagnosis", "diagnose", "decompose", "headline", "Verdict", "VERDICT_CODES", "Finding", "Evidence",
@@ -111,7 +112,10 @@ def diagnose(run: Run, audit: Any = None) -> Diagnosis:
     Returns
     -------
     Diagnosis
+        Its ``run`` is ``run``, or for a run without probe passes (an imported log) a copy with the end-of-epoch
+        training-loss estimates added (:func:`~losslens.diagnose.timing.with_end_of_epoch_estimates`).
     """
+    run = with_end_of_epoch_estimates(run)
     dec = decompose(run)
     stab = stability_findings(run)
     diverged = any(f.code == "stability.divergence" or (f.code == "stability.non_finite" and

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..findings import Z_NOISE, Evidence, Finding, where
-from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run
+from ..record import END_OF_EPOCH_ESTIMATE, EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run
 
 __all__ = ["Term", "EpochDecomposition", "decompose", "decompose_epoch", "paired_difference", "TERM_LABELS",
            "gap_findings"]
@@ -150,7 +150,8 @@ def decompose_epoch(epoch: Epoch) -> EpochDecomposition | None:
     t = epoch.get(TRAIN_MODE)
     if c is None:
         # Imported logs: an end-of-epoch training loss estimated from the within-epoch trend
-        # (a TRAIN_MODE measurement with source "estimated") still separates the timing term.
+        # (END_OF_EPOCH_ESTIMATE) still separates the timing term.
+        t = t if t is not None else epoch.get(END_OF_EPOCH_ESTIMATE)
         rest = epoch.train_loss
         if t is not None and math.isfinite(t.mean):
             terms["timing"] = Term("timing", epoch.train_loss - t.mean, t.sem,

@@ -42,13 +42,12 @@ def labelled_verdicts(folder: Any) -> list[dict[str, Any]]:
         ``evidence``, ``verdict`` (the headline code, or ``"error"`` when the file could not be
         imported or diagnosed), ``best``, ``finding``, ``sentence``, ``agrees`` (bool).
     """
-    from ..importers import load_log
-    from ..importers.tables import _groups
+    from ..importers import load_log, log_groups
     from ..importers.tensorboard import read_files
     from . import diagnose
 
     folder = str(folder)
-    groups = {files[0]: files for _, _, files in _groups(folder)}
+    groups = {files[0]: files for _, _, files in log_groups(folder)}
     cache: dict[str, Any] = {}
     out = []
     for lab in read_labels(folder):

@@ -9,8 +9,9 @@ weights. The *timing* term of the gap decomposition (DESIGN.md) is the part of
 probe passes it is measured (``R − T``); from a log alone it can be
 **estimated** from the trend of the training loss around the epoch end. This
 module does that and nothing else; the estimate is stored as a
-:class:`~losslens.record.Measurement` of kind ``TRAIN_MODE`` with
-``source="estimated"``, which :func:`losslens.diagnose.gap.decompose_epoch`
+:class:`~losslens.record.Measurement` of kind ``END_OF_EPOCH_ESTIMATE`` with
+``source="estimated"`` (the diagnosis adds it, :func:`with_end_of_epoch_estimates`: importers record what the
+log says), which :func:`losslens.diagnose.gap.decompose_epoch`
 turns into a ``timing`` term with status ``"estimated"`` plus an
 ``unmeasured`` remainder (dropout, batch norm, augmentation and the
 generalization gap cannot be told apart without probes).
@@ -54,7 +55,7 @@ Three methods, chosen by what the log holds (:func:`add_end_of_epoch_estimates`)
     the loss at the weights' mean time, so the reported value is the loss at
     ``lag`` steps before the last step, with ``lag = Σ k β^k / Σ β^k``
     (k = 0 … n − 1 steps back; → β / (1 − β) = 49 steps for large n,
-    :func:`ema_lag`). The value is placed there (``e + 1 − (lag + 0.5) / S`` for
+    :func:`losslens.importers.fastai.ema_lag`). The value is placed there (``e + 1 − (lag + 0.5) / S`` for
     ``S`` steps per epoch, the 0.5 being the last step's centre) and the
     ``means`` rule is then applied to these positions. Without ``S`` the lag
     cannot be converted to epochs and nothing is estimated.
@@ -69,14 +70,14 @@ import math
 
 import numpy as np
 
-from ..record import TRAIN_MODE, Measurement, Run
+from ..record import END_OF_EPOCH_ESTIMATE, EVAL_CLEAN, TRAIN_MODE, Measurement, Run
 
 __all__ = [
     "robust_line_at",
-    "ema_lag",
     "epoch_starts",
     "end_estimate_from_points",
     "add_end_of_epoch_estimates",
+    "with_end_of_epoch_estimates",
     "MIN_POINTS",
     "HUBER_C",
 ]
@@ -207,42 +208,6 @@ def _small_sample_factor(dof: int) -> float:
     return float(t.ppf(0.975, dof) / norm.ppf(0.975))
 
 
-def ema_lag(beta: float, n: int) -> float:
-    """Mean age (in steps) of a bias-corrected exponential moving average.
-
-    The bias-corrected EMA after ``n`` steps, ``Σ_k (1−β) β^k l_{n−k} / (1 − β^n)``
-    (k = 0 … n − 1), is a weighted mean of the step losses with weights
-    ∝ β^k; its mean age is ``lag = Σ k β^k / Σ β^k``. For a loss linear in time
-    the EMA equals the loss ``lag`` steps before the last step, exactly.
-
-    Parameters
-    ----------
-    beta : float
-        Smoothing factor, 0 ≤ β < 1 (fastai's ``AvgSmoothLoss`` default 0.98).
-    n : int
-        Number of steps averaged so far (≥ 1).
-
-    Returns
-    -------
-    float
-        The lag in steps: ``β/(1−β) − n β^n/(1−β^n)``; 0 for n = 1; → β/(1−β) (49
-        for β = 0.98) as n grows.
-
-    Raises
-    ------
-    ValueError
-        If ``beta`` is outside [0, 1) or ``n`` < 1.
-    """
-    if not (0.0 <= beta < 1.0):
-        raise ValueError(f"ema_lag: beta must be in [0, 1), got {beta!r}")
-    if n < 1:
-        raise ValueError(f"ema_lag: n must be at least 1, got {n!r}")
-    if beta == 0.0:
-        return 0.0
-    bn = beta ** n
-    return float(beta / (1.0 - beta) - n * bn / (1.0 - bn))
-
-
 def epoch_starts(run: Run) -> np.ndarray:
     """Start of each epoch's interval in fractional epochs, shape (n_epochs,).
 
@@ -364,7 +329,7 @@ def add_end_of_epoch_estimates(run: Run, ema_beta: float | None = None) -> str:
     """Estimate each epoch's end-of-epoch training loss and store it in the run.
 
     For every epoch with a finite training loss and no measured ``TRAIN_MODE``
-    pass, adds ``Measurement(TRAIN_MODE, mean=estimate, sem=se, n=0,
+    pass, adds ``Measurement(END_OF_EPOCH_ESTIMATE, mean=estimate, sem=se, n=0,
     source="estimated")`` (loss per sample, same units as the log). Epochs
     where no estimate is possible are left alone.
 
@@ -420,10 +385,34 @@ def add_end_of_epoch_estimates(run: Run, ema_beta: float | None = None) -> str:
     for i, e in enumerate(run.epochs):
         if not math.isfinite(est[i]) or not math.isfinite(e.train_loss):
             continue
-        if TRAIN_MODE in e.measurements and e.measurements[TRAIN_MODE].source != "estimated":
+        if TRAIN_MODE in e.measurements:
             continue
         s = float(se[i]) if math.isfinite(se[i]) else abs(float(e.train_loss - est[i]))
-        e.measurements[TRAIN_MODE] = Measurement(TRAIN_MODE, float(est[i]), s, 0, None, "estimated")
+        e.measurements[END_OF_EPOCH_ESTIMATE] = Measurement(END_OF_EPOCH_ESTIMATE, float(est[i]), s, 0, None,
+                                                            "estimated")
     method = "+".join(used) if used else "none"
     run.meta["timing_method"] = method
     return method
+
+
+def with_end_of_epoch_estimates(run: Run) -> Run:
+    """``run`` with the end-of-epoch estimates of :func:`add_end_of_epoch_estimates`, for the diagnosis.
+
+    A run without probe passes (an imported log) gets a copy with the estimates added (its epochs copied, the
+    measurements dicts new; the run given is not changed); the EMA rule is used when the log's training loss is
+    an EMA (``run.meta["reported_loss_kind"] == "ema"`` with ``run.meta["ema_beta"]``). A run that already has
+    estimates, or measured train-mode or eval-mode probe passes, is returned as it is.
+    """
+    if not run.epochs or any(k in e.measurements for e in run.epochs
+                             for k in (END_OF_EPOCH_ESTIMATE, TRAIN_MODE, EVAL_CLEAN)):
+        return run
+    import copy
+
+    out = copy.copy(run)
+    out.meta = dict(run.meta)
+    out.epochs = [copy.copy(e) for e in run.epochs]
+    for e in out.epochs:
+        e.measurements = dict(e.measurements)
+    beta = run.meta.get("ema_beta") if run.meta.get("reported_loss_kind") == "ema" else None
+    add_end_of_epoch_estimates(out, ema_beta=float(beta) if isinstance(beta, (int, float)) else None)
+    return out

@@ -28,6 +28,7 @@ containers and numbers.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -35,10 +36,9 @@ from typing import Any, Union
 
 from ..record import Run
 from ._common import LogFormatError, PickleRefusedError, read_bytes
-from .tables import real_logs_table, verdict
 
 __all__ = ["load_log", "load_logs", "detect_format", "FORMATS", "LogFormatError", "PickleRefusedError",
-           "real_logs_table", "verdict"]
+           "log_groups"]
 
 FORMATS = ("keras_csv", "keras_history", "keras_pickle", "lightning_csv", "trainer_state", "tensorboard", "fastai")
 
@@ -261,4 +261,33 @@ def load_logs(paths: Any, **kwargs: Any) -> list[Run]:
     for p in paths:
         r = load_log(p, **kwargs)
         out.extend(r if isinstance(r, list) else [r])
+    return out
+
+
+def log_groups(folder: str) -> list[tuple[str, str, list[str]]]:
+    """The runs of a folder of logs described by a ``manifest.tsv`` (columns ``kind``, ``local_file``), in
+    manifest order: ``(kind, label, files)``; the train and validation TensorBoard event files of one run (named
+    ``<n>__...__train__events...`` and ``<n>__...__validation__events...``) form one group.
+
+    Raises
+    ------
+    OSError
+        If ``manifest.tsv`` cannot be read.
+    """
+    manifest = os.path.join(folder, "manifest.tsv")
+    with open(manifest, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    out: list[tuple[str, str, list[str]]] = []
+    seen: dict[str, int] = {}
+    for r in rows:
+        kind, local = r["kind"], r["local_file"]
+        base = os.path.basename(local)
+        m = re.match(r"(\d+)__", base)
+        if kind == "tfevents" and m and re.search(r"__(train|validation)__events", base):
+            key = f"{kind}:{m.group(1)}"
+            if key in seen:
+                out[seen[key]][2].append(local)
+                continue
+            seen[key] = len(out)
+        out.append((kind, local, [local]))
     return out

@@ -18,7 +18,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..diagnose.timing import add_end_of_epoch_estimates
 from ..record import VALIDATION, Epoch, Measurement, Run, Steps
 
 #: Largest text log read into memory (bytes). A 1 000 000-step CSV is ~40 MB.
@@ -448,9 +447,9 @@ def measure_hint(framework: str | None) -> str:
 
 def finish_run(path: Any, *, epochs: list[Epoch], steps: Steps | None, importer: str, framework: str,
                reported_loss_kind: str, roles: dict[str, Any], notes: Sequence[str] = (),
-               extra_meta: dict[str, Any] | None = None, name: str | None = None,
-               ema_beta: float | None = None) -> Run:
-    """Assemble an imported run and add the end-of-epoch training-loss estimates.
+               extra_meta: dict[str, Any] | None = None, name: str | None = None) -> Run:
+    """Assemble an imported run: what the log says (the diagnosis adds the end-of-epoch estimates,
+    :func:`losslens.diagnose.timing.with_end_of_epoch_estimates`).
 
     Raises
     ------
@@ -482,5 +481,4 @@ def finish_run(path: Any, *, epochs: list[Epoch], steps: Steps | None, importer:
                                     f"({roles['quantities_differ']}): their difference is not a generalization gap")
     run = Run(name or run_name(path), epochs=sorted(epochs, key=lambda e: e.index), steps=steps, meta=meta,
               status="imported")
-    add_end_of_epoch_estimates(run, ema_beta=ema_beta)
     return run

@@ -16,7 +16,7 @@ def run_from_epoch_columns(path: Any, epoch: np.ndarray, columns: Mapping[str, n
                            framework: str, train_loss: str | None, val_loss: str | None,
                            reported_loss_kind: str = "epoch_mean", notes: list[str] | None = None,
                            extra_meta: dict[str, Any] | None = None, steps: Steps | None = None,
-                           ema_beta: float | None = None, name: str | None = None):
+                           name: str | None = None):
     """A run from one row per epoch.
 
     Parameters
@@ -70,4 +70,4 @@ def run_from_epoch_columns(path: Any, epoch: np.ndarray, columns: Mapping[str, n
                           val={int(e): float(v) for e, v in zip(idx, va)}, metrics=metrics)
     return finish_run(path, epochs=epochs, steps=steps, importer=importer, framework=framework,
                       reported_loss_kind=reported_loss_kind, roles=roles.to_dict(), notes=notes,
-                      extra_meta=extra_meta, ema_beta=ema_beta, name=name)
+                      extra_meta=extra_meta, name=name)

@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from ..record import TRAIN_MODE, VALIDATION, Run
+from ..record import END_OF_EPOCH_ESTIMATE, VALIDATION, Run
 from . import FORMATS, LogFormatError, load_log
 from ._common import measure_hint as _measure_hint
 
@@ -43,13 +43,13 @@ def _num(x: Any) -> float | None:
 
 def overview_rows(runs: list[tuple[Run, Any]]) -> list[dict[str, Any]]:
     """One summary dict per (run, diagnosis): name, source, epochs, last R, V and estimated T, verdict."""
-    from .tables import verdict
+    from ..report.tables import verdict
 
     out = []
     for run, diag in runs:
         last_v = next((e for e in reversed(run.epochs) if VALIDATION in e.measurements), None)
         last_r = next((e for e in reversed(run.epochs) if e.train_loss == e.train_loss), None)
-        t = last_r.measurements.get(TRAIN_MODE) if last_r is not None else None
+        t = last_r.measurements.get(END_OF_EPOCH_ESTIMATE) if last_r is not None else None
         out.append({
             "run": run.name,
             "source": run.meta.get("source_file"),
@@ -158,8 +158,9 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
     diagnosed = []
     used: set[str] = set()
     links = []
-    for run in runs:
-        diag = run_diagnosis(run)
+    for imported in runs:
+        diag = run_diagnosis(imported)
+        run = diag.run   # the run with the diagnosis's end-of-epoch estimates
         diagnosed.append((run, diag))
         rep = Report(diag)
         target = os.path.join(out_dir, _slug(run.name, used)) if multi else out_dir

@@ -9,7 +9,7 @@ since training began, ``v ← β v + (1 − β) l`` with β = 0.98, divided by
 ``1 − β^n`` (bias correction).
 
 The EMA is the loss at ``lag`` steps before the epoch end for a loss linear in
-time (:func:`losslens.diagnose.timing.ema_lag`, → 49 steps). Placing it needs
+time (:func:`ema_lag`, → 49 steps). Placing it needs
 the number of steps per epoch ``S`` (not in the file): pass
 ``steps_per_epoch``. With it, each value is placed at
 ``e + 1 − (lag + 0.5) / S`` and the end-of-epoch loss is estimated from the
@@ -24,15 +24,51 @@ from typing import Any
 
 import numpy as np
 
-from ..diagnose.timing import ema_lag
 from ..record import Run, Steps
 from ._common import LogFormatError, numeric_columns, read_csv, read_text
 from ._epochs import run_from_epoch_columns
 
-__all__ = ["read", "sniff", "FASTAI_BETA"]
+__all__ = ["read", "sniff", "FASTAI_BETA", "ema_lag"]
 
 #: ``AvgSmoothLoss(beta=0.98)``, fastai's default (fastai/learner.py, ``Recorder``).
 FASTAI_BETA = 0.98
+
+
+def ema_lag(beta: float, n: int) -> float:
+    """Mean age (in steps) of a bias-corrected exponential moving average.
+
+    The bias-corrected EMA after ``n`` steps, ``Σ_k (1−β) β^k l_{n−k} / (1 − β^n)``
+    (k = 0 … n − 1), is a weighted mean of the step losses with weights
+    ∝ β^k; its mean age is ``lag = Σ k β^k / Σ β^k``. For a loss linear in time
+    the EMA equals the loss ``lag`` steps before the last step, exactly.
+
+    Parameters
+    ----------
+    beta : float
+        Smoothing factor, 0 ≤ β < 1 (fastai's ``AvgSmoothLoss`` default 0.98).
+    n : int
+        Number of steps averaged so far (≥ 1).
+
+    Returns
+    -------
+    float
+        The lag in steps: ``β/(1−β) − n β^n/(1−β^n)``; 0 for n = 1; → β/(1−β) (49
+        for β = 0.98) as n grows.
+
+    Raises
+    ------
+    ValueError
+        If ``beta`` is outside [0, 1) or ``n`` < 1.
+    """
+    if not (0.0 <= beta < 1.0):
+        raise ValueError(f"ema_lag: beta must be in [0, 1), got {beta!r}")
+    if n < 1:
+        raise ValueError(f"ema_lag: n must be at least 1, got {n!r}")
+    if beta == 0.0:
+        return 0.0
+    bn = beta ** n
+    return float(beta / (1.0 - beta) - n * bn / (1.0 - bn))
+
 
 
 def sniff(header: list[str]) -> bool:
@@ -105,7 +141,7 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
                      "cannot be placed in epochs, so the end-of-epoch training loss is not estimated" % beta)
     run = run_from_epoch_columns(path, epoch, cols, importer="fastai", framework="fastai", train_loss=train_loss,
                                  val_loss=val_loss, reported_loss_kind="ema", notes=notes, extra_meta=extra,
-                                 steps=steps, ema_beta=beta if steps is not None else None)
+                                 steps=steps)
     for ep in run.epochs:
         sec = ep.metrics.pop("seconds", math.nan)
         ep.seconds = float(sec)

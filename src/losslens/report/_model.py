@@ -15,6 +15,7 @@ SYMBOLS = {
     "train_loss": "R",
     "penalty": "Ω",
     "train_mode": "T",
+    "end_of_epoch_estimate": "T̂",
     "eval_augmented": "A",
     "eval_clean": "C",
     "validation": "V",

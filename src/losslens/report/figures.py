@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..diagnose.timing import epoch_starts
-from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Run, measurement_label
+from ..record import END_OF_EPOCH_ESTIMATE, EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Run, measurement_label
 
 __all__ = [
     "DECIMATE_THRESHOLD",
@@ -52,6 +52,7 @@ DECIMATE_THRESHOLD = 5000
 #: Symbols and colours of the end-of-epoch series (colour-blind-safe Okabe-Ito palette).
 _KIND_STYLE = {
     TRAIN_MODE: ("T", "#E69F00", "s"),
+    END_OF_EPOCH_ESTIMATE: ("T̂", "#E69F00", "s"),
     EVAL_AUGMENTED: ("A", "#CC79A7", "^"),
     EVAL_CLEAN: ("C", "#009E73", "o"),
     VALIDATION: ("V", "#D55E00", "D"),
