@@ -32,7 +32,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from losslens.experiment import load_experiment  # noqa: E402
-from losslens.experiment.report import band_figure  # noqa: E402
+from losslens.report.experiment import save_experiment_html  # noqa: E402
+from losslens.report.figures import band_figure  # noqa: E402
 from losslens.keras import LossLens  # noqa: E402
 from losslens.store import Store  # noqa: E402
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     fig = band_figure(exp.bands(("validation", "eval_clean", "train_loss")),
                       title=f"{len(exp)} repeats of the LSTM: mean and 95 % bootstrap band")
     fig.savefig(out / "multiple_runs_lstm.png")
-    exp.save_html(out / "multiple_runs_lstm.html")
+    save_experiment_html(exp, out / "multiple_runs_lstm.html")
     for f in exp.verdicts():
         print(f"[{f.severity}] {f.code}: {f.title}")
     print(f"figure: {out / 'multiple_runs_lstm.png'}\npage:   {out / 'multiple_runs_lstm.html'}")

@@ -34,7 +34,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from losslens.experiment import compare, load_experiment
-from losslens.experiment.report import band_figure, save_comparison_html
+from losslens.report.experiment import save_comparison_html, save_experiment_html
+from losslens.report.figures import band_figure
 from losslens.store import Store
 from losslens.torch import LossLens
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     exp = load_experiment(out / "losslens.db", names[0.5])
     band_figure(exp.bands(), title=f"{len(exp)} seeds, dropout 0.5: mean and 95 % bootstrap band").savefig(
         out / "multiple_runs_torch.png")
-    exp.save_html(out / "multiple_runs_torch.html")
+    save_experiment_html(exp, out / "multiple_runs_torch.html")
     for f in exp.verdicts():
         print(f"[{f.severity}] {f.code}: {f.title}")
     base = load_experiment(out / "losslens.db", names[0.0])

@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 from losslens.audit import audit_split
 from losslens.cli import main
 from losslens.findings import Finding
+from losslens.report.audit import render_fragment
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,7 +41,9 @@ def digits_leaky():
 def test_image_pairs_as_png_thumbnails(digits_leaky):
     xt, xv, yt, yv = digits_leaky
     res = audit_split(xt, xv, labels=(yt, yv), shift=False)
-    html = res.to_html()
+    html = render_fragment(res)
+    with pytest.warns(FutureWarning, match="render_fragment"):
+        assert res.to_html() == html   # the deprecated method renders the same fragment
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(imgs) == 2 * 10  # 5 exact + 5 near pairs, train and val side by side
     assert all(base64.b64decode(s)[:8] == b"\x89PNG\r\n\x1a\n" for s in imgs)
@@ -53,14 +56,14 @@ def test_text_and_table_strings_are_escaped():
     train = [f"sample number {i} with some words" for i in range(60)] + [EVIL + " leaked"]
     val = [f"other text {i} entirely different" for i in range(20)] + [EVIL + " LEAKED"]
     res = audit_split(train, val, labels=(["a&b"] * 61, ["<i>c</i>"] * 21), shift=False)
-    html = res.to_html()
+    html = render_fragment(res)
     assert EVIL not in html and "<i>c</i>" not in html
     assert "&lt;script&gt;" in html and "&lt;i&gt;c&lt;/i&gt;" in html
     assert res.exact.pairs.tolist() == [[60, 20]]
     df_t = pd.DataFrame({EVIL: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], "name": ["x", "y", EVIL, "z", "w", "v", "u"]})
     df_v = df_t.iloc[[2, 4, 5]].reset_index(drop=True)
     res = audit_split(df_t, df_v, shift=False)
-    html = res.to_html()
+    html = render_fragment(res)
     assert EVIL not in html and html.count("&lt;script&gt;") >= 3  # column name, cell, and the row pair
     assert "<table>" in html
 

@@ -22,6 +22,7 @@ from losslens.experiment import (align, bands, bootstrap_band, combine_terms, co
 from losslens.experiment.bands import Aligned
 from losslens.experiment.cli import compare as compare_cmd
 from losslens.recording.fingerprint import split_fingerprints
+from losslens.report.experiment import save_experiment_html
 from losslens.record import Epoch, Measurement, Run, Steps
 from losslens.store import Store, StoreError
 
@@ -307,8 +308,11 @@ def test_store_round_trip_and_html_report(store_path, tmp_path):
         load_experiment(tmp_path / "missing.db", "x")
     exp2 = load_experiment(store_path, "<b>dropout 0.5</b>")
     out = tmp_path / "e.html"
-    exp2.save_html(out)
+    save_experiment_html(exp2, out)
     html = out.read_text()
+    with pytest.warns(FutureWarning, match="save_experiment_html"):   # the deprecated method still writes it
+        exp2.save_html(tmp_path / "old.html")
+    assert (tmp_path / "old.html").read_text().count("data:image/png;base64,") == 2
     assert "&lt;b&gt;dropout 0.5&lt;/b&gt;" in html and "<b>dropout 0.5</b>" not in html
     assert html.count("data:image/png;base64,") == 2  # epochs and samples seen
     assert "experiment.decomposition" in html and "<script" not in html

@@ -33,8 +33,8 @@ def test_one_log_prints_findings_and_writes_both_reports(tmp_path):
     # the imported run, its estimated end-of-epoch training loss and the timing term
     assert data["run"]["status"] == "imported"
     ep = data["run"]["epochs"][2]
-    assert ep["measurements"]["train_mode"]["source"] == "estimated"
-    assert ep["measurements"]["train_mode"]["mean"] == pytest.approx((0.55 + 0.47) / 2)
+    assert ep["measurements"]["end_of_epoch_estimate"]["source"] == "estimated"
+    assert ep["measurements"]["end_of_epoch_estimate"]["mean"] == pytest.approx((0.55 + 0.47) / 2)
     assert data["decomposition"][-1]["terms"]["timing"]["status"] == "estimated"
     # what needs probes is stated, with the change to the training code
     assert "losslens.keras.LossLens" in res.output

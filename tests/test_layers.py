@@ -157,3 +157,24 @@ def test_the_check_catches_an_upward_import(tmp_path):
     assert upward_imports(pkg / "keras.py", tmp_path) == [
         "losslens.keras:2 imports losslens.report (report is above adapters)"]
     assert upward_imports(pkg / "audit" / "cli.py", tmp_path) == []
+
+
+def test_one_report_layer():
+    """Every page comes from the report layer: one jinja environment, templates on one base, no HTML pages built
+    elsewhere (an ``<html`` literal outside the templates)."""
+    envs, pages = [], []
+    for f in FILES:
+        text = f.read_text(encoding="utf-8")
+        if "jinja2.Environment(" in text:
+            envs.append(_module_name(f))
+        if "<html" in text.lower():
+            pages.append(_module_name(f))
+    assert envs == ["losslens.report._env"]
+    assert pages == []
+    templates = SRC / "losslens" / "report" / "templates"
+    pages = [t.name for t in templates.glob("*.html.j2") if not t.name.startswith("_") and "fragment" not in t.name]
+    assert set(pages) == {"base.html.j2", "run.html.j2", "audit.html.j2", "experiment.html.j2",
+                          "comparison.html.j2", "overview.html.j2"}
+    for name in pages:
+        if name != "base.html.j2":
+            assert (templates / name).read_text().startswith('{% extends "base.html.j2" %}'), name

@@ -183,6 +183,7 @@ def audit(train: str, val: str, key: str | None, label_col: str | None, group_co
     from rich.console import Console
     from rich.markup import escape
 
+    from ..report.audit import save_page
     from . import audit_split
 
     if label_col and (train_labels or val_labels):
@@ -220,8 +221,8 @@ def audit(train: str, val: str, key: str | None, label_col: str | None, group_co
         if f.recommendation:
             console.print("  " + escape(f.recommendation))
     if html_path:
-        res.save_html(html_path, title=f"losslens split audit: {os.path.basename(train)} / "
-                                       f"{os.path.basename(val)}")
+        save_page(res, html_path, title=f"losslens split audit: {os.path.basename(train)} / "
+                                  f"{os.path.basename(val)}")
         console.print(f"HTML written to {escape(html_path)}")
     if json_path:
         with open(json_path, "w", encoding="utf-8") as fh:

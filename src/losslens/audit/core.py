@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..recording.deprecations import deprecated_page
 from .difficulty import Difficulty, difficulty, losses_from_run
 from .duplicates import ExactDuplicates, find_exact_duplicates
 from .inputs import SplitData, as_split, check_compatible, pair_argument
@@ -216,17 +217,14 @@ class AuditResult:
         return lines
 
     def to_html(self, max_pairs: int = 12, include_findings: bool = True) -> str:
-        """HTML fragment of the audit (every user string escaped); see :mod:`losslens.audit.report`."""
-        from .report import render_fragment
-
-        return render_fragment(self, max_pairs=max_pairs, include_findings=include_findings)
+        """Deprecated (removed in 0.3): :func:`losslens.report.audit.render_fragment`."""
+        return deprecated_page(self, "AuditResult.to_html()", "losslens.report.audit.render_fragment(result)",
+                               "audit_fragment", max_pairs=max_pairs, include_findings=include_findings)
 
     def save_html(self, path: str, title: str = "losslens split audit") -> None:
-        """Write a self-contained HTML page with :meth:`to_html`."""
-        from .report import render_page
-
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(render_page(self, title=title))
+        """Deprecated (removed in 0.3): :func:`losslens.report.audit.save_page`."""
+        deprecated_page(self, "AuditResult.save_html()", "losslens.report.audit.save_page(result, path)",
+                        "audit_page", path=path, title=title)
 
     def findings(self) -> list:
         """Findings with stable codes (``split.*``); see :func:`losslens.audit.findings.split_findings`."""

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from ..diagnose import Finding
 from ..record import Run
+from ..recording.deprecations import deprecated_page
 from ..recording.fingerprint import auto_fingerprints, fingerprint_samples, sample_hashes, split_fingerprints
 from ..store import Store
 from .bands import AXES, Aligned, Band, align, bands, bootstrap_band
@@ -117,10 +118,9 @@ class Experiment:
         return term_summaries(self.summaries(at))
 
     def save_html(self, path: str | os.PathLike[str], on: str = "epoch") -> None:
-        """Write the self-contained HTML page of the experiment (:mod:`.report`)."""
-        from .report import save_experiment_html
-
-        save_experiment_html(self, path, on=on)
+        """Deprecated (removed in 0.3): :func:`losslens.report.experiment.save_experiment_html`."""
+        deprecated_page(self, "Experiment.save_html()", "losslens.report.experiment.save_experiment_html(exp, path)",
+                        "experiment_page", path=path, on=on)
 
     def to_dict(self, at: str = "last") -> dict[str, Any]:
         """JSON-serialisable summary: runs, findings, terms."""

@@ -67,8 +67,8 @@ def compare(a: str, b: str, store_path: str, html_path: str | None, json_path: s
     least 2 runs on each side the intervals are Welch t intervals over seeds;
     single runs use their within-run standard errors.
     """
+    from ..report.experiment import save_comparison_html
     from .compare import compare as _compare
-    from .report import save_comparison_html
 
     if not os.path.exists(store_path):
         raise click.ClickException(f"store file {store_path!r} does not exist (pass --store PATH)")

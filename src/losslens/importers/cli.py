@@ -11,7 +11,6 @@ is 1 when any path failed, 0 otherwise.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -78,32 +77,6 @@ def _slug(name: str, used: set[str]) -> str:
     return s
 
 
-def _fmt(x: Any) -> str:
-    return "—" if x is None else f"{x:.4g}"
-
-
-def _overview_html(rows: list[dict[str, Any]], links: list[str]) -> str:
-    esc = html.escape
-    head = ("<tr><th>run</th><th>source</th><th>epochs</th><th>last reported training loss</th>"
-            "<th>end-of-epoch training loss (estimated)</th><th>last validation loss</th><th>verdict</th></tr>")
-    body = []
-    for r, link in zip(rows, links):
-        est = _fmt(r["end_of_epoch_train_loss_estimate"])
-        if r["end_of_epoch_train_loss_se"] is not None:
-            est += f" ± {r['end_of_epoch_train_loss_se']:.2g}"
-        body.append(
-            f"<tr><td><a href=\"{esc(link, quote=True)}\">{esc(str(r['run']))}</a></td><td>{esc(str(r['source']))}</td>"
-            f"<td>{r['epochs']}</td><td>{esc(_fmt(r['last_train_loss']))}</td><td>{esc(est)}</td>"
-            f"<td>{esc(_fmt(r['last_val_loss']))}</td><td>{esc(r['verdict'])}</td></tr>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>losslens overview</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid "
-            "#ccc;padding:4px 8px;vertical-align:top;font-size:90%}th{background:#f3f3f3}</style></head><body>"
-            "<h1>losslens: overview of imported runs</h1><p>Losses per sample as logged. The end-of-epoch training "
-            "loss is estimated from the within-epoch trend of the logged losses (an estimate, with its standard "
-            "error); everything else needs probe passes.</p>"
-            f"<table>{head}{''.join(body)}</table></body></html>\n")
-
-
 @click.command("diagnose")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
@@ -128,6 +101,8 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
     """
     from ..diagnose import diagnose as run_diagnosis
     from ..report import Report
+    from ..report._env import render
+    from ..report._model import fmt as fmt_num
 
     runs: list[Run] = []
     failures: list[str] = []
@@ -183,7 +158,7 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
         with open(os.path.join(out_dir, "overview.json"), "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=2, ensure_ascii=False, allow_nan=False)
         with open(os.path.join(out_dir, "overview.html"), "w", encoding="utf-8") as fh:
-            fh.write(_overview_html(rows, links))
+            fh.write(render("overview.html.j2", rows=list(zip(rows, links))))
         from rich.console import Console
         from rich.table import Table
 
@@ -191,11 +166,11 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
         for col in ("run", "epochs", "last R", "est. end R", "last V", "verdict"):
             table.add_column(col, overflow="fold")
         for r in rows:
-            est = _fmt(r["end_of_epoch_train_loss_estimate"])
+            est = fmt_num(r["end_of_epoch_train_loss_estimate"])
             if r["end_of_epoch_train_loss_se"] is not None:
                 est += f" ± {r['end_of_epoch_train_loss_se']:.2g}"
-            table.add_row(str(r["run"]), str(r["epochs"]), _fmt(r["last_train_loss"]), est,
-                          _fmt(r["last_val_loss"]), r["verdict"], )
+            table.add_row(str(r["run"]), str(r["epochs"]), fmt_num(r["last_train_loss"]), est,
+                          fmt_num(r["last_val_loss"]), r["verdict"], )
         Console(file=sys.stdout, width=max(100, Console().width), markup=False).print(table)
         click.echo(f"wrote {os.path.join(out_dir, 'overview.html')} and {os.path.join(out_dir, 'overview.json')}")
     if failures:

@@ -4,8 +4,10 @@ Removed in 0.3: ``losslens.torch.Lens`` (now ``LossLens``, the one class name of
 arguments ``probe=`` (the clean training data: now ``train_data=``), ``val=`` / ``validation=`` (now
 ``val_data=``) and ``train=`` (the augmented training data: now ``train_augmented=``); the adapters'
 ``diagnose()`` method (now ``Report.from_run(lens)`` from :mod:`losslens.report`, a layer the adapters do
-not import: the one upward import of the adapters is the lazy one in :func:`deprecated_report`, listed as such
-in ``tests/test_layers.py``).
+not import); ``AuditResult.to_html()/save_html()`` and ``Experiment.save_html()`` (now
+:mod:`losslens.report.audit` and :mod:`losslens.report.experiment`: result objects expose ``to_dict()`` and
+``findings()``, the report layer renders). The only upward imports of the lower layers are the lazy ones in this
+module, listed as such in ``tests/test_layers.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,23 @@ def deprecated_report(run: Any, what: str) -> Any:
     """``Report.from_run(run)`` for a deprecated adapter method, with a ``FutureWarning``."""
     warnings.warn(f"{what} is deprecated: use losslens.report.Report.from_run(lens) (the same Report); {what} "
                   "will be removed in 0.3", FutureWarning, stacklevel=3)
-    from ..report import Report  # deprecated path: the one upward import of the recording layer
+    from ..report import Report  # deprecated path: the upward imports of this module are these three
 
     return Report.from_run(run)
+
+
+def deprecated_page(obj: Any, what: str, use: str, kind: str, **kwargs: Any) -> Any:
+    """The HTML of a result object's deprecated ``to_html``/``save_html`` (the report layer renders pages now).
+
+    ``kind``: ``"audit_fragment"``, ``"audit_page"`` (``path`` in ``kwargs``) or ``"experiment_page"``.
+    """
+    warnings.warn(f"{what} is deprecated: use {use} (the report layer renders every page); {what} will be "
+                  "removed in 0.3", FutureWarning, stacklevel=3)
+    from ..report import audit as report_audit
+    from ..report import experiment as report_experiment
+
+    if kind == "audit_fragment":
+        return report_audit.render_fragment(obj, **kwargs)
+    if kind == "audit_page":
+        return report_audit.save_page(obj, **kwargs)
+    return report_experiment.save_experiment_html(obj, **kwargs)

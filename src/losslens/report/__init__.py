@@ -32,9 +32,6 @@ REPORT_FORMAT_VERSION = 1
 class AuditLike(Protocol):
     """What a report needs from a split audit (``losslens.audit``)."""
 
-    def to_html(self) -> str:  # an already-escaped HTML fragment
-        ...
-
     def to_dict(self) -> dict[str, Any]:
         ...
 
@@ -50,15 +47,16 @@ class Report:
     diagnosis : losslens.diagnose.Diagnosis
         The run, its findings and its per-epoch gap decomposition.
     audit : object, optional
-        A split-audit result with ``to_html() -> str`` (an already-escaped HTML
-        fragment), ``to_dict() -> dict`` and ``summary_lines() -> list[str]``;
-        when given, every output gets a "Split audit" section.
+        A split audit: a :class:`losslens.audit.AuditResult`, or any object with
+        ``to_dict() -> dict`` and ``summary_lines() -> list[str]`` (and optionally
+        ``to_html() -> str``, an already-escaped fragment); when given, every
+        output gets a "Split audit" section (:func:`losslens.report.audit.audit_fragment`).
 
     Raises
     ------
     TypeError
         If ``diagnosis`` is not a :class:`~losslens.diagnose.Diagnosis`, or
-        ``audit`` lacks one of the three methods.
+        ``audit`` lacks one of the two methods.
     """
 
     def __init__(self, diagnosis: Diagnosis, audit: Any = None) -> None:
@@ -68,7 +66,7 @@ class Report:
                 "use Report.from_run(run) for a Run"
             )
         if audit is not None:
-            missing = [m for m in ("to_html", "to_dict", "summary_lines") if not callable(getattr(audit, m, None))]
+            missing = [m for m in ("to_dict", "summary_lines") if not callable(getattr(audit, m, None))]
             if missing:
                 raise TypeError(f"Report(audit=...): {type(audit).__name__} lacks {', '.join(missing)}")
         self.diagnosis = diagnosis

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -33,13 +33,19 @@ from matplotlib.figure import Figure
 from ..diagnose.timing import epoch_starts
 from ..record import END_OF_EPOCH_ESTIMATE, EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Run, measurement_label
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..experiment.bands import Band
+
 __all__ = [
     "DECIMATE_THRESHOLD",
     "decimate",
     "loss_curves",
     "decomposition_bars",
+    "band_figure",
+    "comparison_figure",
     "to_png_base64",
     "to_svg",
+    "SERIES",
     "SERIES_LABELS",
     "TERM_COLORS",
 ]
@@ -315,6 +321,95 @@ def decomposition_bars(decomposition: Sequence[Any]) -> Figure:
     ax.grid(True, axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+#: Series drawn in band figures (several runs of one experiment): kind -> (label, colour); Okabe-Ito
+#: colour-blind-safe palette.
+SERIES = {
+    "validation": ("validation loss V (eval mode, end of epoch)", "#D55E00"),
+    "eval_clean": ("eval-mode training loss C (probe set, end of epoch)", "#009E73"),
+    "train_loss": ("reported training loss R (train mode, mean over the epoch)", "#0072B2"),
+    "train_mode": ("train-mode probe loss T (dropout/BN on, end of epoch)", "#E69F00"),
+}
+_SIDE_COLORS = ("#0072B2", "#D55E00")
+
+
+def band_figure(band_map: dict[str, Band], title: str = "") -> Figure:
+    """Individual runs, mean curve and confidence band of each quantity.
+
+    Parameters
+    ----------
+    band_map : dict of str -> Band
+        From :func:`losslens.experiment.bands.bands` (all on the same axis).
+    title : str
+        Figure title (plain text; matplotlib does not interpret HTML).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        On an Agg canvas.
+
+    Raises
+    ------
+    ValueError
+        If ``band_map`` is empty.
+    """
+    if not band_map:
+        raise ValueError("band_figure: no bands to draw")
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    on = next(iter(band_map.values())).aligned
+    for kind, b in band_map.items():
+        label, color = SERIES.get(kind, (kind, "#555555"))
+        al = b.aligned
+        for i in range(al.n_runs):
+            ok = np.isfinite(al.values[i])
+            ax.plot(al.x[ok], al.values[i, ok], color=color, alpha=0.3, lw=0.8)
+        ok = np.isfinite(b.lo) & np.isfinite(b.hi)
+        ax.fill_between(al.x[ok], b.lo[ok], b.hi[ok], color=color, alpha=0.25, lw=0)
+        okm = np.isfinite(b.mean)
+        k = int(b.n.max()) if b.n.size else 0
+        ax.plot(al.x[okm], b.mean[okm], color=color, lw=2.2,
+                label=f"{label}: mean of {k} runs, {int(round(100 * b.level))} % band")
+    ax.set_xlabel(on.axis_label)
+    ax.set_ylabel("loss per sample")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def comparison_figure(a: dict[str, Band], b: dict[str, Band], a_name: str, b_name: str) -> Figure:
+    """Mean curves and bands of two sides (validation and eval-mode training loss).
+
+    Raises
+    ------
+    ValueError
+        If neither side has a band to draw.
+    """
+    if not a and not b:
+        raise ValueError("comparison_figure: no bands to draw")
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    axis = None
+    for side, name, color in ((a, a_name, _SIDE_COLORS[0]), (b, b_name, _SIDE_COLORS[1])):
+        for kind, style in (("validation", "-"), ("eval_clean", "--")):
+            band = side.get(kind)
+            if band is None:
+                continue
+            axis = band.aligned
+            ok = np.isfinite(band.lo) & np.isfinite(band.hi)
+            ax.fill_between(band.x[ok], band.lo[ok], band.hi[ok], color=color, alpha=0.2, lw=0)
+            okm = np.isfinite(band.mean)
+            what = "validation loss" if kind == "validation" else "eval-mode training loss"
+            ax.plot(band.x[okm], band.mean[okm], style, color=color, lw=2, label=f"{name}: {what}")
+    if axis is not None:
+        ax.set_xlabel(axis.axis_label)
+    ax.set_ylabel("loss per sample")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
     return fig
 
 

@@ -10,43 +10,31 @@ escaped (``audit.to_html()``).
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from typing import TYPE_CHECKING, Any
 
-import jinja2
 from markupsafe import Markup
 
 from ..record import MEASUREMENT_KINDS
 from . import figures
+from ._env import render
 from ._model import (
     QUANTITY_LABELS,
     STATUS_STYLE,
     SYMBOLS,
     epoch_rows,
-    epochs_text,
     fmt,
     fmt_pm,
     not_finished,
     run_facts,
 )
+from .audit import audit_fragment
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import Report
 
 __all__ = ["render_html"]
 
-_ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("losslens.report", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-_ENV.filters["num"] = fmt
-_ENV.filters["pm"] = fmt_pm
-_ENV.filters["signed_pm"] = lambda x, se: fmt_pm(x, se, signed=True)
-_ENV.filters["epochs"] = epochs_text
 
 
 def _figure_data(report: "Report") -> list[dict[str, str]]:
@@ -127,10 +115,7 @@ def _context(report: "Report") -> dict[str, Any]:
     if report.audit is not None:
         # The findings section already lists split.* findings when the diagnosis was given the audit.
         listed = any(f.code.startswith("split.") for f in report.diagnosis.findings)
-        try:
-            audit_html = Markup(report.audit.to_html(include_findings=not listed))
-        except TypeError:
-            audit_html = Markup(report.audit.to_html())
+        audit_html = Markup(audit_fragment(report.audit, include_findings=not listed))
     return {
         "run": run,
         "verdict": report.diagnosis.verdict.to_dict(),
@@ -148,17 +133,9 @@ def _context(report: "Report") -> dict[str, Any]:
         "status_legend": status_legend,
         "status_style": STATUS_STYLE,
         "audit_html": audit_html,
-        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "version": _version(),
     }
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def render_html(report: "Report") -> str:
     """The report as one self-contained HTML document (str)."""
-    return _ENV.get_template("report.html.j2").render(**_context(report))
+    return render("run.html.j2", **_context(report))
