@@ -60,7 +60,7 @@ def test_decomposition_identity_and_term_errors():
         assert d.terms["train_mode"].value == pytest.approx(t.mean() - a.mean(), abs=1e-9)
         assert d.terms["train_mode"].se == pytest.approx((t - a).std(ddof=1) / math.sqrt(t.size), rel=1e-6)
         assert d.terms["augmentation"].se == pytest.approx((a - c).std(ddof=1) / math.sqrt(a.size), rel=1e-6)
-        assert d.terms["generalization"].se == pytest.approx(
+        assert d.terms["generalization_gap"].se == pytest.approx(
             math.hypot(c.std(ddof=1) / math.sqrt(c.size), v.std(ddof=1) / math.sqrt(v.size)), rel=1e-6)
         assert d.terms["timing"].value == pytest.approx(e.train_loss - t.mean(), abs=1e-9)
         assert d.terms["penalty"].value == 0.03

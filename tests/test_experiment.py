@@ -248,7 +248,7 @@ def test_compare_identical_configurations_false_positive_rate(pool):
     """Identical configuration, different seeds: random 5-vs-5 splits of 30 seeds are beyond noise at about the
     nominal 5 % rate."""
     rng = np.random.default_rng(7)
-    hits = {"best_val": 0, "gap": 0, "timing": 0, "generalization": 0}
+    hits = {"best_val": 0, "gap": 0, "timing": 0, "generalization_gap": 0}
     n = 200
     summaries = [summarize_run(r) for r in pool]
     for _ in range(n):
@@ -371,22 +371,22 @@ def test_sampling_error_shared_by_runs_on_one_validation_set_is_counted():
     for _ in range(trials):
         d_probe, d_val = rng.normal(0, 1, 150), rng.normal(0, 1, 200)  # one probe and one validation set
         sums = [summarize_run(_synthetic_run(rng, d_probe, d_val, name=f"s{i}")) for i in range(5)]
-        t = term_summaries(sums)["generalization"]
-        hit_with += t.lo <= -0.2 <= t.hi
-        naive = combine_terms("generalization", t.values, t.ses)
-        hit_without += naive.lo <= -0.2 <= naive.hi
+        t = term_summaries(sums)["generalization_gap"]
+        hit_with += t.lo <= 0.2 <= t.hi
+        naive = combine_terms("generalization_gap", t.values, t.ses)
+        hit_without += naive.lo <= 0.2 <= naive.hi
         # the shared part equals the SE of the seed-averaged per-sample losses, set by set
-        c = np.mean([s.samples["generalization"][0][2] for s in sums], axis=0)
-        v = np.mean([s.samples["generalization"][1][2] for s in sums], axis=0)
-        assert shared_se(sums, "generalization") == pytest.approx(
+        c = np.mean([s.samples["generalization_gap"][0][2] for s in sums], axis=0)
+        v = np.mean([s.samples["generalization_gap"][1][2] for s in sums], axis=0)
+        assert shared_se(sums, "generalization_gap") == pytest.approx(
             math.sqrt(c.var(ddof=1) / c.size + v.var(ddof=1) / v.size))
     assert hit_with / trials >= 0.9, hit_with / trials
     assert hit_without / trials <= 0.6, hit_without / trials
     # different validation sets per run: nothing is shared
     sums = [summarize_run(_synthetic_run(rng, rng.normal(0, 1, 150), rng.normal(0, 1, 200))) for _ in range(3)]
     for i, s in enumerate(sums):
-        s.samples["generalization"] = [(sg, f"{key}-{i}", x) for sg, key, x in s.samples["generalization"]]
-    assert shared_se(sums, "generalization") == 0.0
+        s.samples["generalization_gap"] = [(sg, f"{key}-{i}", x) for sg, key, x in s.samples["generalization_gap"]]
+    assert shared_se(sums, "generalization_gap") == 0.0
 
 
 def test_runs_recorded_by_the_torch_adapter(tmp_path):

@@ -323,8 +323,9 @@ def test_decomposition_bars_stack_positive_up_and_negative_down():
         rects = [p for p in ax.patches if abs(p.get_x() + p.get_width() / 2 - d.epoch) < 1e-9 and p.get_height() != 0]
         top = max(p.get_y() + p.get_height() for p in rects if p.get_height() > 0)
         bottom = min(p.get_y() + p.get_height() for p in rects if p.get_height() < 0)
-        assert top == pytest.approx(sum(t.value for t in d.terms.values() if t.value > 0))
-        assert bottom == pytest.approx(sum(t.value for t in d.terms.values() if t.value < 0))
+        # bars are contributions to R − V: the generalization gap V − C enters with a minus sign
+        assert top == pytest.approx(sum(t.contribution for t in d.terms.values() if t.contribution > 0))
+        assert bottom == pytest.approx(sum(t.contribution for t in d.terms.values() if t.contribution < 0))
     diamonds = _lines(fig)["reported − validation (sum of the terms)"]
     np.testing.assert_allclose(diamonds.get_ydata(), [d.reported - d.validation for d in dec])
     np.testing.assert_allclose(diamonds.get_ydata(), [d.total for d in dec], rtol=1e-9, atol=1e-12)

@@ -143,7 +143,7 @@ def test_decomposition_terms_match_independent_computation(digits):
         assert d.total == pytest.approx(d.reported - d.validation, abs=1e-12)
         assert d.reported == pytest.approx(r + omega, rel=1e-6)
         expect = {"penalty": omega, "timing": r - t.mean(), "train_mode": t.mean() - a.mean(),
-                  "augmentation": a.mean() - c.mean(), "generalization": c.mean() - v.mean()}
+                  "augmentation": a.mean() - c.mean(), "generalization_gap": v.mean() - c.mean()}
         for name, value in expect.items():
             assert d.terms[name].value == pytest.approx(value, abs=2e-5), name
         # paired standard errors of the probe terms

@@ -36,8 +36,8 @@ __all__ = ["demo", "run_demo", "DEMO_DEFAULTS"]
 #: dropout 0.3 and one-pixel shifts with noise σ = 0.1 (pixels scaled to [0, 1])
 #: keep the reported training loss above the validation loss in every epoch, and at
 #: epoch 39 the decomposition of R − V = +0.150 gives train_mode +0.068 ± 0.013,
-#: augmentation +0.048 ± 0.014, timing +0.067 ± 0.024 and generalization
-#: −0.032 ± 0.021 (V = 0.113); the fit regime is judged "good fit". Adam at 3e-3
+#: augmentation +0.048 ± 0.014, timing +0.067 ± 0.024 and a generalization gap
+#: of +0.032 ± 0.021 (V = 0.113); the fit regime is judged "good fit". Adam at 3e-3
 #: with batches of 64 reaches that in 40 epochs. The probe is the validation set's
 #: size (450 of 1 347 training images): with the budget-chosen minimum of 200 the
 #: augmentation term was within 2 standard errors of 0. Training and measuring took

@@ -33,7 +33,7 @@ variables only at the end of an epoch, losses and penalty are recorded per
 epoch instead of per step.
 
 Keras does not give callbacks the data passed to ``fit``; :func:`_fit_locals`
-reads it from ``fit``'s own arguments (or pass ``probe=`` / ``validation=``).
+reads it from ``fit``'s own arguments (or pass ``train_data=`` / ``val_data=``).
 """
 
 from __future__ import annotations
@@ -444,8 +444,8 @@ class LossLens(keras.callbacks.Callback):
     ------
     LossLensError
         At ``on_train_begin`` when the training or validation data cannot be
-        indexed (``tf.data``, generators): pass ``probe=(x, y)`` (and
-        ``validation=(x_val, y_val)``) as arrays.
+        indexed (``tf.data``, generators): pass ``train_data=(x, y)`` (and
+        ``val_data=(x_val, y_val)``) as arrays.
     """
 
     def __init__(

@@ -29,7 +29,7 @@ from ..findings import Evidence, Finding
 if TYPE_CHECKING:  # pragma: no cover
     from .core import AuditResult
 
-__all__ = ["split_findings", "CODES"]
+__all__ = ["split_findings", "exact_duplicates_finding", "CODES"]
 
 CODES = ("split.exact_duplicates", "split.near_duplicates", "split.group_leak", "split.label_shift",
          "split.feature_shift", "split.val_easier_samples", "split.clean")
@@ -50,6 +50,43 @@ def _leak_evidence(res: "AuditResult") -> list[Evidence]:
             Evidence("validation loss without the leaked samples", d.val_loss_clean, math.nan, d.epochs)]
 
 
+def exact_duplicates_finding(n_val_duplicated: int, n_val: int, n_pairs: int, pairs: list, val_indices: list,
+                             extra_evidence: list[Evidence] | None = None, when: str = "") -> Finding:
+    """``split.exact_duplicates``: the one builder, for the audit and for the check the adapters run when
+    recording starts (``run.meta["split_exact_duplicates"]``, :func:`losslens.recording.input_duplicates`).
+
+    Parameters
+    ----------
+    n_val_duplicated, n_val, n_pairs : int
+        Validation samples with an identical training sample, validation-set size, identical pairs.
+    pairs : list of [train_index, val_index]
+        Up to 100 are kept in ``data["pairs"]``.
+    val_indices : list of int
+        The duplicated validation samples (as many as known).
+    extra_evidence : list of Evidence, optional
+        E.g. the validation loss of the leaked vs the clean samples (audit with per-sample losses).
+    when : str
+        Where the check ran, for the message (e.g. " when recording started").
+
+    Severity: an error from :data:`EXACT_ERROR_FRACTION` of the validation set, a warning below.
+    """
+    frac = n_val_duplicated / max(n_val, 1)
+    shown = ", ".join(f"{a}↔{b}" for a, b in pairs[:5]) + (", …" if len(pairs) > 5 else "")
+    return Finding(
+        "split.exact_duplicates", "error" if frac >= EXACT_ERROR_FRACTION else "warning",
+        f"{n_val_duplicated} validation samples also occur in the training set",
+        f"{n_val_duplicated} of {n_val} validation samples ({100 * frac:.1f} %) are identical to a training sample "
+        f"after normalization ({n_pairs} pairs; content hashes verified by comparison{when}; training↔validation "
+        f"index pairs: {shown}). The model is evaluated on data it was trained on, which lowers the validation "
+        "loss: it measures memorization, not generalization.",
+        "Remove these samples from the validation set (indices in data['val_indices']) or deduplicate the "
+        "data before splitting; `losslens audit` also finds near duplicates and shift.",
+        [Evidence("validation samples with an identical training sample", n_val_duplicated, unit="samples"),
+         Evidence("fraction of the validation set", frac, unit="fraction")] + list(extra_evidence or []),
+        data={"n_val_duplicated": int(n_val_duplicated), "fraction_val": frac, "n_pairs": int(n_pairs),
+              "val_indices": list(val_indices), "pairs": list(pairs[:100])})
+
+
 def split_findings(res: "AuditResult") -> list[Finding]:
     """Findings of an :class:`~losslens.audit.AuditResult` (see the module table).
 
@@ -66,19 +103,8 @@ def split_findings(res: "AuditResult") -> list[Finding]:
     out: list[Finding] = []
     e = res.exact
     if e.n_val_duplicated:
-        sev = "error" if e.fraction_val >= EXACT_ERROR_FRACTION else "warning"
-        out.append(Finding(
-            "split.exact_duplicates", sev,
-            f"{e.n_val_duplicated} validation samples also occur in the training set",
-            f"{e.n_val_duplicated} of {e.n_val} validation samples ({100 * e.fraction_val:.1f} %) are identical to "
-            f"a training sample after normalization ({e.n_pairs} pairs; content hashes verified by comparison). "
-            "The model is evaluated on data it was trained on, which lowers the validation loss.",
-            "Remove these samples from the validation set (indices in data['val_indices']) or deduplicate the "
-            "data before splitting.",
-            [Evidence("validation samples with an identical training sample", e.n_val_duplicated, unit="samples"),
-             Evidence("fraction of the validation set", e.fraction_val, unit="fraction")] + _leak_evidence(res),
-            data={"n_val_duplicated": e.n_val_duplicated, "fraction_val": e.fraction_val, "n_pairs": e.n_pairs,
-                  "val_indices": e.val_indices[:1000].tolist(), "pairs": e.pairs[:100].tolist()}))
+        out.append(exact_duplicates_finding(e.n_val_duplicated, e.n_val, e.n_pairs, e.pairs[:100].tolist(),
+                                            e.val_indices[:1000].tolist(), _leak_evidence(res)))
     nd = res.near
     if nd is not None and nd.n_val_near:
         frac = nd.n_val_near / max(nd.n_val, 1)

@@ -4,8 +4,8 @@ At the end of epoch e (DESIGN.md, "The measurement protocol"), with R the
 reported training loss (data part), Ω the penalty in the reported loss, T/A/C
 the probe passes and V the validation loss::
 
-    (R + Ω) − V = Ω + (R − T) + (T − A) + (A − C) + (C − V)
-                  penalty  timing  train_mode augmentation generalization
+    (R + Ω) − V = Ω + (R − T) + (T − A) + (A − C) − (V − C)
+                  penalty  timing  train_mode augmentation generalization_gap
 
 The identity is exact by construction (a telescoping sum). A pass that cannot
 differ from the next is skipped and its term is 0: without augmentation A = C,
@@ -19,7 +19,7 @@ Standard errors (all from per-sample losses):
   No finite-population correction is applied (conservative).
 * ``train_mode`` (T − A) and ``augmentation`` (A − C): paired differences over
   the same probe samples: sd(t_i − a_i) / sqrt(n).
-* ``generalization`` (C − V, i.e. minus the generalization gap): independent
+* ``generalization_gap`` (V − C, DESIGN.md's sign; it enters the sum with −): independent
   samples: sqrt(se(C)² + se(V)²).
 """
 
@@ -36,7 +36,7 @@ from ..record import END_OF_EPOCH_ESTIMATE, EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MO
 __all__ = ["Term", "EpochDecomposition", "decompose", "decompose_epoch", "paired_difference", "TERM_LABELS",
            "gap_findings"]
 
-TERMS = ("penalty", "timing", "train_mode", "augmentation", "generalization")
+TERMS = ("penalty", "timing", "train_mode", "augmentation", "generalization_gap")
 
 #: What each term means, for reports.
 TERM_LABELS = {
@@ -44,7 +44,8 @@ TERM_LABELS = {
     "timing": "within-epoch averaging: reported mean taken while the model improved (R − T)",
     "train_mode": "train-mode layers: dropout, batch-norm batch statistics (T − A)",
     "augmentation": "augmented vs clean inputs (A − C)",
-    "generalization": "minus the generalization gap: eval-mode training loss − validation loss (C − V)",
+    "generalization_gap": "generalization gap: validation loss − eval-mode training loss (V − C); it enters "
+                          "reported − validation with a minus sign",
     "unmeasured": "not decomposed without probe passes (end-of-epoch training loss − V)",
 }
 
@@ -56,13 +57,21 @@ class Term:
     """One term of the decomposition (loss per sample).
 
     ``status`` is ``"measured"``, ``"skipped"`` (the passes cannot differ, so
-    the term is exactly 0) or ``"not measured"``.
+    the term is exactly 0) or ``"not measured"``. ``sign`` is how the term
+    enters ``reported − validation``: +1, except the generalization gap
+    (V − C, DESIGN.md's sign), which enters with −1.
     """
 
     name: str
     value: float
     se: float
     status: str = MEASURED
+    sign: float = 1.0
+
+    @property
+    def contribution(self) -> float:
+        """``sign · value``: the term's share of ``reported − validation``."""
+        return self.sign * self.value
 
     @property
     def z(self) -> float:
@@ -92,8 +101,8 @@ class EpochDecomposition:
     validation_se : float
         Standard error of V (NaN when unknown).
     terms : dict of str -> Term
-        In the order penalty, timing, train_mode, augmentation, generalization
-        (or penalty, unmeasured when the run has no probe measurements).
+        In the order penalty, timing, train_mode, augmentation, generalization_gap
+        (or penalty, timing, unmeasured when the run has no probe measurements).
     """
 
     epoch: int
@@ -104,16 +113,14 @@ class EpochDecomposition:
 
     @property
     def total(self) -> float:
-        """Sum of the terms; equals ``reported − validation`` up to float rounding."""
-        return float(sum(t.value for t in self.terms.values()))
+        """Sum of the terms' contributions; equals ``reported − validation`` up to float rounding."""
+        return float(sum(t.contribution for t in self.terms.values()))
 
     @property
     def generalization_gap(self) -> Term | None:
         """V − C with its standard error, or None when C was not measured."""
-        g = self.terms.get("generalization")
-        if g is None or g.status != MEASURED:
-            return None
-        return Term("generalization_gap", -g.value, g.se)
+        g = self.terms.get("generalization_gap")
+        return g if g is not None and g.status == MEASURED else None
 
 
 def _sem(values: np.ndarray) -> float:
@@ -172,7 +179,7 @@ def decompose_epoch(epoch: Epoch) -> EpochDecomposition | None:
     else:
         terms["augmentation"] = Term("augmentation", *paired_difference(a, c))
     se_cv = math.hypot(c.sem, v.sem) if math.isfinite(c.sem) and math.isfinite(v.sem) else math.nan
-    terms["generalization"] = Term("generalization", c.mean - v.mean, se_cv)
+    terms["generalization_gap"] = Term("generalization_gap", v.mean - c.mean, se_cv, sign=-1.0)
     return EpochDecomposition(epoch.index, epoch.reported_loss, v.mean, terms, v.sem)
 
 
@@ -223,7 +230,7 @@ POOL_EPOCHS = 3
 
 #: Words for the terms in sentences.
 TERM_WORDS = {"penalty": "the penalty", "timing": "timing", "train_mode": "dropout/batch norm (train mode)",
-              "augmentation": "augmentation", "generalization": "the data (generalization)"}
+              "augmentation": "augmentation", "generalization_gap": "the data (a negative generalization gap)"}
 
 
 def _pooled_terms(decs: list[EpochDecomposition]) -> dict[str, Term]:
@@ -239,11 +246,12 @@ def _pooled_terms(decs: list[EpochDecomposition]) -> dict[str, Term]:
         vals = np.array([t.value for t in ts])
         ses = np.array([t.se if math.isfinite(t.se) else 0.0 for t in ts])
         se = float(ses.mean())
-        out[name] = Term(name, float(vals.mean()), se, t0.status)
+        out[name] = Term(name, float(vals.mean()), se, t0.status, t0.sign)
     return out
 
 
-def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None) -> list[Finding]:
+def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None,
+                 split: list[Finding] | None = None) -> list[Finding]:
     """Findings of the gap family, judged at the last decomposable epoch.
 
     * ``gap.decomposition`` (info): the split of reported − validation into
@@ -258,6 +266,9 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
       loss is above the validation loss): the data, not the training
       procedure, makes validation easier; audit the split.
     * ``gap.not_measured`` (info): no probe passes, so the gap cannot be split.
+
+    ``split``: the split findings when the split was audited (an audit, or the adapters' duplicate check found
+    something); ``gap.val_easier`` then says what they found, or that they found nothing.
     """
     differ = quantities_differ(run)
     if differ:
@@ -291,8 +302,8 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             "The gap between training and validation loss cannot be split",
             f"At {where(run, d.epoch)} the reported training loss is {d.reported:.4g} and the validation loss "
             f"{d.validation:.4g} (difference {diff:+.4g}); {what}",
-            "Record the run with a losslens adapter (e.g. `lens = Lens(model, loss_fn, probe=train_ds, val=val_ds)` "
-            "and `lens.step(loss, batch_size=len(y))` / `lens.end_epoch()`) to measure them.",
+            "Record the run with a losslens adapter (e.g. `lens = LossLens(model, loss_fn, train_data=train_ds, "
+            "val_data=val_ds)` and `lens.step(loss, batch_size=len(y))` / `lens.end_epoch()`) to measure them.",
             ev, (d.epoch,)))
         findings += _imported_val_below(run, dec)
         return findings
@@ -309,7 +320,7 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
         db = below[-1]
         pooled = _pooled_terms(below[-POOL_EPOCHS:])
         ranked_b = sorted((t for t in pooled.values() if t.status == MEASURED), key=lambda t: -abs(t.value))
-        causes = [t for t in ranked_b if t.value > 0 and (t.significant or (t.name == "penalty" and t.value > 0))]
+        causes = [t for t in ranked_b if t.contribution > 0 and (t.significant or t.name == "penalty")]
         k = min(POOL_EPOCHS, len(below))
         span = f"epoch {db.epoch}" if k == 1 else f"the last {k} epochs where it holds (to epoch {db.epoch})"
         when = f"at epoch {db.epoch}" + ("" if db.epoch == d.epoch else " (the last epoch where it holds)")
@@ -318,9 +329,9 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
         if causes:
             top = causes[0]
             tie = [top.name] + [t.name for t in causes[1:]
-                                if top.value - t.value <= Z_NOISE * math.hypot(top.se, t.se)]
+                                if top.contribution - t.contribution <= Z_NOISE * math.hypot(top.se, t.se)]
             diff_p = float(np.mean([x.reported - x.validation for x in below[-POOL_EPOCHS:]]))
-            lines = ", ".join(f"{t.name} {t.value:+.4g} ± {t.se:.2g} ({100 * t.value / diff_p:.0f} %)"
+            lines = ", ".join(f"{t.name} {t.value:+.4g} ± {t.se:.2g} ({100 * t.contribution / diff_p:.0f} %)"
                               for t in causes)
             tie_txt = ""
             if len(tie) > 1:
@@ -353,19 +364,27 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             "momentum, or larger batches.",
             [Evidence(TERM_LABELS["train_mode"], tm.value, tm.se, (d.epoch,))], (d.epoch,),
             {"epochs_beyond_noise": n_neg}))
-    g = d.terms["generalization"]
-    if g.value > 0 and g.significant:
-        n_ep = sum(1 for x in dec if x.terms["generalization"].significant and x.terms["generalization"].value > 0)
+    g = d.terms["generalization_gap"]
+    if g.value < 0 and g.significant:
+        n_ep = sum(1 for x in dec
+                   if x.terms["generalization_gap"].significant and x.terms["generalization_gap"].value < 0)
+        audit_txt, audited = "", {}
+        if split is not None:
+            flagged = [f for f in split if f.severity != "info"]
+            audit_txt = (" The split audit found: " + "; ".join(f.title for f in flagged) + "." if flagged else
+                         " The split audit found no duplicates, leaks or shift: look at per-sample difficulty and "
+                         "label noise in the training set.")
+            audited = {"audit_codes": [f.code for f in flagged]}
         findings.append(Finding(
             "gap.val_easier", "warning", "The validation set is easier than the training data",
             f"With the same end-of-epoch weights in eval mode on clean inputs, the training probe loss "
-            f"({d.validation + g.value:.4g}) is above the validation loss ({d.validation:.4g}) by "
-            f"{_fmt(g.value, g.se)} at epoch {d.epoch} (beyond noise in {n_ep} of {len(dec)} epochs). "
-            "Dropout, timing and augmentation cannot cause this: the data does.",
+            f"({d.validation - g.value:.4g}) is above the validation loss ({d.validation:.4g}) by "
+            f"{_fmt(-g.value, g.se)} at epoch {d.epoch} (beyond noise in {n_ep} of {len(dec)} epochs). "
+            "Dropout, timing and augmentation cannot cause this: the data does." + audit_txt,
             "Audit the split: duplicates or leaks between training and validation, label noise or corrupted "
             "samples in the training set, or a validation set drawn from an easier distribution.",
-            [Evidence(TERM_LABELS["generalization"], g.value, g.se, (d.epoch,))], (d.epoch,),
-            {"epochs_beyond_noise": n_ep}))
+            [Evidence(TERM_LABELS["generalization_gap"], g.value, g.se, (d.epoch,))], (d.epoch,),
+            {"epochs_beyond_noise": n_ep, **audited}))
     return findings
 
 

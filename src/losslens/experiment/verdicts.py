@@ -71,10 +71,10 @@ __all__ = ["RunSummary", "TermSummary", "summarize_run", "combine_terms", "exper
 LEVEL = 0.95
 
 #: Decomposition terms judged across seeds, in report order.
-TERMS = ("penalty", "timing", "train_mode", "augmentation", "generalization", "unmeasured")
+TERMS = ("penalty", "timing", "train_mode", "augmentation", "generalization_gap", "unmeasured")
 
 #: Labels of the quantities judged across seeds.
-_LABELS = {**TERM_LABELS, "generalization_gap": "generalization gap: validation loss − eval-mode training loss (V − C)"}
+_LABELS = TERM_LABELS
 
 _REGIME_WORDS = {
     "regime.overfitting": "overfitting",
@@ -223,7 +223,6 @@ def _per_sample_parts(run: Run, e: Any) -> dict[str, list[tuple[float, str, np.n
     if v is not None and v.values is not None:
         vk = _set_key(run, "val", v.values.size)
         vv = v.values.astype(f64)
-        out["generalization"] = [(1.0, pk, cv), (-1.0, vk, vv)]
         out["generalization_gap"] = [(-1.0, pk, cv), (1.0, vk, vv)]
     return out
 

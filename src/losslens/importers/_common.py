@@ -430,8 +430,9 @@ def build_epochs(indices: Iterable[int], *, train: dict[int, float], val: dict[i
 #: The change to the user's training code that would measure what a log cannot tell (the probe passes).
 _HINTS = {
     "keras": "add the losslens callback: model.fit(..., callbacks=[losslens.keras.LossLens()])",
-    "torch": "record the loop with lens = losslens.torch.Lens(model, loss_fn, probe=train_ds, val=val_ds), calling "
-             "lens.step(loss, batch_size=len(y)) after each step and lens.end_epoch() after each epoch",
+    "torch": "record the loop with lens = losslens.torch.LossLens(model, loss_fn, train_data=train_ds, "
+             "val_data=val_ds), calling lens.step(loss, batch_size=len(y)) after each step and lens.end_epoch() "
+             "after each epoch",
 }
 
 
@@ -441,7 +442,7 @@ def measure_hint(framework: str | None) -> str:
     if fw in _HINTS:
         return _HINTS[fw]
     return (f"losslens has no {fw or 'framework'} adapter yet; train the same model in a plain PyTorch loop with "
-            "lens = losslens.torch.Lens(model, loss_fn, probe=train_ds, val=val_ds) (or in Keras with "
+            "lens = losslens.torch.LossLens(model, loss_fn, train_data=train_ds, val_data=val_ds) (or in Keras with "
             "callbacks=[losslens.keras.LossLens()])")
 
 

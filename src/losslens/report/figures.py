@@ -70,7 +70,7 @@ TERM_COLORS = {
     "timing": "#56B4E9",
     "train_mode": "#E69F00",
     "augmentation": "#CC79A7",
-    "generalization": "#009E73",
+    "generalization_gap": "#009E73",
     "unmeasured": "#BBBBBB",
 }
 
@@ -262,9 +262,11 @@ def decomposition_bars(decomposition: Sequence[Any]) -> Figure:
     Parameters
     ----------
     decomposition : sequence of losslens.diagnose.gap.EpochDecomposition
-        Per-epoch terms (loss per sample). Positive terms stack upwards from 0,
-        negative terms downwards; non-finite terms are left out. A black
-        diamond marks reported − validation, the sum of the terms.
+        Per-epoch terms (loss per sample), drawn as their contributions to
+        reported − validation (the generalization gap V − C with a minus sign).
+        Positive contributions stack upwards from 0, negative ones downwards;
+        non-finite terms are left out. A black diamond marks reported −
+        validation, the sum of the contributions.
 
     Returns
     -------
@@ -285,14 +287,16 @@ def decomposition_bars(decomposition: Sequence[Any]) -> Figure:
     pos_base = np.zeros(len(decomposition))
     neg_base = np.zeros(len(decomposition))
     for n in names:
-        vals = np.array([d.terms[n].value if n in d.terms else 0.0 for d in decomposition], dtype=np.float64)
+        vals = np.array([d.terms[n].contribution if n in d.terms else 0.0 for d in decomposition],
+                        dtype=np.float64)
         vals = np.where(np.isfinite(vals), vals, 0.0)
         if not np.any(vals != 0):
             continue
         pos = np.where(vals > 0, vals, 0.0)
         neg = np.where(vals < 0, vals, 0.0)
         estimated = any(n in d.terms and d.terms[n].status == "estimated" for d in decomposition)
-        label = n.replace("_", " ") + (" (estimated)" if estimated else "")
+        sign = next((d.terms[n].sign for d in decomposition if n in d.terms), 1.0)
+        label = ("− " if sign < 0 else "") + n.replace("_", " ") + (" (estimated)" if estimated else "")
         color = TERM_COLORS.get(n, "#444444")
         ax.bar(epochs, pos, width, bottom=pos_base, color=color, label=label, hatch="//" if estimated else None,
                edgecolor="white", lw=0.3)

@@ -103,7 +103,7 @@ def _context(report: "Report") -> dict[str, Any]:
                          "diff": fmt(d.reported - d.validation), "cells": cells})
     legend = [(SYMBOLS.get(k, k), QUANTITY_LABELS[k]) for k in ["train_loss", "penalty", *MEASUREMENT_KINDS]]
     term_legend = [(n, TERM_LABELS.get(n, n)) for n in ("penalty", "timing", "train_mode", "augmentation",
-                                                        "generalization", "unmeasured")]
+                                                        "generalization_gap", "unmeasured")]
     status_legend = [
         ("measured", "computed from per-sample losses recorded during training"),
         ("estimated", "inferred, e.g. from the within-epoch trend of imported logs; not measured"),
