@@ -540,3 +540,28 @@ def test_auto_probe_and_measurements_do_not_depend_on_machine_load():
     for eq, eb in zip(quiet.epochs, busy.epochs):
         for kind in eq.measurements:
             np.testing.assert_array_equal(eq.get(kind).values, eb.get(kind).values)
+
+
+def test_resume_continues_the_stored_run_from_initial_epoch(tmp_path):
+    """``LossLens(resume=lens.state_dict())`` with ``fit(initial_epoch=k)`` (Keras's resume) continues the stored
+    run at epoch k: later stored epochs are dropped and recorded again, no second run is created."""
+    x, y = _data(200)
+    store = str(tmp_path / "k.db")
+    model = _model()
+    first = LossLens(run="k", store=store, probe_size=64)
+    model.fit(x, y, batch_size=20, epochs=4, validation_split=0.25, callbacks=[first], verbose=0)
+    state = dict(first.state_dict(), epochs=2)          # as saved beside the checkpoint of epoch 1
+    with pytest.raises(RuntimeError, match="nothing recorded yet"):
+        LossLens(store=None).state_dict()
+    resumed = LossLens(run="ignored", store=store, probe_size=64, resume=state)
+    h = model.fit(x, y, batch_size=20, epochs=5, initial_epoch=2, validation_split=0.25, callbacks=[resumed],
+                  verbose=0)
+    assert resumed.run.id == first.run.id and len(h.history["eval_train_loss"]) == 3
+    with Store(store) as st:
+        assert len(st.list_runs()) == 1
+        run = st.load_run(first.run.id)
+    assert [e.index for e in run.epochs] == [0, 1, 2, 3, 4] and run.status == "finished"
+    assert run.epochs[1].train_loss == first.run.epochs[1].train_loss          # kept
+    assert run.epochs[2].train_loss != first.run.epochs[2].train_loss          # trained again from epoch 4's weights
+    assert run.meta["probe_fingerprint"] == first.run.meta["probe_fingerprint"]
+    assert resumed.probe_indices.tolist() == first.probe_indices.tolist()

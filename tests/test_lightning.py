@@ -225,3 +225,50 @@ def test_lightning_ddp_two_cpu_processes_equal_one_process(tmp_path):
         np.testing.assert_allclose(r0[f"train_mode_{e}"], ep.get("train_mode").values, rtol=1e-5, atol=1e-6)
         for k in ("eval_clean", "validation", "train_mode"):
             np.testing.assert_array_equal(r0[f"{k}_{e}"], r1[f"{k}_{e}"])
+
+
+def test_a_fit_resumed_from_a_checkpoint_continues_the_stored_run(tmp_path):
+    """Lightning saves the callback's state (the stored run's id) in its checkpoints; a fit resumed with
+    ckpt_path= continues that run: the epochs recorded after the checkpoint are dropped and recorded again, and
+    the resumed epochs equal those of an uninterrupted run."""
+    Xtr, ytr, Xva, yva = digits()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=False)
+    store = tmp_path / "runs.db"
+
+    def run_fit(epochs, ckpt_path=None, save=False, name="lit"):
+        L.seed_everything(0)
+        cb = LossLens(nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), run=name, store=store,
+                      probe_size=128)
+        cbs = [cb]
+        if save:
+            cbs.append(L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1,
+                                                   filename="{epoch}"))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+            L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=save, callbacks=cbs,
+                      ).fit(Module(), loader, ckpt_path=ckpt_path)
+        return cb
+
+    first = run_fit(4, save=True)                      # records epochs 0..3, checkpoints after each
+    resumed = run_fit(5, ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")   # from the end of epoch 1
+    straight = run_fit(5, name="straight")             # the same training without interruption
+    assert resumed.run.id == first.run.id
+    with Store(store) as st:
+        runs = st.list_runs()
+        run = st.load_run(first.run.id)
+        ref = st.load_run(straight.run.id)
+    assert len(runs) == 2                              # no third run: the resumed fit continued the first
+    assert [e.index for e in run.epochs] == [0, 1, 2, 3, 4] and run.status == "finished"
+    for a, b in zip(run.epochs[:2], ref.epochs[:2]):   # before the checkpoint: the first fit's epochs, kept
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
+        assert a.get("validation").mean == pytest.approx(b.get("validation").mean, rel=1e-6)
+    # after it, trained again from the checkpoint's weights and optimizer state (dropout draws differ: Lightning
+    # does not checkpoint the RNG), so the same trajectory up to other dropout draws, still learning
+    for a, b in zip(run.epochs[2:], ref.epochs[2:]):
+        assert a.get("validation").mean == pytest.approx(b.get("validation").mean, rel=0.25)
+    assert run.epochs[4].get("validation").mean < 0.5 * run.epochs[0].get("validation").mean
+    assert run.epochs[2].seconds != first.run.epochs[2].seconds
+    assert run.meta["probe_fingerprint"] == ref.meta["probe_fingerprint"]
+    assert len(run.steps) == len(ref.steps)

@@ -983,3 +983,65 @@ def test_a_store_that_stays_unwritable_is_reported_at_finish(digits, tmp_path, m
     with pytest.raises(StoreError, match="s.db"):
         lens.finish()
     assert len(lens.run.epochs) == 1 and lens.run.status != "finished"
+
+
+def test_state_dict_resumes_the_stored_run_in_a_new_process(digits, tmp_path):
+    """A plain loop checkpoints lens.state_dict() with the model, optimizer and RNG; a process restarted from the
+    checkpoint continues the same stored run: epochs after the checkpoint are recorded again, and with the RNG
+    restored every number equals an uninterrupted run's."""
+    Xtr, ytr, Xva, yva = digits
+    store = tmp_path / "runs.db"
+
+    def make(name, resume=None):
+        model = mlp(dropout=0.3, bn=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), run=name,
+                        store=store, probe_size=300, resume=resume)
+        return model, opt, lens
+
+    def epoch(model, opt, lens, e):
+        model.train()
+        g = torch.Generator().manual_seed(100 + e)
+        order = torch.randperm(len(ytr), generator=g)
+        for i in range(0, len(ytr), 100):
+            idx = order[i:i + 100]
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=len(idx))
+        lens.end_epoch()
+
+    torch.manual_seed(0)
+    model, opt, lens = make("interrupted")
+    for e in range(2):
+        epoch(model, opt, lens, e)
+    ckpt = {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
+            "rng": torch.random.get_rng_state(), "lens": lens.state_dict()}
+    assert ckpt["lens"] == {"run_id": lens.run.id, "epochs": 2}
+    epoch(model, opt, lens, 2)               # recorded, then the process "dies" without finish()
+    del model, opt, lens
+
+    model, opt, lens = make("ignored name", resume=ckpt["lens"])
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    torch.random.set_rng_state(ckpt["rng"])
+    assert [e.index for e in lens.run.epochs] == [0, 1] and lens.run.name == "interrupted"
+    for e in range(2, 4):
+        epoch(model, opt, lens, e)
+    lens.finish()
+
+    torch.manual_seed(0)
+    model, opt, ref = make("straight")
+    for e in range(4):
+        epoch(model, opt, ref, e)
+    ref.finish()
+    with Store(store) as st:
+        assert [r["name"] for r in st.list_runs()] == ["interrupted", "straight"]
+        run = st.load_run("interrupted")
+    assert [e.index for e in run.epochs] == [0, 1, 2, 3] and run.status == "finished"
+    assert len(run.steps) == len(ref.run.steps)
+    for a, b in zip(run.epochs, ref.run.epochs):
+        assert a.train_loss == b.train_loss
+        for kind in ("validation", "eval_clean", "train_mode"):
+            np.testing.assert_array_equal(a.get(kind).values, b.get(kind).values)

@@ -50,9 +50,9 @@ COMMON = textwrap.dedent(
         return BertForSequenceClassification(cfg)
 
     def args(out, **kw):
-        kw = {"num_train_epochs": 3, "per_device_train_batch_size": 16, **kw}
+        kw = {"num_train_epochs": 3, "per_device_train_batch_size": 16, "save_strategy": "no", **kw}
         return TrainingArguments(output_dir=out, per_device_eval_batch_size=64, learning_rate=1e-3, logging_steps=5,
-                                 eval_strategy="epoch", save_strategy="no", report_to=[], use_cpu=True,
+                                 eval_strategy="epoch", report_to=[], use_cpu=True,
                                  disable_tqdm=True, seed=0, dataloader_num_workers=0, **kw)
     """
 )
@@ -247,3 +247,31 @@ def test_a_failing_probe_never_stops_the_trainer_on_a_language_model(tmp_path):
     assert len(run.epochs) == 2
     for e in run.epochs:
         assert e.measurements or any(x["epoch"] == e.index for x in run.meta.get("measurement_errors", []))
+
+
+def test_training_resumed_from_a_checkpoint_continues_the_stored_run(tmp_path):
+    """The callback writes its state into each checkpoint folder; trainer.train(resume_from_checkpoint=...) with a
+    new callback continues the same stored run from the checkpoint's evaluation."""
+    train_ds, val_ds = Tokens(320, 1), Tokens(128, 2)
+    store, out = tmp_path / "runs.db", str(tmp_path / "out")
+
+    def go(resume=None):
+        cb = LossLens(train_data=train_ds, val_data=val_ds, run="bert", store=store, probe_size=96)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Trainer(model=tiny_bert(), args=args(out, save_strategy="epoch"), train_dataset=train_ds,
+                    eval_dataset=val_ds, callbacks=[cb]).train(resume_from_checkpoint=resume)
+        return cb
+
+    first = go()
+    assert json.loads((tmp_path / "out" / "checkpoint-20" / "losslens_state.json").read_text()) == {
+        "run_id": first.run.id, "epochs": 1}
+    again = go(resume=str(tmp_path / "out" / "checkpoint-20"))    # from the end of the first epoch
+    assert again.run.id == first.run.id
+    with Store(store) as st:
+        assert len(st.list_runs()) == 1
+        run = st.load_run(first.run.id)
+    assert [e.index for e in run.epochs] == [0, 1, 2] and run.status == "finished"
+    assert run.epochs[0].train_loss == first.run.epochs[0].train_loss
+    assert [e.position for e in run.epochs] == pytest.approx([1.0, 2.0, 3.0])
+    assert len(run.steps) == len(first.run.steps)

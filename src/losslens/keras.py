@@ -237,7 +237,7 @@ def _fit_locals(model: Any) -> dict[str, Any] | None:
     ``fit`` methods of all three backend trainers (Keras 3) bind them to the
     locals ``x, y, sample_weight`` (the training part, after
     ``validation_split``), ``val_x, val_y``, ``batch_size``,
-    ``validation_split`` and ``class_weight`` before ``on_train_begin``.
+    ``validation_split``, ``class_weight`` and ``initial_epoch`` before ``on_train_begin``.
     Only these names are read; nothing is executed. Returns None outside ``fit``.
     """
     f = sys._getframe(1)
@@ -245,7 +245,7 @@ def _fit_locals(model: Any) -> dict[str, Any] | None:
         if f.f_code.co_name == "fit" and f.f_locals.get("self") is model:
             loc = f.f_locals
             keys = ("x", "y", "sample_weight", "val_x", "val_y", "validation_data", "batch_size",
-                    "validation_split", "class_weight", "validation_batch_size", "shuffle")
+                    "validation_split", "class_weight", "validation_batch_size", "shuffle", "initial_epoch")
             return {k: loc.get(k) for k in keys}
         f = f.f_back
     return None
@@ -696,7 +696,8 @@ class LossLens(keras.callbacks.Callback):
                 meta["split_exact_duplicates"] = dup
         resume = self._resume if self._resume and self._resume.get("run_id") is not None else None
         if resume is not None:
-            resume = dict(resume, epochs=int(fit.get("initial_epoch") or 0) if fit else resume.get("epochs"))
+            start = fit.get("initial_epoch") if fit else None   # the epoch fit restarts at
+            resume = dict(resume, epochs=int(start) if start is not None else resume.get("epochs"))
         self._rec = Recorder(self.run_name, meta, self.experiment, self.store_path, holder="LossLens.run",
                              retry="the next epoch end", resume=resume)
         self._resume = None   # a second fit() with this callback records a new run

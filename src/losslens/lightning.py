@@ -78,7 +78,7 @@ class LossLens(pl.Callback):
     Attributes
     ----------
     lens : losslens.torch.LossLens or None
-        The underlying recorder, created at ``on_fit_start``.
+        The underlying recorder, created at ``on_train_start``.
     run : losslens.record.Run or None
         The run recorded so far.
 
@@ -86,7 +86,7 @@ class LossLens(pl.Callback):
     ------
     TypeError
         If ``loss_fn`` is not callable or an argument of :class:`~losslens.torch.LossLens`
-        has the wrong type (at ``on_fit_start``, when the module is known).
+        has the wrong type (at ``on_train_start``, when the module is known).
 
     Notes
     -----
@@ -122,7 +122,9 @@ class LossLens(pl.Callback):
         return self.lens.run if self.lens is not None else None
 
     # ---------------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # Created here, not at on_fit_start: a fit resumed from a checkpoint has its epoch counter restored only
+        # after on_fit_start, and the recorder continues the stored run at that epoch.
         if self.lens is not None:
             return  # a second fit() continues the same run
         kwargs = dict(self._kwargs)
@@ -133,12 +135,9 @@ class LossLens(pl.Callback):
         resume = None
         if self._resume is not None and self._resume.get("run_id") is not None:
             resume = dict(self._resume, epochs=int(trainer.current_epoch))  # the epoch training restarts at
-        self.lens = TorchLossLens(pl_module, self.loss_fn, **self._data, optimizer=optimizer, meta=meta,
-                                  resume=resume, **kwargs)
-
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        lens = self.lens
-        if lens is not None and trainer.optimizers and lens.run.meta.get("optimizer") is None:
+        self.lens = lens = TorchLossLens(pl_module, self.loss_fn, **self._data, optimizer=optimizer, meta=meta,
+                                         resume=resume, **kwargs)
+        if trainer.optimizers and lens.run.meta.get("optimizer") is None:
             opt = trainer.optimizers[0]
             lens.run.meta["optimizer"] = type(opt).__name__
             lens.run.meta["weight_decay"] = weight_decay_of(opt)

@@ -36,6 +36,7 @@ collated batch without ``"labels"``. This module imports transformers and torch.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any, Callable
@@ -48,7 +49,27 @@ from .recording.deprecations import deprecated_report, renamed_data_args
 from .store import Store
 from .torch import LossLens as TorchLossLens
 
-__all__ = ["LossLens", "logits_forward"]
+__all__ = ["LossLens", "logits_forward", "STATE_FILE"]
+
+#: The recorder's state in a Trainer checkpoint folder (``{"run_id", "epochs"}``), read when training resumes.
+STATE_FILE = "losslens_state.json"
+
+
+def _checkpoint_dir(args: Any, step: int) -> str:
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+
+
+def _read_state(folder: str) -> dict[str, Any] | None:
+    """The state written by :meth:`LossLens.on_save`, or None (a checkpoint saved without the callback)."""
+    path = os.path.join(folder, STATE_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("run_id"), int) else None
 
 
 def logits_forward(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
@@ -96,6 +117,11 @@ class LossLens(TrainerCallback):
     logged after the last evaluation stay unrecorded (a warning at
     ``on_train_end``); evaluate at the end of training (``eval_strategy="epoch"``
     or a final ``trainer.evaluate()``) to keep them.
+
+    **Resume.** At each checkpoint the callback writes ``losslens_state.json`` (the stored run's id and the next
+    evaluation's index) into the checkpoint folder; ``trainer.train(resume_from_checkpoint=...)`` with a new
+    callback continues that run in the same store (evaluations recorded after the checkpoint are dropped and
+    recorded again as training repeats them).
     """
 
     def __init__(self, train_data: Any = None, val_data: Any = None,
@@ -150,6 +176,8 @@ class LossLens(TrainerCallback):
                                                       train_augmented=kw.get("train_augmented"))[0]
         # T runs in batches of the per-device training batch size (batch-norm statistics depend on it)
         kw.setdefault("train_batch_size", int(args.per_device_train_batch_size))
+        if state.global_step > 0 and "resume" not in kw:   # resumed from a checkpoint: continue its stored run
+            kw["resume"] = _read_state(_checkpoint_dir(args, state.global_step))
         self.lens = TorchLossLens(model, loss_fn, probe, val, optimizer=kwargs.get("optimizer"), seed=args.seed,
                                   meta=meta, **kw)
         self._last_step = state.global_step
@@ -176,6 +204,15 @@ class LossLens(TrainerCallback):
         self.lens.end_epoch(mets, position=state.epoch, step_positions=np.asarray(self._positions),
                             step_spans=np.asarray(self._spans))
         self._positions, self._spans = [], []
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Write the recorder's state into the checkpoint folder the Trainer just saved (rank 0)."""
+        if self.lens is None or not state.is_world_process_zero:
+            return
+        folder = _checkpoint_dir(args, state.global_step)
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as fh:
+                json.dump(self.lens.state_dict(), fh)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.lens is None or self.lens.run.status == "finished":
