@@ -696,7 +696,7 @@ def test_eval_batches_are_halved_on_out_of_memory(digits):
     lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size="all")
     lens.step(torch.tensor(1.0), batch_size=10)
     ep = lens.end_epoch()
-    assert lens._eval_bs <= 100
+    assert lens._fw.eval_bs <= 100
     with torch.no_grad():
         np.testing.assert_allclose(ep.get(EVAL_CLEAN).values, F.cross_entropy(net(Xtr), ytr, reduction="none"),
                                    rtol=1e-5)

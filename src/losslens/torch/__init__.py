@@ -41,8 +41,8 @@ built on it): :mod:`._data` (batches, per-sample losses), :mod:`._guard` (the pr
 :mod:`._dist` (torch.distributed), :mod:`._lens` (the recorder); the rest is :mod:`losslens.recording`.
 """
 
-from ._data import Source, batch_len, default_forward, default_unpack, per_sample_loss_fn
-from ._lens import Lens, LossLens, weight_decay_of
+from ._data import Source, batch_len, default_forward, default_unpack, per_sample_loss_fn, weight_decay_of
+from ._lens import Lens, LossLens
 
 __all__ = ["LossLens", "Lens", "per_sample_loss_fn", "default_unpack", "default_forward", "weight_decay_of",
            "batch_len", "Source"]

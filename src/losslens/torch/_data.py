@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 __all__ = ["default_unpack", "default_forward", "per_sample_loss_fn", "Source", "batch_len", "loss_name",
+           "check_torch_args", "train_mode_layers", "weight_decay_of",
            "LOSS_KINDS", "TARGET_KEYS", "stack_cpu", "to_device", "slice_batch", "input_bytes"]
 
 #: Keys tried, in order, for the target of a dict item by :func:`default_unpack`.
@@ -284,3 +285,57 @@ def stack_cpu(items: Sequence[Any]) -> np.ndarray:
     return out
 
 
+def check_torch_args(*, model: Any, loss_fn: Any, run: Any, penalty: Any, optimizer: Any, unpack: Any, forward: Any,
+                     train_batch_size: Any, common: int | str) -> int | str:
+    """The argument checks of :class:`~losslens.torch.LossLens` beyond :func:`losslens.recording.check_common_args`
+    (whose normalized ``probe_size`` is ``common``, returned).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument and the bad value.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable loss, got {type(loss_fn).__name__}")
+    if not isinstance(run, str) or not run:
+        raise ValueError(f"run: expected a non-empty string, got {run!r}")
+    probe_size = common
+    if probe_size == 1 and any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules()):
+        raise ValueError("probe_size: 1 is too small for a model with batch norm (a train-mode batch of one "
+                         "sample has no batch statistics); use at least 2")
+    if penalty is not None and (isinstance(penalty, bool) or not (callable(penalty)
+                                                                  or isinstance(penalty, (int, float)))):
+        raise TypeError(f"penalty: expected a callable(model) -> tensor or a number, got {type(penalty).__name__}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    for name, fn, what in (("unpack", unpack, "callable(batch) -> (inputs, target)"),
+                           ("forward", forward, "callable(model, inputs) -> outputs")):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name}: expected a {what}, got {type(fn).__name__}")
+    if train_batch_size is not None and (isinstance(train_batch_size, bool)
+                                         or not isinstance(train_batch_size, (int, np.integer))
+                                         or train_batch_size < 1):
+        raise ValueError(f"train_batch_size: expected an int >= 1 or None, got {train_batch_size!r}")
+    return probe_size
+
+
+def train_mode_layers(model: nn.Module) -> tuple[list[str], bool, list[str]]:
+    """``(dropout module names, whether any dropout has p > 0, batch-norm module names)``: the layers that make
+    train mode differ from eval mode (dropout applied functionally inside ``forward`` is not seen)."""
+    dropout = [n for n, m in model.named_modules()
+               if isinstance(m, nn.modules.dropout._DropoutNd)
+               or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)]
+    has_dropout = any((isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
+                      or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0) for m in model.modules())
+    batchnorm = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return dropout, has_dropout, batchnorm
+
+
+def weight_decay_of(optimizer: Any) -> Any:
+    """The weight decay of an optimizer's parameter groups: one float, a list when groups differ, or None."""
+    if optimizer is None:
+        return None
+    wds = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
+    return wds[0] if len(set(wds)) == 1 else wds

@@ -1,5 +1,30 @@
 """torch.distributed for the PyTorch recorder: the step exchange, the sharded passes and the probe decision.
 
+When a default process group is initialised with more
+than one rank (plain DDP, Lightning ``strategy="ddp"``, Hugging Face
+``Trainer`` under ``torchrun``), every rank constructs its own recorder with the
+same arguments and calls :meth:`step` / :meth:`end_epoch` as usual:
+
+* the probe and validation passes are sharded without padding duplicates
+  (eval passes: rank ``r`` takes positions ``r::world`` of the index list;
+  train-mode passes: rank ``r`` takes batches ``r::world`` of the very same
+  training-size batches one process would use, so batch-norm statistics are
+  those of a single process; each batch's random draws are seeded by its
+  batch number), all on rank 0's buffers (one ``broadcast_object_list``),
+  and one ``all_gather_object`` per :meth:`end_epoch` puts every per-sample
+  loss back in the single-process order on every rank: the measurements
+  equal a one-process run's (tests/test_distributed.py);
+* the step losses are exchanged once per epoch (one ``all_gather_object``):
+  a recorded step is the batch-size weighted mean of the ranks' losses at
+  that step, its batch size the global batch;
+* the automatic probe size is decided by rank 0 and broadcast (once);
+* only rank 0 opens and writes the store (``store`` is ignored on other
+  ranks, which never touch the file); every rank holds the full :attr:`run`.
+
+A model wrapped in ``DistributedDataParallel`` is unwrapped (its ``module``
+is used for the probe passes, so no collective runs inside them). Pass
+``distributed=False`` to record each rank on its own. See docs/distributed.md.
+
 Every function here runs one collective (``all_gather_object`` or ``broadcast_object_list``) and is called on
 every rank at the same point of :meth:`losslens.torch.LossLens.end_epoch`. The merging itself is
 framework-free (:func:`losslens.recording.merge_rank_steps`).
@@ -74,6 +99,7 @@ def measure_distributed(lens: "LossLens", epoch_seconds: float, b_train: int) ->
                     local[TRAIN_MODE] = (tpos, t_vals)
                 if a_vals is not None:
                     local[EVAL_AUGMENTED] = (tpos, a_vals)
+    lens._note_check()
     parts: list[Any] = [None] * w
     torch.distributed.all_gather_object(parts, local)  # the one collective of the passes
     out: dict[str, Measurement] = {}

@@ -22,32 +22,24 @@ from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, 
 from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, epoch_means, input_duplicates
 from ..recording.deprecations import deprecated_report, renamed_data_args
 from ..recording.probe import baseline_loss
-from ..recording.recorder import per_sample_check
 from ..store import Store
 from ._data import (
     LOSS_KINDS,
     Source,
-    batch_len,
+    check_torch_args,
     default_forward,
     default_unpack,
-    input_bytes,
     loss_name,
-    per_sample_loss_fn,
-    slice_batch,
     stack_cpu,
-    to_device,
+    train_mode_layers,
+    weight_decay_of,
 )
 from ._dist import broadcast_decision, gather_steps, measure_distributed
 from ._guard import Protect
+from ._passes import Passes
 
-__all__ = ["LossLens", "Lens", "weight_decay_of"]
+__all__ = ["LossLens", "Lens"]
 
-#: Default eval-mode batch size on CPU (samples), further bounded so a batch of inputs
-#: stays under :data:`CPU_EVAL_BYTES`. On CUDA the eval batch starts at
-#: :data:`CUDA_EVAL_BATCH` and is halved on out-of-memory errors.
-CPU_EVAL_BATCH = 2048
-CPU_EVAL_BYTES = 64 * 2 ** 20
-CUDA_EVAL_BATCH = 8192
 
 
 class LossLens:
@@ -186,14 +178,9 @@ class LossLens:
     ``forward`` (``F.dropout``) is not detected. A is skipped without ``train_augmented``.
     Skipped passes are listed in ``run.meta["skipped"]``.
 
-    **Invariants.** The passes run inside a context that forks torch's CPU RNG
-    and the CUDA RNGs of the model's devices (``torch.random.fork_rng``), saves
-    numpy's and Python's global RNG states, disables gradients, and on exit
-    restores every module's ``training`` flag and every buffer; the RNGs are
-    seeded with ``probe_seed`` and the epoch inside, and again before each
-    train-mode batch with its batch number, so the passes are reproducible and
-    a batch's draws do not depend on the batches before it. Parameters after training are bit-identical with the Lens on
-    or off (tests/test_torch_lens.py). The user's DataLoader is never iterated.
+    **Invariants.** The passes run without gradients inside :class:`~losslens.torch._guard.Protect` (forked and
+    seeded RNGs, every module flag and buffer restored), so parameters after training are bit-identical with the
+    recorder on or off (tests/conformance.py). The user's DataLoader is never iterated.
 
     **Extra metadata** (beyond :data:`losslens.record.META_KEYS`):
     ``torch_version``, ``per_sample_method`` (``"reduction=none"`` or
@@ -202,30 +189,9 @@ class LossLens:
     ``augmented_probe``, ``probe_budget``, ``probe_cost_per_sample_s``,
     ``probe_size_reason``.
 
-    **torch.distributed.** When a default process group is initialised with more
-    than one rank (plain DDP, Lightning ``strategy="ddp"``, Hugging Face
-    ``Trainer`` under ``torchrun``), every rank constructs its own Lens with the
-    same arguments and calls :meth:`step` / :meth:`end_epoch` as usual:
-
-    * the probe and validation passes are sharded without padding duplicates
-      (eval passes: rank ``r`` takes positions ``r::world`` of the index list;
-      train-mode passes: rank ``r`` takes batches ``r::world`` of the very same
-      training-size batches one process would use, so batch-norm statistics are
-      those of a single process; each batch's random draws are seeded by its
-      batch number), all on rank 0's buffers (one ``broadcast_object_list``),
-      and one ``all_gather_object`` per :meth:`end_epoch` puts every per-sample
-      loss back in the single-process order on every rank: the measurements
-      equal a one-process run's (tests/test_distributed.py);
-    * the step losses are exchanged once per epoch (one ``all_gather_object``):
-      a recorded step is the batch-size weighted mean of the ranks' losses at
-      that step, its batch size the global batch;
-    * the automatic probe size is decided by rank 0 and broadcast (once);
-    * only rank 0 opens and writes the store (``store`` is ignored on other
-      ranks, which never touch the file); every rank holds the full :attr:`run`.
-
-    A model wrapped in ``DistributedDataParallel`` is unwrapped (its ``module``
-    is used for the probe passes, so no collective runs inside them). Pass
-    ``distributed=False`` to record each rank on its own. See docs/distributed.md.
+    **torch.distributed.** Under an initialised process group with more than one rank, every rank constructs
+    its own recorder with the same arguments; the passes are sharded and gathered so the measurements equal a
+    one-process run's, and rank 0 alone writes the store (:mod:`losslens.torch._dist`, docs/distributed.md).
 
     Not supported yet: iterable-style datasets.
     """
@@ -260,30 +226,11 @@ class LossLens:
     ) -> None:
         train_data, val_data, train_augmented = renamed_data_args(
             "LossLens", deprecated, train_data=train_data, val_data=val_data, train_augmented=train_augmented)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn: expected a callable loss, got {type(loss_fn).__name__}")
-        if not isinstance(run, str) or not run:
-            raise ValueError(f"run: expected a non-empty string, got {run!r}")
-        probe_size = check_common_args(probe_size=probe_size, probe_budget=probe_budget, probe_seed=probe_seed,
-                                       eval_batch_size=eval_batch_size, meta=meta)
-        if probe_size == 1 and any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules()):
-            raise ValueError("probe_size: 1 is too small for a model with batch norm (a train-mode batch of one "
-                             "sample has no batch statistics); use at least 2")
-        if penalty is not None and (isinstance(penalty, bool) or not (callable(penalty)
-                                                                      or isinstance(penalty, (int, float)))):
-            raise TypeError(f"penalty: expected a callable(model) -> tensor or a number, got {type(penalty).__name__}")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        for name, fn, what in (("unpack", unpack, "callable(batch) -> (inputs, target)"),
-                               ("forward", forward, "callable(model, inputs) -> outputs")):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name}: expected a {what}, got {type(fn).__name__}")
-        if train_batch_size is not None and (isinstance(train_batch_size, bool)
-                                             or not isinstance(train_batch_size, (int, np.integer))
-                                             or train_batch_size < 1):
-            raise ValueError(f"train_batch_size: expected an int >= 1 or None, got {train_batch_size!r}")
+        probe_size = check_torch_args(model=model, loss_fn=loss_fn, run=run, penalty=penalty, optimizer=optimizer,
+                                      unpack=unpack, forward=forward, train_batch_size=train_batch_size,
+                                      common=check_common_args(probe_size=probe_size, probe_budget=probe_budget,
+                                                               probe_seed=probe_seed,
+                                                               eval_batch_size=eval_batch_size, meta=meta))
         if distributed not in (None, True, False):
             raise ValueError(f"distributed: expected None, True or False, got {distributed!r}")
         dist_ok = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -298,9 +245,8 @@ class LossLens:
 
         self.model = model
         self.loss_fn = loss_fn
-        self._per_sample, self._per_sample_method = per_sample_loss_fn(loss_fn)
-        self._unpack = unpack or default_unpack
-        self._forward = forward or default_forward
+        self._fw = Passes(model, loss_fn, unpack or default_unpack, forward or default_forward,
+                          int(eval_batch_size) if eval_batch_size is not None else None)
         self._probe = Source(train_data, "train_data") if train_data is not None else None
         self._train = Source(train_augmented, "train_augmented") if train_augmented is not None else None
         self._val = Source(val_data, "val_data") if val_data is not None else None
@@ -314,7 +260,6 @@ class LossLens:
                                len(self._val) if self._val is not None else None)
         self._probe_seed = int(probe_seed)
         self._penalty = penalty
-        self._eval_bs: int | None = int(eval_batch_size) if eval_batch_size is not None else None
         self._fixed_train_bs = int(train_batch_size) if train_batch_size is not None else None
 
         # per-epoch step state (device tensors, read once per epoch)
@@ -322,25 +267,18 @@ class LossLens:
         self._batch_sizes: list[int | None] = []
         self._penalties: list[Any] = []
         self._t_first_step: float | None = None
-        self._train_flags: list[bool] | None = None
         self._all_batch_sizes: Counter[int] = Counter()
         self._epoch_samples = math.nan   # training samples of the current epoch (probe-size rule)
-        self._warned_fallback = False
         self._epoch = 0
 
-        dropout = [n for n, m in model.named_modules()
-                   if isinstance(m, nn.modules.dropout._DropoutNd)
-                   or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)]
-        has_dropout = any((isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
-                          or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0) for m in model.modules())
-        batchnorm = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        dropout, has_dropout, batchnorm = train_mode_layers(model)
         self._loss_kind = LOSS_KINDS.get(loss_name(loss_fn).lower())
         m: dict[str, Any] = {
             "framework": "torch",
             "torch_version": torch.__version__.split("+")[0],
             "loss": loss_name(loss_fn),
             "loss_kind": self._loss_kind,
-            "per_sample_method": self._per_sample_method,
+            "per_sample_method": self._fw.method,
             "baseline_loss": None,
             "batch_size": None,
             "train_size": len(self._probe) if self._probe is not None else None,
@@ -423,23 +361,8 @@ class LossLens:
             return None
         return input_duplicates([p.tensors[0].detach().cpu().numpy()], [v.tensors[0].detach().cpu().numpy()])
 
-    @property
-    def _device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        for b in self.model.buffers():
-            return b.device
-        return torch.device("cpu")
-
-    def _cuda_devices(self) -> list[int]:
-        devs = {p.device.index for p in self.model.parameters() if p.device.type == "cuda"}
-        devs |= {b.device.index for b in self.model.buffers() if b.device.type == "cuda"}
-        if devs and torch.cuda.is_available():
-            return sorted(d if d is not None else torch.cuda.current_device() for d in devs)
-        return []
-
     def _protected(self) -> Protect:
-        return Protect(self.model, self._cuda_devices(), self._probe_seed * 100_003 + self._epoch)
+        return self._fw.protected(self._probe_seed * 100_003 + self._epoch)
 
     def _check_data(self) -> None:
         """Fetch and unpack two samples of each dataset (RNG protected) so bad data fails now, not after an epoch."""
@@ -453,7 +376,7 @@ class LossLens:
                 except Exception as exc:
                     raise type(exc)(f"{src.name}: reading samples {idx.tolist()} failed: {exc}") from exc
                 try:
-                    self._unpack(batch)
+                    self._fw.unpack(batch)
                 except TypeError as exc:
                     raise TypeError(f"{src.name}: {exc}") from exc
 
@@ -482,7 +405,7 @@ class LossLens:
         if self._t_first_step is None:
             self._t_first_step = time.perf_counter()
             if self.model.training:
-                self._train_flags = [mod.training for mod in self.model.modules()]
+                self._fw.train_flags = [mod.training for mod in self.model.modules()]
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 raise ValueError(f"loss: expected a scalar (one-element) tensor, got shape {tuple(loss.shape)}")
@@ -632,7 +555,21 @@ class LossLens:
                         out[EVAL_AUGMENTED] = Measurement.from_values(EVAL_AUGMENTED, a_vals)
                     if t_vals is not None:
                         out[TRAIN_MODE] = Measurement.from_values(TRAIN_MODE, t_vals)
+        self._note_check()
         return out
+
+    def _note_check(self) -> None:
+        if self._fw.check is not None and "per_sample_loss_check" not in self.run.meta:
+            self.run.meta["per_sample_loss_check"] = self._fw.check
+
+    def _eval_pass(self, src: Source | None, indices: np.ndarray, collect_targets: bool) -> tuple[np.ndarray, Any]:
+        return self._fw.eval(src, indices, collect_targets)
+
+    def _train_mode_pass(self, indices: np.ndarray, b_train: int, prot: Protect,
+                         shard: tuple[int, int] | None = None) -> tuple[Any, ...]:
+        src = self._train if self._train is not None else self._probe
+        assert src is not None
+        return self._fw.train_mode(src, indices, b_train, prot, self._run_T, self._run_A, shard)
 
     def _probe_indices(self, epoch_seconds: float, b_train: int, prot: Protect) -> np.ndarray:
         """The probe set, fixed at the first end_epoch (:class:`losslens.recording.ProbePlan`)."""
@@ -657,124 +594,6 @@ class LossLens:
             if cost is not None:
                 meta["probe_cost_per_sample_s"] = cost
         return self._plan.fix(n, reason, meta)
-
-    # ---------------------------------------------------------------------------------------
-    def _default_eval_bs(self, sample: Any) -> int:
-        if self._device.type == "cuda":
-            return CUDA_EVAL_BATCH
-        per = max(1, input_bytes(sample) // max(1, batch_len(sample) or 1))
-        return int(max(64, min(CPU_EVAL_BATCH, CPU_EVAL_BYTES // per)))
-
-    def _losses_of(self, inputs: Any, target: Any) -> torch.Tensor:
-        """Per-sample losses of one batch (float32 on the device), split on CUDA out-of-memory."""
-        try:
-            out = self._forward(self.model, inputs)
-            vals = self._per_sample(out, target)
-        except torch.OutOfMemoryError:
-            n = batch_len(inputs) or 1
-            if n <= 1:
-                raise
-            out = None
-            torch.cuda.empty_cache()
-            half = n // 2
-            self._eval_bs = max(1, min(self._eval_bs or n, half))
-            return torch.cat([self._losses_of(slice_batch(inputs, slice(0, half)),
-                                              slice_batch(target, slice(0, half))),
-                              self._losses_of(slice_batch(inputs, slice(half, n)),
-                                              slice_batch(target, slice(half, n)))])
-        if "per_sample_loss_check" not in self.run.meta:
-            self._check_per_sample(out, target, vals)
-        if not self._warned_fallback and self._per_sample_method == "per-sample calls":
-            self._warned_fallback = True
-            warnings.warn(
-                f"loss_fn {loss_name(self.loss_fn)!r} takes no reduction argument: per-sample losses are computed "
-                "one sample at a time (slow). Pass a torch.nn loss or a function accepting reduction='none'.",
-                stacklevel=4)
-        return vals
-
-    def _check_per_sample(self, out: Any, target: Any, vals: torch.Tensor) -> None:
-        try:
-            ref = float(torch.as_tensor(self.loss_fn(out, target)).float().mean())
-        except Exception as exc:  # the loss cannot be called on this batch as a whole
-            self.run.meta["per_sample_loss_check"] = {"consistent": None, "error": str(exc)}
-            return
-        res = per_sample_check(float(vals.double().mean()), ref, what=loss_name(self.loss_fn),
-                               method=self._per_sample_method)
-        if res is not None:   # a non-finite batch is judged on the next finite one
-            self.run.meta["per_sample_loss_check"] = res
-
-    def _eval_pass(self, src: Source | None, indices: np.ndarray, collect_targets: bool) -> tuple[np.ndarray, Any]:
-        """Eval mode, large batches; per-sample losses in ``indices`` order, and the targets if asked."""
-        assert src is not None
-        self.model.eval()
-        device = self._device
-        parts: list[torch.Tensor] = []
-        targets: list[torch.Tensor] = []
-        i = 0
-        while i < len(indices):
-            if self._eval_bs is None:
-                self._eval_bs = self._default_eval_bs(self._unpack(src.batch(indices[:1]))[0])
-            chunk = indices[i:i + self._eval_bs]
-            inputs, target = self._unpack(src.batch(chunk))
-            inputs, target = to_device(inputs, device), to_device(target, device)
-            parts.append(self._losses_of(inputs, target))
-            if collect_targets and isinstance(target, torch.Tensor):
-                targets.append(target.detach())
-            i += len(chunk)
-        vals = torch.cat(parts).cpu().numpy().astype(np.float32) if parts else np.zeros(0, np.float32)
-        tg = torch.cat(targets).cpu() if collect_targets and targets else None
-        return vals, tg
-
-    def _train_mode_pass(self, indices: np.ndarray, b_train: int, prot: Protect,
-                         shard: tuple[int, int] | None = None) -> tuple[Any, ...]:
-        """T and A on the same augmented batches of the training batch size (sorted probe order).
-
-        A final batch smaller than half the training batch size is merged into the
-        previous one (a batch of one sample cannot be normalised by batch norm).
-        With ``shard=(rank, world)`` only batches ``rank::world`` are run and the
-        positions (into ``indices``) of the values are returned third.
-        """
-        src = self._train if self._train is not None else self._probe
-        assert src is not None
-        device = self._device
-        n = len(indices)
-        if not self._run_T:  # eval mode only: batch composition does not matter
-            if self._eval_bs is None:
-                self._eval_bs = self._default_eval_bs(self._unpack(src.batch(indices[:1]))[0])
-            b_train = max(b_train, self._eval_bs)
-        starts = list(range(0, n, b_train))
-        if len(starts) > 1 and n - starts[-1] < b_train / 2:
-            starts.pop()
-        bounds = list(zip(starts, starts[1:] + [n]))
-        numbered = list(enumerate(bounds))
-        if shard is not None:
-            numbered = numbered[shard[0]::shard[1]]
-            bounds = [b for _, b in numbered]
-        t_parts: list[torch.Tensor] = []
-        a_parts: list[torch.Tensor] = []
-        for k, (lo, hi) in numbered:
-            prot.reseed(k)  # batch k draws the same augmentation and dropout masks on any rank
-            inputs, target = self._unpack(src.batch(indices[lo:hi]))
-            inputs, target = to_device(inputs, device), to_device(target, device)
-            if self._run_T:
-                prot.apply_train_flags(self._train_flags)
-                t_parts.append(self._per_sample(self._forward(self.model, inputs), target))
-                if self._run_A:  # eval mode reads the running statistics the train-mode forward just moved
-                    prot.restore_buffers()
-            if self._run_A:
-                self.model.eval()
-                a_parts.append(self._per_sample(self._forward(self.model, inputs), target))
-        self.model.eval()
-        prot.restore_buffers()
-        t_vals = torch.cat(t_parts).cpu().numpy().astype(np.float32) if t_parts else None
-        a_vals = torch.cat(a_parts).cpu().numpy().astype(np.float32) if a_parts else None
-        if shard is not None:
-            pos = (np.concatenate([np.arange(lo, hi) for lo, hi in bounds]) if bounds
-                   else np.zeros(0, dtype=np.int64))
-            empty = np.zeros(0, np.float32)
-            return (t_vals if t_vals is not None or not self._run_T else empty,
-                    a_vals if a_vals is not None or not self._run_A else empty, pos)
-        return t_vals, a_vals
 
     # ---------------------------------------------------------------------------------------
     def finish(self) -> Run:
@@ -808,14 +627,6 @@ class LossLens:
     def diagnose(self) -> Any:
         """Deprecated: use ``Report.from_run(lens)`` (:class:`losslens.report.Report`); removed in 0.3."""
         return deprecated_report(self.run, "LossLens.diagnose()")
-
-
-def weight_decay_of(optimizer: Any) -> Any:
-    """The weight decay of an optimizer's parameter groups: one float, a list when groups differ, or None."""
-    if optimizer is None:
-        return None
-    wds = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
-    return wds[0] if len(set(wds)) == 1 else wds
 
 
 class Lens(LossLens):

@@ -1,46 +1,8 @@
-"""Keras 3 adapter: a callback that measures what the loss curves mean.
-
-:class:`LossLens` is a ``keras.callbacks.Callback`` that, during
-``model.fit``, measures the quantities of the losslens protocol
-(DESIGN.md, "The measurement protocol") and writes them to a
-:class:`losslens.store.Store`, so that ``losslens report`` and
-:func:`losslens.diagnose.diagnose` work exactly as for the PyTorch adapter.
-
-Per epoch ``e`` (all losses are means **per sample**, in the units of the
-compiled loss):
-
-* ``R`` -- the reported training loss, data part: Keras's ``loss`` log minus
-  the penalty. Recovered step by step from Keras's loss tracker (see below).
-* ``Ω`` -- the penalty Keras adds to the training loss: ``sum(model.losses)``
-  (kernel/bias/activity regularizers and ``add_loss``), measured **per step**
-  and averaged with the same batch-size weights as Keras's ``loss``.
-* ``T`` -- train-mode probe loss: ``model(x, training=True)`` on the probe
-  set with the training batch size (batch-norm batch statistics depend on it),
-  no gradient, RNG states and non-trainable variables restored afterwards.
-* ``C`` -- eval-mode training loss: ``model(x, training=False)`` on the probe
-  set (the "true" training loss of ``trueloss``).
-* ``V`` -- validation loss, eval mode, data part only (Keras's ``val_loss``
-  also contains the penalty; losslens's ``V`` does not).
-
-Keras augmentation layers (``RandomFlip``, ...) run inside the model and only
-in training mode, so ``A`` (eval mode on augmented inputs) is not measured:
-with such layers the ``train_mode`` term contains the augmentation.
-
-The callback works on every Keras 3 backend (TensorFlow, JAX, PyTorch); the
-restoration of the backend's global RNG and the ``no_grad`` context differ by
-backend, and on JAX, whose trainer writes the model's state back to its
-variables only at the end of an epoch, losses and penalty are recorded per
-epoch instead of per step.
-
-Keras does not give callbacks the data passed to ``fit``; :func:`_fit_locals`
-reads it from ``fit``'s own arguments (or pass ``train_data=`` / ``val_data=``).
-"""
+"""The Keras callback :class:`LossLens`: a backend over :mod:`losslens.recording`."""
 
 from __future__ import annotations
 
 import math
-import random
-import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -49,272 +11,27 @@ import keras
 import numpy as np
 from keras import ops
 
-from .record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
-from .recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, input_duplicates
-from .recording.deprecations import deprecated_report, renamed_data_args
-from .recording.probe import PROBE_CAP, baseline_loss
-from .recording.recorder import per_sample_check
-
-__all__ = ["LossLens", "per_sample_loss", "LossLensError"]
-
-DEFAULT_PROBE_CAP = PROBE_CAP   # the name of the first version of this module
-
-#: Index pairs kept in ``run.meta["split_exact_duplicates"]`` (the counts are exact).
-
-#: Keras layer classes whose output differs between training and inference.
-_TRAIN_MODE_LAYER_NAMES = (
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
-    "GaussianNoise", "AlphaDropout", "ActivityRegularization",
+from ..record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
+from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, input_duplicates
+from ..recording.deprecations import deprecated_report, renamed_data_args
+from ..recording.probe import baseline_loss
+from ..recording.recorder import per_sample_check
+from ._data import (
+    _as_numpy,
+    _fit_locals,
+    _indexable,
+    _loss_kind,
+    _loss_name,
+    _n_samples,
+    _take,
+    _to_tensors,
+    layer_kinds,
+    per_sample_loss,
+    resolve_data,
 )
-_BATCHNORM_NAMES = ("BatchNormalization",)
+from ._guard import _StateGuard
 
-_LOSS_KINDS = {
-    "mse": "mse", "mean_squared_error": "mse", "meansquarederror": "mse",
-    "mae": "mae", "mean_absolute_error": "mae", "meanabsoluteerror": "mae",
-    "categorical_crossentropy": "cross_entropy", "categoricalcrossentropy": "cross_entropy",
-    "sparse_categorical_crossentropy": "cross_entropy", "sparsecategoricalcrossentropy": "cross_entropy",
-    "binary_crossentropy": "binary_cross_entropy", "binarycrossentropy": "binary_cross_entropy",
-}
-
-
-class LossLensError(ValueError):
-    """The callback cannot measure this run as configured (the message says what to pass)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# per-sample losses
-# ---------------------------------------------------------------------------------------------
-def _loss_name(loss: Any) -> str:
-    if isinstance(loss, str):
-        return loss
-    if isinstance(loss, keras.losses.Loss):
-        fn = getattr(loss, "fn", None)
-        return getattr(fn, "__name__", None) or type(loss).__name__
-    return getattr(loss, "__name__", type(loss).__name__)
-
-
-def _loss_kind(loss: Any) -> str | None:
-    names = {_loss_name(loss).lower()}
-    if isinstance(loss, keras.losses.Loss):
-        names.add(type(loss).__name__.lower())
-    for n in names:
-        if n in _LOSS_KINDS:
-            return _LOSS_KINDS[n]
-    return None
-
-
-def per_sample_loss(loss: Any) -> Callable[[Any, Any], Any]:
-    """A function ``(y_true, y_pred) -> per-sample losses`` equal to a Keras loss.
-
-    Parameters
-    ----------
-    loss : str, keras.losses.Loss or callable
-        What was passed to ``model.compile(loss=...)`` for a single-output model.
-        A ``Loss`` instance is copied with ``reduction=None`` (its
-        ``from_logits``, ``label_smoothing``, ... are kept); a string is
-        resolved with ``keras.losses.get``; a function is called as is.
-
-    Returns
-    -------
-    callable
-        ``f(y_true, y_pred)`` returning a tensor of shape ``(batch,)``: the loss of
-        each sample, averaged over any non-batch axes. Its mean over a batch equals
-        Keras's default ``"sum_over_batch_size"`` reduction (without sample weights).
-
-    Raises
-    ------
-    LossLensError
-        If ``loss`` is None, a list or dict (multi-output models: pass
-        ``loss_fn=`` to :class:`LossLens`), or a ``Loss`` whose config cannot be
-        rebuilt with ``reduction=None``.
-    """
-    if loss is None or isinstance(loss, (list, tuple, dict)):
-        raise LossLensError(
-            f"LossLens: cannot derive a per-sample loss from compile(loss={loss!r}); for multi-output models or "
-            "custom training steps pass loss_fn=callable(y_true, y_pred) -> per-sample losses of shape (batch,)")
-    if isinstance(loss, str):
-        loss = keras.losses.get(loss)
-    if isinstance(loss, keras.losses.Loss):
-        try:
-            cfg = loss.get_config()
-            cfg["reduction"] = None
-            fn = type(loss).from_config(cfg)
-        except Exception as exc:  # noqa: BLE001 - any failure means the copy is not usable
-            raise LossLensError(
-                f"LossLens: cannot copy the loss {type(loss).__name__} with reduction=None ({exc}); "
-                "pass loss_fn=callable(y_true, y_pred) -> per-sample losses") from exc
-    elif callable(loss):
-        fn = loss
-    else:
-        raise LossLensError(f"LossLens: compile(loss=...) is {type(loss).__name__}, not a loss")
-
-    def f(y_true: Any, y_pred: Any) -> Any:
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.convert_to_tensor(y_true)
-        # Keras squeezes (n,) against (n, 1) and would then average over the batch axis;
-        # expanding the target keeps one value per sample with the same mean.
-        if len(y_true.shape) == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
-            y_true = ops.expand_dims(y_true, -1)
-        v = fn(y_true, y_pred)
-        v = ops.convert_to_tensor(v)
-        if len(v.shape) == 0:
-            raise LossLensError(
-                f"LossLens: the loss {_loss_name(loss)!r} returned a scalar for a batch; pass loss_fn= that returns "
-                "one loss per sample")
-        if len(v.shape) > 1:
-            v = ops.mean(ops.reshape(v, (v.shape[0], -1)), axis=1)
-        return v
-
-    return f
-
-
-# ---------------------------------------------------------------------------------------------
-# data handling
-# ---------------------------------------------------------------------------------------------
-def _is_array(a: Any) -> bool:
-    return hasattr(a, "shape") and hasattr(a, "__getitem__") and len(getattr(a, "shape", ())) >= 1
-
-
-def _n_samples(x: Any) -> int:
-    leaves = keras.tree.flatten(x)
-    return int(leaves[0].shape[0])
-
-
-def _take(x: Any, idx: np.ndarray) -> Any:
-    """Rows ``idx`` of every array in a (possibly nested) structure, as NumPy."""
-    def one(a: Any) -> Any:
-        a = keras.ops.convert_to_numpy(a) if not isinstance(a, np.ndarray) else a
-        return a[idx]
-    return keras.tree.map_structure(one, x)
-
-
-def _as_numpy(x: Any) -> Any:
-    return keras.tree.map_structure(lambda a: a if isinstance(a, np.ndarray) else keras.ops.convert_to_numpy(a), x)
-
-
-def _indexable(x: Any) -> bool:
-    try:
-        return all(_is_array(a) for a in keras.tree.flatten(x))
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _materialize_pydataset(ds: Any, what: str) -> tuple[Any, Any, int]:
-    """Concatenate every batch of a ``keras.utils.PyDataset``.
-
-    Returns ``(x, y, batch_size)`` as NumPy structures.
-    """
-    n = ds.num_batches
-    if n is None:
-        raise LossLensError(f"LossLens: the {what} PyDataset has no num_batches (infinite); pass {what}=(x, y) arrays")
-    xs, ys, bs = [], [], 0
-    for i in range(n):
-        batch = ds[i]
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise LossLensError(f"LossLens: the {what} PyDataset item {i} is not an (x, y) or (x, y, w) tuple")
-        xs.append(_as_numpy(batch[0]))
-        ys.append(_as_numpy(batch[1]))
-        bs = max(bs, _n_samples(batch[0]))
-    x = keras.tree.map_structure(lambda *a: np.concatenate(a, axis=0), *xs)
-    y = keras.tree.map_structure(lambda *a: np.concatenate(a, axis=0), *ys)
-    return x, y, bs
-
-
-def _to_tensors(x: Any) -> Any:
-    """NumPy structure -> backend tensors (floating arrays cast to ``keras.backend.floatx()``)."""
-    def one(a: Any) -> Any:
-        a = np.asarray(a)
-        if np.issubdtype(a.dtype, np.floating):
-            a = a.astype(keras.backend.floatx(), copy=False)
-        return ops.convert_to_tensor(a)
-    return keras.tree.map_structure(one, x)
-
-
-def _fit_locals(model: Any) -> dict[str, Any] | None:
-    """The arguments of the running ``model.fit`` call, read from its stack frame.
-
-    Keras does not hand its training and validation data to callbacks; the
-    ``fit`` methods of all three backend trainers (Keras 3) bind them to the
-    locals ``x, y, sample_weight`` (the training part, after
-    ``validation_split``), ``val_x, val_y``, ``batch_size``,
-    ``validation_split``, ``class_weight`` and ``initial_epoch`` before ``on_train_begin``.
-    Only these names are read; nothing is executed. Returns None outside ``fit``.
-    """
-    f = sys._getframe(1)
-    while f is not None:
-        if f.f_code.co_name == "fit" and f.f_locals.get("self") is model:
-            loc = f.f_locals
-            keys = ("x", "y", "sample_weight", "val_x", "val_y", "validation_data", "batch_size",
-                    "validation_split", "class_weight", "validation_batch_size", "shuffle", "initial_epoch")
-            return {k: loc.get(k) for k in keys}
-        f = f.f_back
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# RNG and state guard
-# ---------------------------------------------------------------------------------------------
-class _StateGuard:
-    """Save and restore everything a forward pass may change.
-
-    Restores Python's and NumPy's global RNG, the backend's global RNG (torch
-    CPU and CUDA generators; TensorFlow's global generator), Keras's global
-    ``SeedGenerator`` and every non-trainable variable of the model (batch-norm
-    moving statistics, layer ``SeedGenerator`` states). Inside the block the
-    global RNGs are seeded with ``seed`` so probe passes are reproducible.
-    """
-
-    def __init__(self, model: Any, seed: int) -> None:
-        self.model, self.seed = model, seed
-
-    def __enter__(self) -> "_StateGuard":
-        self.py = random.getstate()
-        self.np = np.random.get_state()
-        # device-side copies: no host transfer; assign() writes them back bit for bit
-        self.vars = [(v, ops.copy(v.value)) for v in self.model.non_trainable_variables]
-        self.global_sg = None
-        try:
-            from keras.src.backend.common import global_state
-            sg = global_state.get_global_attribute("global_seed_generator")
-            if sg is not None:
-                self.global_sg = (sg.state, ops.convert_to_numpy(sg.state.value).copy())
-        except Exception:  # noqa: BLE001 - private location may move; the rest still restores
-            self.global_sg = None
-        self.backend = keras.backend.backend()
-        self.torch_state = None
-        self.no_grad = None
-        if self.backend == "torch":
-            import torch
-            self.torch_state = (torch.get_rng_state(),
-                                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-            torch.manual_seed(self.seed)
-            self.no_grad = torch.no_grad()
-            self.no_grad.__enter__()
-        elif self.backend == "tensorflow":
-            import tensorflow as tf
-            g = tf.random.get_global_generator()
-            self.tf_state = (g, g.state.numpy().copy())
-        random.seed(self.seed)
-        np.random.seed(self.seed % (2 ** 32))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.no_grad is not None:
-            self.no_grad.__exit__(*exc)
-        for v, val in self.vars:
-            v.assign(val)
-        if self.global_sg is not None:
-            self.global_sg[0].assign(self.global_sg[1])
-        if self.torch_state is not None:
-            import torch
-            torch.set_rng_state(self.torch_state[0])
-            if self.torch_state[1] is not None:
-                torch.cuda.set_rng_state_all(self.torch_state[1])
-        elif self.backend == "tensorflow":
-            g, st = self.tf_state
-            g.state.assign(st)
-        np.random.set_state(self.np)
-        random.setstate(self.py)
+__all__ = ["LossLens"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,65 +224,11 @@ class LossLens(keras.callbacks.Callback):
 
     # -- setup -------------------------------------------------------------------------------
     def _resolve_data(self, fit: dict[str, Any] | None) -> None:
-        fit = fit or {}
-        # training data for the probe
-        src = self._probe_arg
-        train_bs = self._bs_arg or fit.get("batch_size")
-        if src is None:
-            if fit.get("x") is None:
-                raise LossLensError("LossLens: no training data found; pass train_data=(x_train, y_train)")
-            if isinstance(fit["x"], keras.utils.PyDataset):
-                src = fit["x"]
-            elif fit.get("y") is not None and _indexable(fit["x"]) and _indexable(fit["y"]):
-                src = (fit["x"], fit["y"])
-            else:
-                raise LossLensError(
-                    f"LossLens: cannot index the training data passed to fit (type {type(fit['x']).__name__}, e.g. "
-                    "a tf.data.Dataset or a generator); pass train_data=(x_train, y_train): NumPy arrays of (a "
-                    "subset of) the clean training data")
-        if isinstance(src, keras.utils.PyDataset):
-            px, py, pbs = _materialize_pydataset(src, "probe")
-            train_bs = train_bs or pbs
-        elif isinstance(src, (tuple, list)) and len(src) == 2 and _indexable(src[0]) and _indexable(src[1]):
-            px, py = src
-        else:
-            raise LossLensError(
-                f"LossLens: train_data must be (x, y) arrays or a keras.utils.PyDataset, got {type(src).__name__}")
-        # validation data
-        vsrc = self._val_arg
-        if vsrc is None and fit.get("val_x") is not None:
-            vx = fit["val_x"]
-            if isinstance(vx, keras.utils.PyDataset):
-                vsrc = vx
-            elif fit.get("val_y") is not None and _indexable(vx) and _indexable(fit["val_y"]):
-                vsrc = (vx, fit["val_y"])
-            else:
-                raise LossLensError(
-                    f"LossLens: cannot index the validation data passed to fit (type {type(vx).__name__}); "
-                    "pass val_data=(x_val, y_val) arrays")
-        if vsrc is None:
-            vx = vy = None
-        elif isinstance(vsrc, keras.utils.PyDataset):
-            vx, vy, _ = _materialize_pydataset(vsrc, "validation")
-        elif isinstance(vsrc, (tuple, list)) and len(vsrc) >= 2 and _indexable(vsrc[0]) and _indexable(vsrc[1]):
-            vx, vy = vsrc[0], vsrc[1]
-        else:
-            raise LossLensError(
-                f"LossLens: val_data must be (x, y) arrays or a keras.utils.PyDataset, got {type(vsrc).__name__}")
-        n_train = _n_samples(px)
-        # validation_split: the explicit probe arrays may be the full arrays fit split; keep the training head.
-        split = fit.get("validation_split") or 0.0
-        if self._probe_arg is not None and split and vx is not None and fit.get("x") is not None \
-                and _indexable(fit["x"]):
-            n_fit, n_val = _n_samples(fit["x"]), _n_samples(vx)
-            if n_train == n_fit + n_val:
-                n_train = n_fit
-                px = keras.tree.map_structure(lambda a: a[:n_fit], px)
-                py = keras.tree.map_structure(lambda a: a[:n_fit], py)
-        self.train_size = n_train
+        (px, py), (vx, vy), train_bs = resolve_data(self._probe_arg, self._val_arg, fit or {}, self._bs_arg)
+        self.train_size = n_train = _n_samples(px)
         # the training part, until the probe is fixed (content fingerprints, duplicate check, probe subset);
         # NumPy arrays are referenced, not copied
-        self._train_full: tuple[Any, Any] | None = (_as_numpy(px), _as_numpy(py))
+        self._train_full: Any = (_as_numpy(px), _as_numpy(py))   # None once the probe copy is taken
         self.val_size = _n_samples(vx) if vx is not None else 0
         self._vx = _as_numpy(vx) if vx is not None else None
         self._vy = _as_numpy(vy) if vy is not None else None
@@ -575,33 +238,8 @@ class LossLens(keras.callbacks.Callback):
         self._plan = ProbePlan(self.probe_size, self.probe_budget, self.probe_seed, n_train, self.val_size or None)
         self._px = self._py = None
 
-    def _layers(self) -> list[Any]:
-        try:
-            return list(self.model._flatten_layers(include_self=False))
-        except Exception:  # noqa: BLE001 - fall back on the public attribute
-            out, stack = [], list(getattr(self.model, "layers", []))
-            while stack:
-                layer = stack.pop(0)
-                out.append(layer)
-                stack.extend(getattr(layer, "layers", []))
-            return out
-
     def _inspect_layers(self) -> None:
-        dropout, bn, aug, custom = [], [], [], []
-        for layer in self._layers():
-            cls = type(layer)
-            names = {c.__name__ for c in cls.__mro__}
-            builtin = cls.__module__.startswith("keras.")
-            rates = [getattr(layer, a, None) for a in ("dropout", "recurrent_dropout")]
-            if names & set(_TRAIN_MODE_LAYER_NAMES) or any(
-                    isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates):
-                dropout.append(layer.name)
-            elif names & set(_BATCHNORM_NAMES):
-                bn.append(layer.name)
-            elif cls.__name__.startswith("Random") and builtin:
-                aug.append(layer.name)
-            elif not builtin and not isinstance(layer, (keras.Model,)):
-                custom.append(layer.name)
+        dropout, bn, aug, custom = layer_kinds(self.model)
         self.dropout_layers, self.batchnorm_layers, self.augmentation_layers = dropout, bn, aug
         self.custom_layers = custom
         if self._train_mode_arg == "auto":
@@ -788,7 +426,8 @@ class LossLens(keras.callbacks.Callback):
         self._in_epoch = True
         self._final = False
         self._tracker_obj = self._tracker()
-        self._totals, self._counts = [], []
+        self._totals: list[Any] = []
+        self._counts: list[Any] = []
         self._weight_pen: list[Any] = []   # weight regularizers at the weights step k uses
         self._act_pen: list[Any] = []      # activity / add_loss terms of step k
         self._step = 0

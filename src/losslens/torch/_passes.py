@@ -1,0 +1,194 @@
+"""The forward passes of the PyTorch backend: eval-mode passes in large batches, and the paired train-mode and
+eval-mode passes on augmented batches of the training batch size (T and A), as per-sample losses.
+
+The recorder (:class:`losslens.torch.LossLens`) decides what to measure and when; this class only runs the model,
+inside the protected context of :class:`~losslens.torch._guard.Protect` that the recorder opens.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..recording.recorder import per_sample_check
+from ._data import Source, batch_len, input_bytes, loss_name, per_sample_loss_fn, slice_batch, to_device
+from ._guard import Protect
+
+__all__ = ["Passes", "CPU_EVAL_BATCH", "CPU_EVAL_BYTES", "CUDA_EVAL_BATCH"]
+
+#: Default eval-mode batch size on CPU (samples), further bounded so a batch of inputs
+#: stays under :data:`CPU_EVAL_BYTES`. On CUDA the eval batch starts at
+#: :data:`CUDA_EVAL_BATCH` and is halved on out-of-memory errors.
+CPU_EVAL_BATCH = 2048
+CPU_EVAL_BYTES = 64 * 2 ** 20
+CUDA_EVAL_BATCH = 8192
+
+
+class Passes:
+    """Per-sample losses of a model on indexed samples.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    loss_fn : callable
+        The user's loss; per-sample losses come from :func:`~losslens.torch.per_sample_loss_fn`.
+    unpack, forward : callable
+        ``unpack(batch) -> (inputs, target)``, ``forward(model, inputs) -> outputs``.
+    eval_batch_size : int or None
+        Batch size of the eval-mode passes (None: :meth:`default_eval_batch_size`).
+
+    Attributes
+    ----------
+    check : dict or None
+        The per-sample loss check on the first finite batch (:func:`losslens.recording.per_sample_check`).
+    train_flags : list of bool or None
+        The modules' ``training`` flags during training (read by the recorder at an epoch's first step); the
+        train-mode pass uses them, so frozen submodules stay frozen.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[..., torch.Tensor], unpack: Callable[[Any], Any],
+                 forward: Callable[[nn.Module, Any], Any], eval_batch_size: int | None) -> None:
+        self.model, self.loss_fn, self.unpack, self.forward = model, loss_fn, unpack, forward
+        self.per_sample, self.method = per_sample_loss_fn(loss_fn)
+        self.eval_bs = eval_batch_size
+        self.check: dict[str, Any] | None = None
+        self.train_flags: list[bool] | None = None
+        self._warned_fallback = False
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        for b in self.model.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def cuda_devices(self) -> list[int]:
+        devs = {p.device.index for p in self.model.parameters() if p.device.type == "cuda"}
+        devs |= {b.device.index for b in self.model.buffers() if b.device.type == "cuda"}
+        if devs and torch.cuda.is_available():
+            return sorted(d if d is not None else torch.cuda.current_device() for d in devs)
+        return []
+
+    def protected(self, seed: int) -> Protect:
+        """The context of the passes (no gradients, forked and seeded RNGs, flags and buffers restored)."""
+        return Protect(self.model, self.cuda_devices(), seed)
+
+    def default_eval_batch_size(self, sample: Any) -> int:
+        """8192 on CUDA; on CPU 2048, fewer when a batch of inputs would exceed 64 MiB (at least 64)."""
+        if self.device.type == "cuda":
+            return CUDA_EVAL_BATCH
+        per = max(1, input_bytes(sample) // max(1, batch_len(sample) or 1))
+        return int(max(64, min(CPU_EVAL_BATCH, CPU_EVAL_BYTES // per)))
+
+    def _losses_of(self, inputs: Any, target: Any) -> torch.Tensor:
+        """Per-sample losses of one batch (float32 on the device), split on CUDA out-of-memory."""
+        try:
+            out = self.forward(self.model, inputs)
+            vals = self.per_sample(out, target)
+        except torch.OutOfMemoryError:
+            n = batch_len(inputs) or 1
+            if n <= 1:
+                raise
+            out = None
+            torch.cuda.empty_cache()
+            half = n // 2
+            self.eval_bs = max(1, min(self.eval_bs or n, half))
+            return torch.cat([self._losses_of(slice_batch(inputs, slice(0, half)),
+                                              slice_batch(target, slice(0, half))),
+                              self._losses_of(slice_batch(inputs, slice(half, n)),
+                                              slice_batch(target, slice(half, n)))])
+        if self.check is None:
+            self._check_per_sample(out, target, vals)
+        if not self._warned_fallback and self.method == "per-sample calls":
+            self._warned_fallback = True
+            warnings.warn(
+                f"loss_fn {loss_name(self.loss_fn)!r} takes no reduction argument: per-sample losses are computed "
+                "one sample at a time (slow). Pass a torch.nn loss or a function accepting reduction='none'.",
+                stacklevel=5)
+        return vals
+
+    def _check_per_sample(self, out: Any, target: Any, vals: torch.Tensor) -> None:
+        try:
+            ref = float(torch.as_tensor(self.loss_fn(out, target)).float().mean())
+        except Exception as exc:  # the loss cannot be called on this batch as a whole
+            self.check = {"consistent": None, "error": str(exc)}
+            return
+        # None for a non-finite batch: judged on the next finite one
+        self.check = per_sample_check(float(vals.double().mean()), ref, what=loss_name(self.loss_fn),
+                                      method=self.method)
+
+    def eval(self, src: Source | None, indices: np.ndarray, collect_targets: bool) -> tuple[np.ndarray, Any]:
+        """Eval mode, large batches; per-sample losses (float32, in ``indices`` order) and the targets if asked."""
+        assert src is not None
+        self.model.eval()
+        device = self.device
+        parts: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        i = 0
+        while i < len(indices):
+            if self.eval_bs is None:
+                self.eval_bs = self.default_eval_batch_size(self.unpack(src.batch(indices[:1]))[0])
+            chunk = indices[i:i + self.eval_bs]
+            inputs, target = self.unpack(src.batch(chunk))
+            inputs, target = to_device(inputs, device), to_device(target, device)
+            parts.append(self._losses_of(inputs, target))
+            if collect_targets and isinstance(target, torch.Tensor):
+                targets.append(target.detach())
+            i += len(chunk)
+        vals = torch.cat(parts).cpu().numpy().astype(np.float32) if parts else np.zeros(0, np.float32)
+        tg = torch.cat(targets).cpu() if collect_targets and targets else None
+        return vals, tg
+
+    def train_mode(self, src: Source, indices: np.ndarray, b_train: int, prot: Protect, run_t: bool, run_a: bool,
+                   shard: tuple[int, int] | None = None) -> tuple[Any, ...]:
+        """T and A on the same augmented batches of the training batch size (sorted probe order).
+
+        A final batch smaller than half the training batch size is merged into the
+        previous one (a batch of one sample cannot be normalised by batch norm).
+        With ``shard=(rank, world)`` only batches ``rank::world`` are run and the
+        positions (into ``indices``) of the values are returned third.
+        """
+        device = self.device
+        n = len(indices)
+        if not run_t:  # eval mode only: batch composition does not matter
+            if self.eval_bs is None:
+                self.eval_bs = self.default_eval_batch_size(self.unpack(src.batch(indices[:1]))[0])
+            b_train = max(b_train, self.eval_bs)
+        starts = list(range(0, n, b_train))
+        if len(starts) > 1 and n - starts[-1] < b_train / 2:
+            starts.pop()
+        bounds = list(zip(starts, starts[1:] + [n]))
+        numbered = list(enumerate(bounds))
+        if shard is not None:
+            numbered = numbered[shard[0]::shard[1]]
+            bounds = [b for _, b in numbered]
+        t_parts: list[torch.Tensor] = []
+        a_parts: list[torch.Tensor] = []
+        for k, (lo, hi) in numbered:
+            prot.reseed(k)  # batch k draws the same augmentation and dropout masks on any rank
+            inputs, target = self.unpack(src.batch(indices[lo:hi]))
+            inputs, target = to_device(inputs, device), to_device(target, device)
+            if run_t:
+                prot.apply_train_flags(self.train_flags)
+                t_parts.append(self.per_sample(self.forward(self.model, inputs), target))
+                if run_a:  # eval mode reads the running statistics the train-mode forward just moved
+                    prot.restore_buffers()
+            if run_a:
+                self.model.eval()
+                a_parts.append(self.per_sample(self.forward(self.model, inputs), target))
+        self.model.eval()
+        prot.restore_buffers()
+        t_vals = torch.cat(t_parts).cpu().numpy().astype(np.float32) if t_parts else None
+        a_vals = torch.cat(a_parts).cpu().numpy().astype(np.float32) if a_parts else None
+        if shard is not None:
+            pos = (np.concatenate([np.arange(lo, hi) for lo, hi in bounds]) if bounds
+                   else np.zeros(0, dtype=np.int64))
+            empty = np.zeros(0, np.float32)
+            return (t_vals if t_vals is not None or not run_t else empty,
+                    a_vals if a_vals is not None or not run_a else empty, pos)
+        return t_vals, a_vals
