@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from ..findings import Finding
 from .gap import gap_findings
-from .regime import label_noise_findings, regime_findings
+from .label_noise import label_noise_findings
+from .regime import regime_findings
 from .registry import Context, register
 from .stability import stability_findings
 

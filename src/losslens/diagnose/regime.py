@@ -29,14 +29,16 @@ Decision order (one regime finding per run):
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
-from ..findings import Z_NOISE, Evidence, Finding, where
+from ..findings import Z_NOISE, Evidence, Finding
 from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Measurement, Run
 from ._noise import epoch_diff_se, scatter_sigma, trend
 from .gap import paired_difference
+from .label_noise import label_noise_share
+from .logged import judged_findings
+from .series import baseline_of, curve, relative, suggest_patience, train_curve
 
 __all__ = ["regime_findings", "suggest_patience", "MIN_EPOCHS", "MIN_SKILL", "MIN_EFFECT", "MIN_SUSTAINED"]
 
@@ -81,303 +83,6 @@ MAX_SKILL_OVER_REGULARIZED = 0.75
 MIN_REG_SHARE = 0.25
 
 
-def _baseline(run: Run) -> float | None:
-    raw = run.meta.get("baseline_loss")
-    try:
-        b = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return b if math.isfinite(b) and b > 0 else None
-
-
-def _curve(run: Run, kind: str) -> tuple[list[int], np.ndarray, list[Measurement]]:
-    idx, pos, ms = [], [], []
-    for e in run.epochs:
-        m = e.measurements.get(kind)
-        if m is not None and math.isfinite(m.mean):
-            idx.append(e.index)
-            pos.append(e.position)
-            ms.append(m)
-    return idx, np.asarray(pos, dtype=np.float64), ms
-
-
-def _train_curve(run: Run) -> tuple[list[int], np.ndarray, list[Measurement], str]:
-    """Eval-mode training loss C when measured, else the reported data loss R at epoch centres."""
-    idx, pos, ms = _curve(run, EVAL_CLEAN)
-    if len(ms) >= 2:
-        return idx, pos, ms, "eval-mode training loss"
-    idx, at, ms = [], [], []
-    for e in run.epochs:
-        if math.isfinite(e.train_loss):
-            idx.append(e.index)
-            at.append(e.index + 0.5)
-            ms.append(Measurement(EVAL_CLEAN, e.train_loss, source="imported"))
-    return idx, np.asarray(at, dtype=np.float64), ms, "reported training loss"
-
-
-def suggest_patience(values: np.ndarray, acceptable: np.ndarray) -> tuple[int, int, int] | None:
-    """Smallest early-stopping patience that stops at an acceptable epoch.
-
-    Simulates Keras/Lightning ``EarlyStopping(patience=p, min_delta=0,
-    restore_best_weights=True)`` on the curve for p = 1, 2, ...: the run stops
-    after p epochs without a new minimum, and the restored epoch is the best
-    so far. A patience is acceptable when the restored epoch's loss is within
-    noise of the overall minimum (``acceptable[restored]`` is true).
-
-    Parameters
-    ----------
-    values : numpy.ndarray, shape (n_epochs,)
-        Validation loss per epoch.
-    acceptable : numpy.ndarray of bool, shape (n_epochs,)
-        Epochs whose loss is not worse than the minimum beyond noise.
-
-    Returns
-    -------
-    (patience, stop_index, restored_index) or None
-        ``stop_index`` is the position in ``values`` where training would have
-        stopped (the last epoch when it would not have stopped),
-        ``restored_index`` the best epoch so far at that point. None when no
-        patience below ``n_epochs`` works.
-    """
-    n = values.size
-    for p in range(1, n):
-        best, best_i, wait, stop = math.inf, -1, 0, n - 1
-        for i, v in enumerate(values):
-            if v < best:
-                best, best_i, wait = v, i, 0
-            else:
-                wait += 1
-                if wait >= p:
-                    stop = i
-                    break
-        if acceptable[best_i]:
-            return p, stop, best_i
-    return None
-
-
-def _relative(x: float, ref: float) -> str:
-    return f" ({100 * x / ref:+.1f} %)" if ref > 0 else ""
-
-
-def _train_points(run: Run) -> tuple[np.ndarray, np.ndarray, list[int], str]:
-    """The training curve to judge: step/window losses at their positions when the log has more of them than
-    epochs, else the reported epoch losses at epoch centres. Returns (positions, values, epoch of each, name)."""
-    st = run.steps
-    if len(st) >= max(5, len(run.epochs) + 1):
-        ok = np.isfinite(st.loss)
-        return st.position[ok], st.loss[ok], [int(e) for e in st.epoch[ok]], "training loss (logged steps)"
-    idx = [e.index for e in run.epochs if math.isfinite(e.train_loss)]
-    pos = np.array([e.index + 0.5 for e in run.epochs if math.isfinite(e.train_loss)], dtype=np.float64)
-    val = np.array([e.train_loss for e in run.epochs if math.isfinite(e.train_loss)], dtype=np.float64)
-    return pos, val, idx, "reported training loss"
-
-
-#: Curve-judgement code -> (finding code, severity, title).
-_JUDGED = {
-    "degenerate": ("regime.degenerate", "error", "The log looks broken"),
-    "unstable": ("stability.erratic", "error", "Erratic loss: the noise is larger than the trend"),
-    "not_learning": ("regime.not_learning", "error", "Not learning: the loss barely moves"),
-    "insufficient": ("regime.too_few_epochs", "info", "Not enough evaluations to tell the fit regime"),
-    "still_improving": ("regime.still_improving", "info", "Still improving: the loss is still falling"),
-    "converged": ("regime.converged", "info", "Converged: the loss has stopped improving"),
-    "overfitting": ("regime.overfitting", "warning", "Overfitting"),
-}
-
-_ADVICE = {
-    "regime.degenerate": "Check the loss and the labels: a constant or zero loss means a collapsed model, a "
-                         "detached loss, a label leak or a masking bug.",
-    "stability.erratic": "Lower the learning rate, use a larger evaluation set or batch, and check the data "
-                         "pipeline for shuffling or scaling bugs.",
-    "regime.not_learning": "Check the learning rate (raise it if the loss is flat from the start), the labels and "
-                           "the inputs; make sure the optimizer updates the parameters you train.",
-    "regime.too_few_epochs": "Evaluate more often (or train longer) before judging the regime.",
-    "regime.still_improving": "Train longer: the loss has not converged.",
-    "regime.converged": "Nothing to gain from more epochs at this learning rate; stop here or change the model, "
-                        "the data or the schedule.",
-}
-
-
-def _judged_findings(run: Run, role: str) -> list[Finding]:
-    """Regime from values alone (imported logs): :func:`.curves.judge_curve` on the validation loss, or on the
-    training loss when the run has no validation loss."""
-    from .curves import judge_curve
-
-    tpos, tval, tep, tname = _train_points(run)
-    if role == "validation":
-        idx, pos, vms = _curve(run, VALIDATION)
-        x, y, name = pos, np.array([m.mean for m in vms]), "validation loss"
-        j = judge_curve(x, y, role="validation", other=tval if tval.size else None)
-        at = idx
-    else:
-        x, y, name = tpos, tval, tname
-        j = judge_curve(x, y, role="training")
-        at = tep
-    code, sev, title = _JUDGED[j.code]
-    if role == "training":
-        if code == "regime.too_few_epochs":
-            return [Finding(
-                "regime.no_validation", "info", "No validation loss, and too few training-loss values to judge",
-                f"The log has no validation loss and {y.size} training-loss value(s); {j.reason}.",
-                "Pass a validation set (`val=` in losslens, `validation_data=` in Keras, `eval_dataset` in the "
-                "Trainer).", [], tuple(at), {"curve": name})]
-        title = title.replace("the loss", "the training loss")
-    elif code != "regime.overfitting":
-        title = title.replace("the loss", "the validation loss")
-    data: dict[str, Any] = {"curve": name, **{k: v for k, v in j.data.items()
-                                              if isinstance(v, (int, float)) or k == "confidence"}}
-    ev: list[Evidence] = []
-    epochs: tuple[int, ...] = ()
-    n = y.size
-    if n:
-        ev.append(Evidence(f"{name}, last value", float(y[-1]), math.nan, (at[-1],) if at else ()))
-    rec = _ADVICE.get(code, "")
-    msg = j.reason[0].upper() + j.reason[1:] + "."
-    if role == "training" and code not in ("regime.degenerate",):
-        nan_val = run.meta.get("val_all_nan")
-        if nan_val:
-            msg += (f" The validation loss {nan_val!r} is NaN (or empty) in every evaluation, so overfitting cannot "
-                    "be judged.")
-            rec += f" Fix the validation loss ({nan_val!r} is never finite: a NaN in the validation data or loss?)."
-        else:
-            msg += " The log has no validation loss, so this says nothing about overfitting."
-            rec += " Add a validation set to judge generalization."
-    if code == "regime.overfitting" and j.best is not None and role == "validation":
-        best_e = int(idx[j.best])
-        ep = next(e for e in run.epochs if e.index == best_e)
-        data.update(best_epoch=best_e, best_position=float(ep.position), best_val_loss=float(y[j.best]))
-        spe = run.meta.get("steps_per_epoch")
-        if run.meta.get("epoch_unit") == "evaluation interval" and isinstance(spe, (int, float)) and spe > 0:
-            data["best_step"] = int(round(ep.position * spe))
-        best_at = where(run, best_e)
-        title = f"Overfitting: validation loss is lowest at {best_at}"
-        rec = (f"Keep the weights of {best_at} (early stopping on the validation loss with restore_best_weights, "
-               "or load_best_model_at_end in the Trainer); add data, augmentation or regularization to delay the "
-               "rise.")
-        ev.insert(0, Evidence("best validation loss", float(y[j.best]), math.nan, (best_e,)))
-        epochs = (best_e, idx[-1])
-    elif at:
-        epochs = (at[-1],)
-    out = [Finding(code, sev, title, msg, rec.strip(), ev, epochs, data)]
-    if role == "validation":
-        out += _noise_band_finding(run, idx, x, y)
-        out += _user_metric(run, idx, j.code, j.best)
-        out += _other_validation_sets(run, tval)
-    return out
-
-
-
-
-def _noise_band_finding(run: Run, idx: list[int], x: np.ndarray, y: np.ndarray) -> list[Finding]:
-    """``regime.noise_band``: the evaluations within noise of the best, and how much of the run came after the
-    last material improvement (in epochs, and optimizer steps where the log has them)."""
-    from .curves import noise_band
-
-    if y.size < 3:
-        return []
-    nb = noise_band(x, y)
-    within = [idx[i] for i in nb["within_noise"]]
-    li = idx[nb["last_improvement"]]
-    spe = run.meta.get("steps_per_epoch")
-    after_ep = float(nb["after"])
-    data: dict[str, Any] = {"within_noise_of_best": within, "last_material_improvement": li,
-                            "epochs_after_last_improvement": after_ep}
-    steps_txt = ""
-    if isinstance(spe, (int, float)) and spe > 0 and math.isfinite(spe):
-        data["steps_after_last_improvement"] = int(round(after_ep * spe))
-        steps_txt = f", {data['steps_after_last_improvement']} optimizer steps"
-    total = float(x[-1] - x[0]) if x.size > 1 else 0.0
-    share = f" ({100 * after_ep / float(x[-1]):.0f} % of the run)" if x[-1] > 0 else ""
-    shown = ", ".join(where(run, e) for e in within[:8]) + (", …" if len(within) > 8 else "")
-    return [Finding(
-        "regime.noise_band", "info", f"Last material improvement at {where(run, li)}",
-        f"{len(within)} of {len(idx)} evaluations are within noise of the best validation loss ({shown}). The "
-        f"last one that improved materially on all earlier ones is {where(run, li)}; {after_ep:.3g} epochs"
-        f"{steps_txt}{share} came after it.",
-        "Any checkpoint within noise of the best is as good as the best; the training after the last material "
-        "improvement could have been saved." if after_ep > 0.25 * max(total, 1e-12) else "",
-        [], (li,), data)]
-
-
-#: Metric names whose larger values are better (accuracy-like); others (wer, cer, loss, perplexity) are lower-better.
-_HIGHER_BETTER = ("acc", "accuracy", "f1", "precision", "recall", "auc", "roc_auc", "bleu", "rouge", "map",
-                  "iou", "dice", "r2", "mcc", "exact_match", "em", "matthews_correlation", "pearson", "spearmanr")
-
-
-def _user_metric(run: Run, idx: list[int], loss_code: str, loss_best: int | None) -> list[Finding]:
-    """``regime.user_metric``: the run judged on the metric the log says the user optimises
-    (``metric_for_best_model`` of a trainer_state.json), and whether it disagrees with the loss."""
-    from .curves import judge_curve
-
-    m = run.meta.get("metric_for_best_model")
-    if not isinstance(m, str) or not m or "loss" in m:
-        return []
-    logged = {k for e in run.epochs for k in e.metrics}
-    name = m if m in logged or m.startswith("eval_") else f"eval_{m}"
-    pts = [(e.index, e.position, e.metrics[name]) for e in run.epochs
-           if name in e.metrics and math.isfinite(e.metrics[name])]
-    if len(pts) < 3:
-        return []
-    gib = run.meta.get("greater_is_better")
-    higher = bool(gib) if isinstance(gib, bool) else any(m.lower().endswith(h) for h in _HIGHER_BETTER)
-    vals = np.array([v for _, _, v in pts], dtype=np.float64)
-    # judged as a loss: a higher-is-better metric reflected within its own range (same level, same scatter)
-    judged = float(vals.max() + vals.min()) - vals if higher else vals
-    j = judge_curve([p for _, p, _ in pts], judged, role="validation")
-    best_i = int(np.argmax(vals) if higher else np.argmin(vals))
-    best_e = pts[best_i][0]
-    data: dict[str, Any] = {"metric": name, "verdict": j.code, "best_epoch": best_e,
-                            "best_value": float(vals[best_i]), "higher_is_better": higher}
-    if isinstance(run.meta.get("best_metric"), (int, float)):
-        data["logged_best_metric"] = float(run.meta["best_metric"])
-    # they disagree when one gets worse (overfitting) and the other does not, or the loss still improves and the
-    # metric does not
-    disagree = ((loss_code == "overfitting") != (j.code == "overfitting") and loss_code in (
-        "overfitting", "converged", "still_improving")) or (loss_code == "still_improving" and j.code in (
-            "overfitting", "not_learning", "converged"))
-    data["disagrees_with_loss"] = disagree
-    msg = (f"On {name} ({'higher' if higher else 'lower'} is better), the metric the run selects its best "
-           f"checkpoint by, the run is {j.code.replace('_', ' ')}; its best value {vals[best_i]:.4g} is at "
-           f"{where(run, best_e)}.")
-    if disagree and loss_code == "overfitting":
-        msg += (f" The validation loss says overfitting, the metric does not: not overfitting in the sense that "
-                f"matters for {name}. Loss and metric disagree (confidence and calibration worsen while the "
-                "decisions still improve); keep the checkpoint the metric selects.")
-    elif disagree:
-        msg += (f" The validation loss says {loss_code.replace('_', ' ')}: loss and metric disagree; judge "
-                f"progress on {name}, which is what the run selects its checkpoint by.")
-    elif loss_best is not None and loss_code == "overfitting" and best_e != idx[loss_best]:
-        msg += f" The loss is lowest at {where(run, idx[loss_best])} instead."
-    return [Finding("regime.user_metric", "warning" if disagree else "info",
-                    f"{name}: {j.code.replace('_', ' ')}" + (" (disagrees with the loss)" if disagree else ""),
-                    msg, "", [Evidence(f"best {name}", float(vals[best_i]), math.nan, (best_e,), unit=name)],
-                    (best_e,), data)]
-
-
-def _other_validation_sets(run: Run, tval: np.ndarray) -> list[Finding]:
-    """``regime.other_validation``: the verdict on each further evaluation set (``eval_<name>_loss``)."""
-    from .curves import judge_curve
-
-    roles = run.meta.get("roles")
-    names = roles.get("other_val_losses") if isinstance(roles, dict) else None
-    out = []
-    for name in names or []:
-        pts = [(e.index, e.position, e.metrics[name]) for e in run.epochs
-               if name in e.metrics and math.isfinite(e.metrics[name])]
-        if not pts:
-            continue
-        j = judge_curve([p for _, p, _ in pts], [v for _, _, v in pts], role="validation",
-                        other=tval if tval.size else None)
-        data: dict[str, Any] = {"loss": name, "verdict": j.code}
-        if j.code == "overfitting" and j.best is not None:
-            data["best_epoch"] = pts[j.best][0]
-        out.append(Finding(
-            "regime.other_validation", "info", f"{name}: {j.code.replace('_', ' ')}",
-            f"Judged on the evaluation set logged as {name!r}: {j.reason}.", "", [
-                Evidence(f"{name}, last value", float(pts[-1][2]), math.nan, (pts[-1][0],))],
-            (pts[-1][0],), data))
-    return out
-
-
 def regime_findings(run: Run) -> list[Finding]:
     """The fit-regime finding of a run (a list of zero or one :class:`Finding`).
 
@@ -385,13 +90,13 @@ def regime_findings(run: Run) -> list[Finding]:
     errors (module docstring); imported logs, and runs without a validation loss (on their training loss),
     by :func:`losslens.diagnose.curves.judge_curve`.
     """
-    idx, pos, vms = _curve(run, VALIDATION)
+    idx, pos, vms = curve(run, VALIDATION)
     if not run.epochs:
         return []
     if not vms and not run.has(VALIDATION):
-        return _judged_findings(run, "training")
+        return judged_findings(run, "training")
     if vms and all(m.values is None for m in vms):
-        return _judged_findings(run, "validation")
+        return judged_findings(run, "validation")
     if not vms:
         if run.has(VALIDATION):
             return [Finding(
@@ -416,7 +121,7 @@ def regime_findings(run: Run) -> list[Finding]:
     sigma_v = scatter_sigma(v)
     b = int(np.argmin(v))
     last = len(vms) - 1
-    baseline = _baseline(run)
+    baseline = baseline_of(run)
     material = MIN_EFFECT * baseline if baseline is not None else 0.0
     minor_rise = slow_note = ""
     rose = sustained = False  # the last epoch is above the minimum beyond noise; for long enough
@@ -459,7 +164,7 @@ def regime_findings(run: Run) -> list[Finding]:
                         f"({idx[last] - idx[sug[1]]} epochs earlier) and kept {kept} "
                         "(on this run's curve; other seeds differ, so allow a margin)")
             rec += ". Or add data, augmentation or regularization to delay the rise."
-            tidx, _, tms, tname = _train_curve(run)
+            tidx, _, tms, tname = train_curve(run)
             by_epoch = dict(zip(tidx, tms))
             tr_msg = ""
             if idx[b] in by_epoch and tidx and tidx[-1] > idx[b]:
@@ -468,7 +173,7 @@ def regime_findings(run: Run) -> list[Finding]:
             return [Finding(
                 "regime.overfitting", "warning", f"Overfitting: validation loss is lowest at epoch {idx[b]}",
                 f"The validation loss reached its minimum {v[b]:.4g} at epoch {idx[b]} and is {rise:+.4g} ± "
-                f"{se_rise:.2g}{_relative(rise, v[b])} higher at epoch {idx[last]}; it was beyond noise "
+                f"{se_rise:.2g}{relative(rise, v[b])} higher at epoch {idx[last]}; it was beyond noise "
                 f"from epoch {idx[first_bad]} on.{tr_msg}",
                 rec,
                 [Evidence("best validation loss (eval mode, end of epoch)", float(v[b]), vms[b].sem, (idx[b],)),
@@ -489,7 +194,7 @@ def regime_findings(run: Run) -> list[Finding]:
     # (the losses diagnosed here -- cross-entropy, MSE, MAE -- cannot fall below zero).
     gain = min(-slope * n_so_far, float(v[last])) if math.isfinite(slope) else 0.0
     improving = not rose and math.isfinite(slope) and slope < -Z_NOISE * se_slope and gain >= material
-    _, tpos, tms, tname = _train_curve(run)
+    _, tpos, tms, tname = train_curve(run)
     train_last = tms[-1] if tms else None
     skill = 1.0 - train_last.mean / baseline if baseline is not None and train_last is not None else math.nan
     if improving and math.isfinite(skill) and skill < MIN_SKILL and train_last is not None and baseline is not None:
@@ -533,7 +238,7 @@ def regime_findings(run: Run) -> list[Finding]:
                               slow_note)
     if reg_f is not None:
         return [reg_f]
-    if skill >= MIN_SKILL or _label_noise_share(run) is not None:
+    if skill >= MIN_SKILL or label_noise_share(run) is not None:
         return [Finding(
             "regime.good_fit", "info", "Good fit: validation loss has converged without overfitting",
             f"The validation loss no longer changes materially over the last {k} epochs ({slope:+.3g} ± "
@@ -584,70 +289,6 @@ def _gap_grew(run: Run, e_best: int, e_last: int) -> tuple[bool, str]:
     return (grow > Z_NOISE * se if math.isfinite(se) else grow > 0), txt
 
 
-def _label_noise_share(run: Run) -> float | None:
-    """The share of probe samples the model never learns, when it points to noisy labels (else None).
-
-    At the last epoch, the eval-mode per-sample training losses C_i are compared with the baseline loss b
-    (the best constant predictor's loss per sample): with clean labels a model that fits the data has few
-    samples above b; samples with wrong labels (or corrupted inputs) stay far above it, since the model
-    predicts their true class. Reported when between :data:`MIN_NOISY_SHARE` and half of the probe is above
-    b in this epoch and the one before (never learnt, not a noisy epoch), the other samples are learnt (their
-    median below b / 2), and the validation loss is below the mean eval-mode training loss beyond noise (the
-    clean validation data is easier; a model short of capacity confuses validation samples as often).
-    Source: the small-loss criterion of learning with noisy labels (Arpit et al. 2017, "A closer look at
-    memorization in deep networks"; Han et al. 2018, "Co-teaching"): clean samples are fitted first,
-    mislabelled ones stay at a high loss.
-    """
-    b = _baseline(run)
-    cs = [(e, c.values) for e in run.epochs if (c := e.get(EVAL_CLEAN)) is not None and c.values is not None]
-    if b is None or len(cs) < 2:
-        return None
-    last, prev = cs[-1][1], cs[-2][1]
-    v = cs[-1][0].get(VALIDATION)
-    if last.size != prev.size or last.size < 50 or v is None:
-        return None
-    high = (last > b) & (prev > b)
-    share = float(np.mean(high))
-    if not (MIN_NOISY_SHARE <= share < 0.5) or float(np.median(last[~high])) >= b / 2:
-        return None
-    # those samples make the training data harder than the validation data: V below C beyond noise (a model
-    # short of capacity confuses validation samples just as often, and V stays near C)
-    se = math.hypot(last.std(ddof=1) / math.sqrt(last.size), v.sem if math.isfinite(v.sem) else 0.0)
-    if not float(last.mean()) - v.mean > Z_NOISE * se:
-        return None
-    return share
-
-
-#: Smallest share of never-learnt probe samples reported as label noise: 5 % (a few hard samples stay
-#: above the baseline in clean runs: < 2 % in the clean scenarios of benchmarks/scenarios.py).
-MIN_NOISY_SHARE = 0.05
-
-
-def label_noise_findings(run: Run) -> list[Finding]:
-    """``data.label_noise``: part of the training set is never learnt (see :func:`_label_noise_share`)."""
-    share = _label_noise_share(run)
-    if share is None:
-        return []
-    e, c = [(x, m) for x in run.epochs if (m := x.get(EVAL_CLEAN)) is not None and m.values is not None][-1]
-    assert c.values is not None
-    b = _baseline(run) or math.nan
-    n = c.values.size
-    k = int(round(share * n))
-    se = math.sqrt(share * (1 - share) / n)
-    return [Finding(
-        "data.label_noise", "warning",
-        f"{100 * share:.0f} % of the training samples are never learnt: noisy labels or corrupted samples",
-        f"At epoch {e.index}, {k} of {n} probe samples ({100 * share:.1f} ± {100 * se:.1f} %) have an eval-mode "
-        f"training loss above the baseline loss {b:.3g} (a constant prediction does better on them), in this "
-        f"epoch and the one before, while the median sample's loss is {float(np.median(c.values)):.3g}. Samples "
-        "with wrong labels behave like this; they also raise the mean eval-mode training loss "
-        f"({c.mean:.3g}), which is not a capacity problem.",
-        "Inspect the highest-loss training samples (their labels, then their inputs); relabel or drop them, or "
-        "train with a noise-robust loss (label smoothing, a symmetric or truncated loss).",
-        [Evidence("share of probe samples above the baseline loss", share, se, (e.index,), "fraction")],
-        (e.index,), {"share": share, "n_probe": n})]
-
-
 def _regularization_cost(run: Run) -> tuple[float, float, bool]:
     """At the last epoch: the penalty Ω plus the train-mode term T − A (paired), its standard error, and
     whether anything of it was measured."""
@@ -691,10 +332,10 @@ MAX_SKILL_NOT_LEARNING = 0.05
 def _not_learning_recorded(run: Run, idx: list[int]) -> Finding | None:
     """``regime.not_learning`` for a recorded run: its training loss never got materially below the baseline
     loss (the best constant predictor, e.g. ln K for K balanced classes)."""
-    baseline = _baseline(run)
+    baseline = baseline_of(run)
     if baseline is None:
         return None
-    _, _, tms, tname = _train_curve(run)
+    _, _, tms, tname = train_curve(run)
     vals = np.array([m.mean for m in tms if math.isfinite(m.mean)])
     if vals.size < 2:
         return None
