@@ -168,4 +168,4 @@ def test_distributed_true_without_a_process_group_is_an_error():
     with pytest.raises(ValueError, match="distributed"):
         LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), store=None, distributed="yes")
     lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), store=None)  # no process group: one process
-    assert "world_size" not in lens.run.meta
+    assert lens.run.info.framework.world_size is None

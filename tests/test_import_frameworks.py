@@ -173,9 +173,7 @@ def test_torch_summarywriter_per_step_and_per_epoch(tmp_path):
 def keras_run(tmp_path_factory):
     os.environ.setdefault("KERAS_BACKEND", "torch")
     keras = pytest.importorskip("keras")
-    if not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "src", "losslens", "keras.py")):
-        pytest.skip("losslens.keras not available")
-    from losslens.keras import LossLens
+    LossLens = pytest.importorskip("losslens.keras").LossLens
 
     root = tmp_path_factory.mktemp("keras")
     X, y = _digits()

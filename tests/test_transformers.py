@@ -155,6 +155,10 @@ TORCHRUN_SCRIPT = COMMON + textwrap.dedent(
         with open(os.path.join(out, f"rank{r}.json"), "w") as f:
             json.dump({"run_id": lens.run.id, "world_size": lens.run.meta.get("world_size"),
                        "logged": [h["loss"] for h in trainer.state.log_history if "loss" in h]}, f)
+        # a process group left to interpreter exit can abort in gloo's teardown ("terminate called without an
+        # active exception", seen once under load): close it explicitly
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     """
 )
 

@@ -24,9 +24,12 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .meta import RunInfo
 
 __all__ = [
     "record_measurement_error",
@@ -76,44 +79,17 @@ def measurement_label(kind: str, source: str = "measured") -> str:
     return MEASUREMENT_LABELS[kind]
 
 
-#: Documented keys of :attr:`Run.meta` (all optional).
+#: Keys of :attr:`Run.meta` that no section of the typed view (:class:`losslens.meta.RunInfo`, ``run.info``)
+#: owns: framework versions and the split fingerprints' details. The typed keys are documented on the sections.
 META_KEYS = {
-    "framework": "writer of the record: 'torch', 'keras', 'lightning', 'transformers', or an importer name",
-    "loss": "name of the loss function, e.g. 'CrossEntropyLoss'",
-    "loss_kind": "'cross_entropy', 'binary_cross_entropy', 'mse', 'mae' or None when unknown",
-    "baseline_loss": "loss of the best constant predictor on the probe set (per sample)",
-    "batch_size": "most common training batch size (samples)",
-    "train_size": "number of training samples",
-    "val_size": "number of validation samples",
-    "probe_size": "number of probe samples",
-    "probe_fingerprint": "sha256 of the sorted probe indices and the training-set size",
-    "probe_seed": "seed of the probe subset and of the probe passes' RNG",
-    "seed": "the user's seed, when given",
-    "dropout_layers": "names of dropout modules found in the model",
-    "batchnorm_layers": "names of batch-norm modules found in the model",
-    "weight_decay": "optimizer weight decay (in the optimizer, not in the loss)",
-    "optimizer": "optimizer class name",
-    "penalty_source": "'callable', 'constant', 'per-step', 'model.losses' or None",
-    "penalty_in_validation": "True when the framework's own validation loss includes the penalty (Keras)",
-    "skipped": "list of measurement kinds not measured and why, e.g. {'train_mode': 'no dropout or batch norm'}",
-    "reported_loss_kind": "how the training loss was averaged: 'epoch_mean', 'window_mean', 'ema'",
     "torch_version": "torch.__version__ of the recording process",
-    "per_sample_method": "how per-sample losses were obtained: 'reduction=none copy', 'functional', 'per-sample calls'",
-    "per_sample_loss_check": "result of checking mean(per-sample losses) == loss_fn(batch) on the first probe batch",
-    "augmented_probe": "True when a training-transform dataset gave the augmented probe inputs (A, T)",
-    "probe_budget": "fraction of an epoch's training time the probe passes may cost when probe_size='auto'",
-    "probe_cost_per_sample_s": "measured seconds per probe sample over all probe passes (timed pilot)",
-    "probe_size_reason": "why the probe has its size (cap, budget, user setting)",
-    "train_fingerprint": "order-independent content fingerprint of the training set (losslens.recording.fingerprint)",
-    "val_fingerprint": "order-independent content fingerprint of the validation set",
     "probe_content_fingerprint": "content fingerprint of the probe set (probe_fingerprint is index-based)",
     "train_hashes": "base64 per-sample content hashes of the training set (possibly a hash-threshold subsample)",
     "val_hashes": "base64 per-sample content hashes of the validation set",
     "train_hashes_rate": "fraction of training hashes kept by the subsample (1.0 = all)",
     "val_hashes_rate": "fraction of validation hashes kept by the subsample",
     "fingerprint_skipped": "sets not fingerprinted and why (not in memory, too large, not hashable)",
-    "split_exact_duplicates": ("losslens.audit.exact_duplicates(...).to_dict(): counts and index pairs found at "
-                               "the start"),
+    "measurement_errors": "epochs whose probe/validation passes failed, with the error",
 }
 
 
@@ -370,7 +346,8 @@ class Run:
     steps : Steps
         Step (or window) losses.
     meta : dict
-        Facts about the run; documented keys in :data:`META_KEYS`.
+        Facts about the run, as stored (JSON); read it through :attr:`info`, the typed view
+        (:class:`losslens.meta.RunInfo`), except user extras (``info.extras``).
     id : int or None
         Row id in a :class:`losslens.store.Store`, None when not stored.
     status : str
@@ -389,6 +366,14 @@ class Run:
 
     def __len__(self) -> int:
         return len(self.epochs)
+
+    @property
+    def info(self) -> "RunInfo":
+        """The typed view of :attr:`meta` (probe, loss, split, framework, extras); a snapshot: changing it does not
+        change :attr:`meta` (write ``run.meta.update(info.to_meta())``)."""
+        from .meta import RunInfo
+
+        return RunInfo.from_meta(self.meta)
 
     def series(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-epoch series of one quantity.

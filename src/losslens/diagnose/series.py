@@ -13,7 +13,8 @@ __all__ = ["suggest_patience", "baseline_of", "curve", "train_curve", "train_poi
 
 
 def baseline_of(run: Run) -> float | None:
-    raw = run.meta.get("baseline_loss")
+    """The run's baseline loss (``run.info.loss.baseline``) when it is a positive finite number, else None."""
+    raw = run.info.loss.baseline
     try:
         b = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -21,7 +21,7 @@ def split_findings_of(run: Run, audit: Any = None) -> list[Finding]:
     check that could not run, or no check adds nothing)."""
     if audit is not None:
         return list(audit.findings())
-    d = run.meta.get("split_exact_duplicates")
+    d = run.info.split.exact_duplicates
     if not isinstance(d, dict) or not d.get("n_val_duplicated"):
         return []
     pairs = [list(p) for p in (d.get("pairs") or [])]

@@ -290,8 +290,8 @@ def compare(a: Sequence[Run] | Run, b: Sequence[Run] | Run, a_name: str = "A", b
     sa, sb = _side(a_list, at), _side(b_list, at)
     runs_a = [r for r in a_list if isinstance(r, Run)]
     runs_b = [r for r in b_list if isinstance(r, Run)]
-    fa = {r.meta.get("val_fingerprint") for r in runs_a} - {None}
-    fb = {r.meta.get("val_fingerprint") for r in runs_b} - {None}
+    fa = {r.info.split.val_fingerprint for r in runs_a} - {None}
+    fb = {r.info.split.val_fingerprint for r in runs_b} - {None}
     split_differs = bool(fa and fb and fa != fb)
     diffs: dict[str, Difference] = {}
     for q in QUANTITIES:

@@ -124,9 +124,9 @@ def summarize_run(run: Run, at: str = "last", label: str | None = None) -> RunSu
 def _set_key(run: Run, which: str, n: int) -> str:
     """Identity of an evaluation set: its fingerprint when recorded (else unknown), and its size."""
     if which == "val":
-        fpr = run.meta.get("val_fingerprint")
+        fpr = run.info.split.val_fingerprint
     else:
-        fpr = run.meta.get("probe_fingerprint") or run.meta.get("probe_content_fingerprint")
+        fpr = run.info.probe.fingerprint or run.info.extras.get("probe_content_fingerprint")
     return f"{which}:{fpr}:{n}"
 
 

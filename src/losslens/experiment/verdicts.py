@@ -93,11 +93,11 @@ def split_findings(runs: Sequence[Run], labels: Sequence[str] | None = None) -> 
             data={"runs": lacking}))
     groups: dict[str, list[str]] = {}
     for i in have:
-        groups.setdefault(str(runs[i].meta["val_fingerprint"]), []).append(labels[i])
+        groups.setdefault(str(runs[i].info.split.val_fingerprint), []).append(labels[i])
     if len(groups) > 1:
         parts = "; ".join(f"set {j + 1} ({fpr[7:19]}…): {', '.join(names)}" for j, (fpr, names) in
                           enumerate(groups.items()))
-        train_groups = {str(runs[i].meta.get("train_fingerprint")) for i in have}
+        train_groups = {str(runs[i].info.split.train_fingerprint) for i in have}
         out.append(Finding(
             "experiment.split_changed", "warning", "The runs did not validate on the same samples",
             f"{len(groups)} different validation sets among {len(have)} runs: {parts}. "
@@ -122,8 +122,8 @@ def split_findings(runs: Sequence[Run], labels: Sequence[str] | None = None) -> 
             if j == i:
                 continue
             t_j = hashes[j][1]
-            if t_j is None or runs[i].meta.get("val_fingerprint") == runs[j].meta.get("val_fingerprint") and \
-                    runs[i].meta.get("train_fingerprint") == runs[j].meta.get("train_fingerprint"):
+            if t_j is None or runs[i].info.split.val_fingerprint == runs[j].info.split.val_fingerprint and \
+                    runs[i].info.split.train_fingerprint == runs[j].info.split.train_fingerprint:
                 continue
             found, checked, frac = fp.overlap(v_i, t_j, exclude=[t_i] if t_i is not None else [])
             if found:

@@ -94,37 +94,37 @@ def short_fingerprint(fp: Any) -> str:
 
 def run_facts(run: Run) -> list[tuple[str, str]]:
     """(label, value) pairs describing a run, for headers. Values are plain strings (unescaped)."""
-    m = run.meta
+    info = run.info
     facts: list[tuple[str, str]] = [("run", f"{run.name}" + (f" (id {run.id})" if run.id is not None else ""))]
     if run.experiment:
         facts.append(("experiment", str(run.experiment)))
     facts.append(("status", _status_text(run)))
-    facts.append(("framework", str(m.get("framework") or "unknown")))
-    for key, label in (("loss", "loss"), ("optimizer", "optimizer"), ("batch_size", "batch size"),
-                       ("train_size", "training samples"), ("val_size", "validation samples"),
-                       ("seed", "seed")):
-        if m.get(key) is not None:
-            facts.append((label, fmt(m[key]) if isinstance(m[key], float) else str(m[key])))
-    if m.get("probe_size") is not None:
-        fp = short_fingerprint(m.get("probe_fingerprint"))
-        facts.append(("probe set", f"{m['probe_size']} samples, fingerprint {fp}"
-                      + (f", seed {m['probe_seed']}" if m.get("probe_seed") is not None else "")))
+    facts.append(("framework", str(info.framework.name or "unknown")))
+    for value, label in ((info.loss.name, "loss"), (info.framework.optimizer, "optimizer"),
+                         (info.framework.batch_size, "batch size"), (info.split.train_size, "training samples"),
+                         (info.split.val_size, "validation samples"), (info.framework.seed, "seed")):
+        if value is not None:
+            facts.append((label, fmt(value) if isinstance(value, float) else str(value)))
+    p = info.probe
+    if p.size is not None:
+        facts.append(("probe set", f"{p.size} samples, fingerprint {short_fingerprint(p.fingerprint)}"
+                      + (f", seed {p.seed}" if p.seed is not None else "")))
     else:
         facts.append(("probe set", "none (no probe passes recorded)"))
-    if m.get("weight_decay") not in (None, 0, 0.0):
-        facts.append(("weight decay", f"{fmt(m['weight_decay'])} (in the optimizer, not in the loss)"))
-    for key, label in (("dropout_layers", "dropout layers"), ("batchnorm_layers", "batch-norm layers")):
-        if m.get(key):
-            v = m[key]
+    if info.framework.weight_decay not in (None, 0, 0.0):
+        facts.append(("weight decay", f"{fmt(info.framework.weight_decay)} (in the optimizer, not in the loss)"))
+    for v, label in ((info.framework.dropout_layers, "dropout layers"),
+                     (info.framework.batchnorm_layers, "batch-norm layers")):
+        if v:
             facts.append((label, ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)))
-    if m.get("penalty_in_validation") is True:
+    if info.loss.penalty_in_validation is True:
         facts.append(("framework validation loss", "includes the regularization penalty (Keras adds model.losses "
                       "to val_loss); losslens's validation loss V is the data loss only"))
-    elif m.get("penalty_in_validation") is False:
+    elif info.loss.penalty_in_validation is False:
         facts.append(("framework validation loss", "data loss only (no penalty)"))
-    if m.get("baseline_loss") is not None:
-        facts.append(("baseline loss", f"{fmt(m['baseline_loss'])} (best constant predictor)"))
-    skipped = m.get("skipped")
+    if info.loss.baseline is not None:
+        facts.append(("baseline loss", f"{fmt(info.loss.baseline)} (best constant predictor)"))
+    skipped = info.framework.skipped
     if isinstance(skipped, Mapping) and skipped:
         facts.append(("passes skipped", "; ".join(f"{k}: {v}" for k, v in skipped.items())))
     facts.append(("epochs", f"{len(run.epochs)} recorded, {len(run.steps)} step losses"))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..meta import FrameworkInfo, LossInfo, ProbeInfo, RunInfo, SplitInfo
 from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
 from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, epoch_means, input_duplicates
 from ..recording.deprecations import deprecated_report, renamed_data_args
@@ -182,7 +183,7 @@ class LossLens:
     seeded RNGs, every module flag and buffer restored), so parameters after training are bit-identical with the
     recorder on or off (tests/conformance.py). The user's DataLoader is never iterated.
 
-    **Extra metadata** (beyond :data:`losslens.record.META_KEYS`):
+    **Metadata** (``run.info``, :class:`losslens.meta.RunInfo`, plus):
     ``torch_version``, ``per_sample_method`` (``"reduction=none"`` or
     ``"per-sample calls"``), ``per_sample_loss_check`` (mean of the per-sample
     losses vs the loss function's own value on the first eval batch),
@@ -273,32 +274,20 @@ class LossLens:
 
         dropout, has_dropout, batchnorm = train_mode_layers(model)
         self._loss_kind = LOSS_KINDS.get(loss_name(loss_fn).lower())
-        m: dict[str, Any] = {
-            "framework": "torch",
-            "torch_version": torch.__version__.split("+")[0],
-            "loss": loss_name(loss_fn),
-            "loss_kind": self._loss_kind,
-            "per_sample_method": self._fw.method,
-            "baseline_loss": None,
-            "batch_size": None,
-            "train_size": len(self._probe) if self._probe is not None else None,
-            "val_size": len(self._val) if self._val is not None else None,
-            "probe_size": None,
-            "probe_seed": self._probe_seed,
-            "probe_budget": float(probe_budget),
-            "seed": seed,
-            "dropout_layers": dropout,
-            "batchnorm_layers": batchnorm,
-            "optimizer": type(optimizer).__name__ if optimizer is not None else None,
-            "weight_decay": weight_decay_of(optimizer),
-            "penalty_source": (None if penalty is None else "callable" if callable(penalty) else "constant"),
-            "reported_loss_kind": "epoch_mean",
-            "augmented_probe": self._train is not None,
-            "skipped": {},
-        }
-        if self._dist:
-            m["world_size"] = self._world
-        skipped: dict[str, str] = m["skipped"]
+        skipped: dict[str, str] = {}
+        m = RunInfo(
+            probe=ProbeInfo(seed=self._probe_seed, budget=float(probe_budget), augmented=self._train is not None),
+            loss=LossInfo(name=loss_name(loss_fn), kind=self._loss_kind, per_sample_method=self._fw.method,
+                          reported_kind="epoch_mean",
+                          penalty_source=None if penalty is None else "callable" if callable(penalty) else "constant"),
+            split=SplitInfo(train_size=len(self._probe) if self._probe is not None else None,
+                            val_size=len(self._val) if self._val is not None else None),
+            framework=FrameworkInfo(name="torch", seed=seed, dropout_layers=dropout, batchnorm_layers=batchnorm,
+                                    optimizer=type(optimizer).__name__ if optimizer is not None else None,
+                                    weight_decay=weight_decay_of(optimizer), skipped=skipped,
+                                    world_size=self._world if self._dist else None),
+            extras={"torch_version": torch.__version__.split("+")[0]},
+        ).to_meta()
         if self._probe is None or probe_size == 0:
             reason = ("probe passes disabled (train_data=None)" if self._probe is None
                       else "probe passes disabled (probe_size=0)")
@@ -559,7 +548,7 @@ class LossLens:
         return out
 
     def _note_check(self) -> None:
-        if self._fw.check is not None and "per_sample_loss_check" not in self.run.meta:
+        if self._fw.check is not None and self.run.meta.get("per_sample_loss_check") is None:
             self.run.meta["per_sample_loss_check"] = self._fw.check
 
     def _eval_pass(self, src: Source | None, indices: np.ndarray, collect_targets: bool) -> tuple[np.ndarray, Any]:
