@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..diagnose import Diagnosis, diagnose
 from ..record import Run
+from ._env import write_page
 from ._model import to_jsonable
 
 __all__ = ["Report", "AuditLike", "REPORT_FORMAT_VERSION"]
@@ -146,7 +147,7 @@ class Report:
         FileNotFoundError
             If the parent directory of ``path`` does not exist (the message names it).
         """
-        return _write(path, self.to_html())
+        return write_page(path, self.to_html())
 
     # -- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -184,12 +185,5 @@ class Report:
         FileNotFoundError
             If the parent directory of ``path`` does not exist (the message names it).
         """
-        return _write(path, self.to_json())
+        return write_page(path, self.to_json())
 
-
-def _write(path: str | os.PathLike[str], text: str) -> Path:
-    p = Path(path)
-    if not p.parent.exists():
-        raise FileNotFoundError(f"cannot write {str(p)!r}: directory {str(p.parent)!r} does not exist")
-    p.write_text(text, encoding="utf-8")
-    return p

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -45,16 +46,16 @@ def render(template: str, **context: Any) -> str:
     return ENV.get_template(template).render(**context)
 
 
-def write_page(path: str | os.PathLike[str], text: str) -> None:
-    """Write a page (UTF-8).
+def write_page(path: str | os.PathLike[str], text: str) -> Path:
+    """Write a page or a JSON document (UTF-8) and return its path.
 
     Raises
     ------
     FileNotFoundError
         If the directory of ``path`` does not exist (the message names it).
     """
-    parent = os.path.dirname(os.path.abspath(os.fspath(path)))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"cannot write {os.fspath(path)!r}: directory {parent!r} does not exist")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    p = Path(path)
+    if not p.parent.exists():
+        raise FileNotFoundError(f"cannot write {str(p)!r}: directory {str(p.parent)!r} does not exist")
+    p.write_text(text, encoding="utf-8")
+    return p
