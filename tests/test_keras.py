@@ -346,7 +346,7 @@ def test_auto_probe_size_is_bounded_by_the_cost_budget(tmp_path, budget):
     assert meta["probe_budget"] == b
     n = meta["probe_size"]
     # the size follows from sample counts alone (no timing), and is below the validation size
-    assert "probe_cost_per_sample_s" not in meta
+    assert meta.get("probe_cost_per_sample_s") is None
     assert n == _expected_auto_size(meta, b) == {0.03: 200, 0.2: 900}[b]
     assert 200 <= n < meta["val_size"] == 3000
     assert meta["probe_size_reason"].startswith("auto: ")
@@ -402,7 +402,7 @@ def test_probe_size_int_or_all_overrides_the_budget(probe_size, expected):
     meta = lens.run.meta
     assert meta["probe_size"] == expected == lens.run.epochs[0].get(EVAL_CLEAN).n
     assert meta["probe_size_reason"] == f"probe_size={probe_size!r}"
-    assert "probe_cost_per_sample_s" not in meta and meta["probe_budget"] is None
+    assert meta.get("probe_cost_per_sample_s") is None and meta["probe_budget"] is None
     assert lens.probe_indices.tolist() == np.sort(np.random.default_rng(0).permutation(3000)[:expected]).tolist()
 
 
@@ -437,7 +437,7 @@ def test_exact_duplicate_check_at_the_start_of_training():
     model = _model(dropout=0, bn=False)
     lens = LossLens(store=None, check_duplicates=False)
     model.fit(x, y, batch_size=32, epochs=1, validation_data=(xv, yv), callbacks=[lens], verbose=0)
-    assert "split_exact_duplicates" not in lens.run.meta
+    assert lens.run.info.split.exact_duplicates is None
 
 
 def test_exact_duplicate_check_on_a_multi_input_model():

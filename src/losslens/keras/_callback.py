@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ..meta import FrameworkInfo, LossInfo, ProbeInfo, RunInfo, SplitInfo
 from ..record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
 from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, input_duplicates
 from ..recording.deprecations import deprecated_report, renamed_data_args
@@ -28,6 +29,7 @@ from ._data import (
     layer_kinds,
     per_sample_loss,
     resolve_data,
+    tracker_steps,
 )
 from ._guard import _StateGuard
 
@@ -287,45 +289,38 @@ class LossLens(keras.callbacks.Callback):
                                      self._train_mode_arg == "auto" else "disabled (train_mode=False)")
         if not self.val_size:
             skipped["validation"] = "no validation data"
-        meta = {
-            "framework": "keras",
-            "keras_version": keras.__version__,
-            "keras_backend": keras.backend.backend(),
-            "loss": (_loss_name(loss) if self._loss_fn_arg is None
-                     else getattr(self._loss_fn_arg, "__name__", "loss_fn")),
-            "loss_kind": kind,
-            # the label prior / target variance of the whole training part (the probe is not fixed yet)
-            "baseline_loss": baseline_loss(kind, np.asarray(_as_numpy(keras.tree.flatten(self._train_full[1])[0]))),
-            "batch_size": self.batch_size,
-            "train_size": self.train_size,
-            "val_size": self.val_size,
-            "probe_size": None,            # set when the probe is fixed (at once, or at the first epoch end)
-            "probe_budget": self.probe_budget if self.probe_size in ("auto", "timed") else None,
-            "probe_seed": self.probe_seed,
-            "seed": self.seed,
-            "dropout_layers": self.dropout_layers,
-            "batchnorm_layers": self.batchnorm_layers,
-            "augmentation_layers": self.augmentation_layers,
-            "optimizer": opt_name,
-            "weight_decay": wd,
-            "penalty_source": "model.losses",
-            "penalty_measured": ("per step: sum(model.losses) of each training step, batch-size weighted"
-                                 if self._per_step else
-                                 "per epoch: sum(model.losses) at the end-of-epoch weights (JAX backend)"),
-            "step_losses": ("per step, recovered from Keras's loss tracker" if self._per_step else
-                            "per epoch only (JAX backend: variables are synchronised at the epoch end)"),
-            "penalty_in_validation": True,
-            "penalty_in_validation_note": (
-                "Keras's val_loss includes the penalty sum(model.losses) (regularizers at the end-of-epoch weights, "
-                "activity regularizers and add_loss on the validation batches); losslens's validation loss is the "
-                "data loss only"),
-            "sample_weighted": self.sample_weighted,
-            "reported_loss_kind": "epoch_mean",
-            "validation_pass": ("the callback's own inference pass over the whole validation set each epoch "
-                                "(per-sample data losses), besides Keras's validation evaluation; not part of "
-                                "probe_budget") if self.val_size else None,
-            "skipped": skipped,
-        }
+        # the label prior / target variance of the whole training part (the probe is not fixed yet)
+        base = baseline_loss(kind, np.asarray(_as_numpy(keras.tree.flatten(self._train_full[1])[0])))
+        meta = RunInfo(
+            probe=ProbeInfo(seed=self.probe_seed,
+                            budget=self.probe_budget if self.probe_size in ("auto", "timed") else None),
+            loss=LossInfo(name=(_loss_name(loss) if self._loss_fn_arg is None
+                                else getattr(self._loss_fn_arg, "__name__", "loss_fn")),
+                          kind=kind, baseline=base, penalty_source="model.losses", penalty_in_validation=True,
+                          reported_kind="epoch_mean"),
+            split=SplitInfo(train_size=self.train_size, val_size=self.val_size),
+            framework=FrameworkInfo(name="keras", optimizer=opt_name, weight_decay=wd, batch_size=self.batch_size,
+                                    seed=self.seed, dropout_layers=self.dropout_layers,
+                                    batchnorm_layers=self.batchnorm_layers, skipped=skipped),
+            extras={
+                "keras_version": keras.__version__,
+                "keras_backend": keras.backend.backend(),
+                "augmentation_layers": self.augmentation_layers,
+                "penalty_measured": ("per step: sum(model.losses) of each training step, batch-size weighted"
+                                     if self._per_step else
+                                     "per epoch: sum(model.losses) at the end-of-epoch weights (JAX backend)"),
+                "step_losses": ("per step, recovered from Keras's loss tracker" if self._per_step else
+                                "per epoch only (JAX backend: variables are synchronised at the epoch end)"),
+                "penalty_in_validation_note": (
+                    "Keras's val_loss includes the penalty sum(model.losses) (regularizers at the end-of-epoch "
+                    "weights, activity regularizers and add_loss on the validation batches); losslens's validation "
+                    "loss is the data loss only"),
+                "sample_weighted": self.sample_weighted,
+                "validation_pass": ("the callback's own inference pass over the whole validation set each epoch "
+                                    "(per-sample data losses), besides Keras's validation evaluation; not part of "
+                                    "probe_budget") if self.val_size else None,
+            },
+        ).to_meta()
         meta["per_sample_loss_check"] = self._check_per_sample()
         meta.update(self._content_fingerprints())
         if self.check_duplicates and self._vx is not None:
@@ -513,37 +508,8 @@ class LossLens(keras.callbacks.Callback):
         """Per-step losses (data part), penalties; R, Ω and the sample count of the epoch."""
         if self._tracker_obj is None or not self._totals:
             return Steps(), math.nan, 0.0, 0
-        totals = np.asarray(ops.convert_to_numpy(ops.stack(self._totals)), dtype=np.float64)
-        counts = np.asarray(ops.convert_to_numpy(ops.stack(self._counts)), dtype=np.float64)
-        d_tot = np.diff(np.concatenate([[0.0], totals]))
-        d_cnt = np.diff(np.concatenate([[0.0], counts]))
-        total_loss = d_tot / np.where(d_cnt > 0, d_cnt, np.nan)
-        k = total_loss.size
-        if not self._per_step:
-            # one row standing for the whole epoch: its mean, at the epoch centre, spanning every step
-            pen = self._weight_pen[0], self._act_pen[0]
-            p = float(sum(float(ops.convert_to_numpy(v)) for v in pen if v is not None))
-            n = float(counts[-1])
-            r = float(totals[-1] / n) - p if n > 0 else math.nan
-            steps = Steps.build([epoch], [r], position=[epoch + 0.5], batch_size=[n], penalty=[p],
-                                span=[max(self._step, 1)])
-            return steps, r, p, int(n)
-
-        def col(vals: list[Any]) -> np.ndarray:
-            out = np.zeros(k)
-            idx = [i for i, v in enumerate(vals[:k]) if v is not None]
-            if idx:   # one device-to-host transfer per epoch
-                out[idx] = np.asarray(ops.convert_to_numpy(ops.stack([vals[i] for i in idx])), dtype=np.float64)
-            return out
-
-        penalty = col(self._weight_pen) + col(self._act_pen)
-        data = total_loss - penalty
-        w = d_cnt
-        n = float(w.sum())
-        omega = float((penalty * w).sum() / n) if n > 0 else 0.0
-        r = float(totals[-1] / counts[-1]) - omega if counts[-1] > 0 else math.nan
-        steps = Steps.build(np.full(k, epoch), data, batch_size=w, penalty=penalty)
-        return steps, r, omega, int(n)
+        return tracker_steps(epoch, self._totals, self._counts, self._weight_pen, self._act_pen, self._per_step,
+                             self._step)
 
     # -- probe size ----------------------------------------------------------------------------------
     def _fix_probe(self, n: int, reason: str) -> None:

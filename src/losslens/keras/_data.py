@@ -3,6 +3,7 @@ and ``PyDataset`` objects, and the arguments of the running ``fit`` call."""
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Callable
 
@@ -10,7 +11,9 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["LossLensError", "per_sample_loss", "resolve_data", "layer_kinds"]
+from ..record import Steps
+
+__all__ = ["LossLensError", "per_sample_loss", "resolve_data", "layer_kinds", "tracker_steps"]
 
 #: Keras layer classes whose output differs between training and inference.
 _TRAIN_MODE_LAYER_NAMES = (
@@ -306,3 +309,57 @@ def resolve_data(train_arg: Any, val_arg: Any, fit: dict[str, Any], batch_size: 
             px = keras.tree.map_structure(lambda a: a[:n_fit], px)
             py = keras.tree.map_structure(lambda a: a[:n_fit], py)
     return (px, py), (vx, vy), train_bs
+
+
+def tracker_steps(epoch: int, totals_dev: list[Any], counts_dev: list[Any], weight_pen: list[Any],
+                  act_pen: list[Any], per_step: bool, n_steps: int) -> tuple[Steps, float, float, int]:
+    """The epoch's step losses recovered from Keras's loss tracker (a ``keras.metrics.Mean`` weighted by batch
+    size), read from the device once: step k's total loss is ``(total_k − total_{k−1}) / (count_k −
+    count_{k−1})``, its penalty the weight regularizers it used plus its activity/``add_loss`` terms.
+
+    Parameters
+    ----------
+    totals_dev, counts_dev : list of device scalars
+        The tracker's running total and count copied before each step (and at the epoch end).
+    weight_pen, act_pen : list of device scalars or None
+        Per step: the weight-regularizer sum at the weights the step used; the activity/``add_loss`` sum.
+    per_step : bool
+        False on JAX (state synchronised at the epoch end only): one row stands for the epoch.
+    n_steps : int
+        Steps taken (the span of the single row when ``per_step`` is False).
+
+    Returns
+    -------
+    (Steps, R, Ω, samples): losses per sample, data part.
+    """
+    totals = np.asarray(ops.convert_to_numpy(ops.stack(totals_dev)), dtype=np.float64)
+    counts = np.asarray(ops.convert_to_numpy(ops.stack(counts_dev)), dtype=np.float64)
+    d_tot = np.diff(np.concatenate([[0.0], totals]))
+    d_cnt = np.diff(np.concatenate([[0.0], counts]))
+    total_loss = d_tot / np.where(d_cnt > 0, d_cnt, np.nan)
+    k = total_loss.size
+    if not per_step:
+        # one row standing for the whole epoch: its mean, at the epoch centre, spanning every step
+        pen = weight_pen[0], act_pen[0]
+        p = float(sum(float(ops.convert_to_numpy(v)) for v in pen if v is not None))
+        n = float(counts[-1])
+        r = float(totals[-1] / n) - p if n > 0 else math.nan
+        steps = Steps.build([epoch], [r], position=[epoch + 0.5], batch_size=[n], penalty=[p],
+                            span=[max(n_steps, 1)])
+        return steps, r, p, int(n)
+
+    def col(vals: list[Any]) -> np.ndarray:
+        out = np.zeros(k)
+        idx = [i for i, v in enumerate(vals[:k]) if v is not None]
+        if idx:   # one device-to-host transfer per epoch
+            out[idx] = np.asarray(ops.convert_to_numpy(ops.stack([vals[i] for i in idx])), dtype=np.float64)
+        return out
+
+    penalty = col(weight_pen) + col(act_pen)
+    data = total_loss - penalty
+    w = d_cnt
+    n = float(w.sum())
+    omega = float((penalty * w).sum() / n) if n > 0 else 0.0
+    r = float(totals[-1] / counts[-1]) - omega if counts[-1] > 0 else math.nan
+    steps = Steps.build(np.full(k, epoch), data, batch_size=w, penalty=penalty)
+    return steps, r, omega, int(n)

@@ -155,18 +155,11 @@ class LossLens:
 
     Notes
     -----
-    **Probe size and cost.** With ``probe_size="auto"`` the size is fixed at the
-    first :meth:`end_epoch` from counts only: the training samples ``S`` of the
-    first epoch (the sum of the ``batch_size`` given to :meth:`step`, or steps
-    times the training batch size) cost ``3 S`` forward passes, the probe passes
-    ``p n`` (``p`` = 1 for C, plus 1 each for T and A where they run), so
-    ``n_budget = probe_budget * 3 S / p`` and ``n = min(cap, max(min(200, cap),
-    n_budget))`` with ``cap = min(len(val) or 10 000, 10 000, N)``. The same
-    seed gives the same probe on any machine and under any load. The floor of
-    200 samples bounds the standard error of a probe mean at ~7 % of the
-    per-sample standard deviation. ``run.meta`` records ``probe_size``,
-    ``probe_budget`` and ``probe_size_reason`` (and ``probe_cost_per_sample_s``
-    with ``probe_size="timed"``).
+    **Probe size and cost.** With ``probe_size="auto"`` the size is fixed at the first :meth:`end_epoch` from
+    counts only (:meth:`losslens.recording.ProbePlan.decide`): the first epoch's ``S`` training samples cost
+    ``3 S`` forward passes, the ``p`` probe passes ``p n``, so ``n = min(cap, max(min(200, cap), probe_budget *
+    3 S / p))`` with ``cap = min(len(val) or 10 000, 10 000, N)``: the same probe on any machine, under any load.
+    ``run.info.probe`` records the size, the budget and the reason.
 
     **Passes.** C and V run in eval mode in large batches. T runs in train mode
     in batches of the training batch size (the most common ``batch_size`` given
@@ -183,12 +176,7 @@ class LossLens:
     seeded RNGs, every module flag and buffer restored), so parameters after training are bit-identical with the
     recorder on or off (tests/conformance.py). The user's DataLoader is never iterated.
 
-    **Metadata** (``run.info``, :class:`losslens.meta.RunInfo`, plus):
-    ``torch_version``, ``per_sample_method`` (``"reduction=none"`` or
-    ``"per-sample calls"``), ``per_sample_loss_check`` (mean of the per-sample
-    losses vs the loss function's own value on the first eval batch),
-    ``augmented_probe``, ``probe_budget``, ``probe_cost_per_sample_s``,
-    ``probe_size_reason``.
+    **Metadata**: ``run.info`` (:class:`losslens.meta.RunInfo`) and, in ``run.info.extras``, ``torch_version``.
 
     **torch.distributed.** Under an initialised process group with more than one rank, every rank constructs
     its own recorder with the same arguments; the passes are sharded and gathered so the measurements equal a
