@@ -15,6 +15,8 @@ import math
 import os
 from typing import Any
 
+from ._model import fmt
+
 __all__ = ["verdict", "real_logs_table", "real_logs_rows", "update_doc", "table_in_doc", "TABLE_BEGIN",
            "TABLE_END"]
 
@@ -23,9 +25,7 @@ TABLE_END = "<!-- end of real-logs table -->"
 
 
 def _g(x: float, digits: int = 3) -> str:
-    if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return "nan" if isinstance(x, float) and math.isnan(x) else str(x)
-    return f"{x:.{digits}g}"
+    return fmt(float(x), digits) if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
 
 
 def verdict(diagnosis: Any) -> str:
