@@ -1,6 +1,7 @@
 """The SQLite store: round trips, crash safety, schema versioning, clear errors."""
 
 import math
+import os
 import sqlite3
 import subprocess
 import sys
@@ -219,3 +220,76 @@ def test_merge_by_run_identity_atomically_and_never_into_a_hard_link(tmp_path):
     r = CliRunner().invoke(main, ["merge", out, str(tmp_path / "link.db")])
     assert r.exit_code != 0 and "itself" in r.output
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".losslens-merge-")]
+
+
+def _open_and_create(path, barrier, queue):
+    try:
+        barrier.wait()
+        with Store(path) as st:
+            st.create_run("sweep-job", {"pid": os.getpid()})
+        queue.put("")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+def test_twelve_processes_create_one_store_at_once(tmp_path):
+    """A sweep's jobs starting together all open (and create) the same store: 100 of 100 rounds succeed, every
+    job's run is in it (before: 'database is locked' or 'no such table: runs' in some rounds)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for r in range(100):
+        path = tmp_path / f"s{r}.db"
+        barrier, queue = ctx.Barrier(12), ctx.Queue()
+        procs = [ctx.Process(target=_open_and_create, args=(path, barrier, queue)) for _ in range(12)]
+        for p in procs:
+            p.start()
+        errors = [e for e in (queue.get(timeout=60) for _ in procs) if e]
+        for p in procs:
+            p.join()
+        assert not errors, f"round {r}: {errors[:2]}"
+        with Store(path) as st:
+            assert len(st.list_runs()) == 12
+
+
+def test_a_read_only_store_is_read_without_writing(tmp_path):
+    """Opened read-only (a read-only mount, another user's file, or the CLI's readers): every run reads, a schema-1
+    store is translated while reading, nothing is written, and a write says why it cannot be done."""
+    path = tmp_path / "v1.db"
+    with Store(path) as st:
+        ep = Epoch(0, 1.0, measurements={"train_mode": Measurement("train_mode", 0.9, 0.01, 0, None, "estimated")})
+        rid = st.save_run(Run("old", epochs=[ep], status="imported"))
+    con = sqlite3.connect(path)
+    con.execute("UPDATE measurements SET kind='train_mode' WHERE kind='end_of_epoch_estimate'")
+    con.execute("UPDATE losslens_info SET value='1' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with Store(path, read_only=True) as st:
+        assert st.read_only
+        run = st.load_run(rid)
+        assert set(run.epochs[0].measurements) == {"end_of_epoch_estimate"}
+        with pytest.raises(StoreError, match="read-only"):
+            st.create_run("new", {})
+    assert path.read_bytes() == before                       # not migrated, not touched
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "missing.db", read_only=True)
+
+
+def test_a_reader_does_not_wait_for_a_writer(tmp_path):
+    """`losslens report` while a training process holds a write transaction: the read-only reader reads the
+    committed runs at once (write-ahead logging), instead of waiting 30 s and failing."""
+    import time
+
+    path = tmp_path / "s.db"
+    writer = Store(path)
+    rid = writer.create_run("r", {})
+    writer._conn.execute("BEGIN IMMEDIATE")
+    writer._conn.execute("UPDATE runs SET status='x' WHERE id=?", (rid,))
+    t0 = time.perf_counter()
+    with Store(path, read_only=True) as reader:
+        assert reader.load_run(rid).status == "running"      # the committed state
+    assert time.perf_counter() - t0 < 5
+    writer._conn.execute("ROLLBACK")
+    writer.close()

@@ -98,7 +98,7 @@ def merge(dest: str, sources: tuple[str, ...]) -> None:
         lines = []
         with Store(tmp) as target:
             for src in sources:
-                with Store(src) as store:
+                with Store(src, read_only=True) as store:
                     n_src = len(store.list_runs())
                     ids = target.merge_from(store)
                 lines.append(f"{src}: {len(ids)} run(s) copied into {dest}"

@@ -110,47 +110,114 @@ class Store:
     ----------
     path : str or os.PathLike
         File to open or create. Its parent directory must exist.
+    read_only : bool or None
+        None (default): read-only when the file exists and this process may not write it or its folder (a
+        read-only share, another user's results); True: never write. A read-only store reads every run (older
+        schema versions are translated while reading) and refuses writes with a ``StoreError``.
 
     Raises
     ------
     StoreError
         If the file exists but is not a losslens store, or was written by a
         newer schema version than this losslens reads.
+
+    Notes
+    -----
+    Many processes may open (and create) one store at once, e.g. the jobs of a hyper-parameter sweep: the schema
+    is created in one ``BEGIN IMMEDIATE`` transaction (the others wait for it, up to 30 s), and the switch to
+    write-ahead logging is retried while another process holds the file.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], read_only: bool | None = None) -> None:
         self.path = Path(path)
         if not self.path.parent.exists():
             raise StoreError(f"store {str(self.path)!r}: directory {str(self.path.parent)!r} does not exist")
+        if read_only is None:
+            read_only = self.path.exists() and not (os.access(self.path, os.W_OK)
+                                                   and os.access(self.path.parent, os.W_OK))
+        self.read_only = bool(read_only)
         try:
-            self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
+            if not self.read_only:
+                try:
+                    self._open_writable()
+                except sqlite3.OperationalError as exc:   # a read-only mount, even for root
+                    if not (self.path.exists() and ("readonly" in str(exc) or "unable to open" in str(exc))):
+                        raise
+                    self._conn.close()
+                    self.read_only = True
+            if self.read_only:
+                self._open_read_only()
             self._conn.execute("PRAGMA foreign_keys=ON")
-            self._init_schema()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"store {str(self.path)!r} is not a usable SQLite file: {exc}") from exc
 
+    def _open_writable(self) -> None:
+        self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._init_schema()
+        self._wal()
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _open_read_only(self) -> None:
+        """Read without any write or lock that could wait for a writer (WAL readers do not block). In a folder this
+        process cannot write, and with no write-ahead log beside the file, open it immutable (SQLite could not
+        create its shared-memory file there)."""
+        if not self.path.exists():
+            raise StoreError(f"store {str(self.path)!r} does not exist (opened read-only)")
+        immutable = (not os.access(self.path.parent, os.W_OK)
+                     and not Path(str(self.path) + "-wal").exists())
+        uri = f"{self.path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+        self._conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        self._check_schema(writable=False)
+
     # -- housekeeping -------------------------------------------------------------------
+    def _wal(self, seconds: float = 30.0) -> None:
+        """Switch to write-ahead logging; retried while another process holds the file (it may switch it)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() == "wal":
+                    return
+                time.sleep(0.01)
+
     def _init_schema(self) -> None:
-        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and "losslens_info" not in tables:
-            raise StoreError(f"store {str(self.path)!r} is an SQLite file but not a losslens store")
-        if not tables:
-            self._conn.executescript(_SCHEMA)
+        """Create the tables (a new store) or check and migrate them, in one transaction."""
         with self._tx():
-            row = self._conn.execute("SELECT value FROM losslens_info WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._conn.execute(
-                    "INSERT INTO losslens_info(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {str(self.path)!r} has schema version {row[0]}, newer than this losslens "
-                    f"reads ({SCHEMA_VERSION}); upgrade losslens"
-                )
-            elif int(row[0]) < SCHEMA_VERSION:
-                self._migrate(int(row[0]))
+            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "losslens_info" not in tables:
+                raise StoreError(f"store {str(self.path)!r} is an SQLite file but not a losslens store")
+            if not tables:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        self._conn.execute(stmt)
+            self._check_schema(writable=True)
+
+    def _check_schema(self, writable: bool) -> None:
+        if not writable:
+            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "losslens_info" not in tables:
+                raise StoreError(f"store {str(self.path)!r} is an SQLite file but not a losslens store")
+        row = self._conn.execute("SELECT value FROM losslens_info WHERE key='schema_version'").fetchone()
+        try:
+            version = int(row[0]) if row is not None else None
+        except (TypeError, ValueError):
+            raise StoreError(f"store {str(self.path)!r}: schema version {row[0]!r} is not a number") from None
+        if version is None:
+            if writable:
+                self._conn.execute("INSERT INTO losslens_info(key, value) VALUES ('schema_version', ?)",
+                                   (str(SCHEMA_VERSION),))
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"store {str(self.path)!r} has schema version {version}, newer than this losslens "
+                             f"reads ({SCHEMA_VERSION}); upgrade losslens")
+        if version < SCHEMA_VERSION and writable:
+            self._migrate(version)
 
     def _migrate(self, version: int) -> None:
         """Upgrade an older store in place, inside the opening transaction (all or nothing)."""
@@ -160,6 +227,9 @@ class Store:
         self._conn.execute("UPDATE losslens_info SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _tx(self) -> "_Transaction":
+        if self.read_only:
+            raise StoreError(f"store {str(self.path)!r} is open read-only (this process may not write it or its "
+                             "folder): nothing can be recorded in it")
         return _Transaction(self._conn)
 
     def close(self) -> None:
@@ -368,6 +438,8 @@ class Store:
             (run_id,),
         ):
             values = None if blob is None else np.frombuffer(blob, dtype="<f4").astype(np.float32)
+            if kind == "train_mode" and source == "estimated":   # schema 1, opened read-only (not migrated)
+                kind = "end_of_epoch_estimate"
             measurements.setdefault(ep, {})[kind] = Measurement(kind, _real(mean), _real(sem), int(n), values, source)
         epochs = []
         for row in self._conn.execute(

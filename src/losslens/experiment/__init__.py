@@ -150,5 +150,5 @@ def load_experiment(store: Store | str | os.PathLike[str], name: str) -> Experim
         return Experiment(name, store.load_experiment(name))
     if not os.path.exists(store):
         raise FileNotFoundError(f"store file {os.fspath(store)!r} does not exist")
-    with Store(store) as st:
+    with Store(store, read_only=True) as st:
         return Experiment(name, st.load_experiment(name))

@@ -73,7 +73,7 @@ def compare(a: str, b: str, store_path: str, html_path: str | None, json_path: s
     if not os.path.exists(store_path):
         raise click.ClickException(f"store file {store_path!r} does not exist (pass --store PATH)")
     try:
-        store = Store(store_path)
+        store = Store(store_path, read_only=True)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     with store:

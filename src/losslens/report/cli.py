@@ -32,7 +32,7 @@ def _open_store(path: str) -> Store:
     if p.is_dir():
         raise click.ClickException(f"store {str(p)!r} is a directory, not a losslens store file")
     try:
-        return Store(p)
+        return Store(p, read_only=True)   # a reader never waits for a writer, nor needs write access
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
 
