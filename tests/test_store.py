@@ -293,3 +293,21 @@ def test_a_reader_does_not_wait_for_a_writer(tmp_path):
     assert time.perf_counter() - t0 < 5
     writer._conn.execute("ROLLBACK")
     writer.close()
+
+
+@pytest.mark.parametrize("damage, what", [
+    ("UPDATE runs SET meta='{not json' WHERE id=1", "the run"),
+    ("UPDATE steps SET data=x'0102' WHERE run_id=1", "the run"),
+    ("DROP TABLE epochs", "the run"),
+])
+def test_a_damaged_store_raises_one_store_error_naming_the_file(tmp_path, damage, what):
+    path = tmp_path / "s.db"
+    with Store(path) as st:
+        st.save_run(Run("r", epochs=[Epoch(0, 1.0)], steps=Steps.build([0, 0], [1.0, 0.9])))
+    con = sqlite3.connect(path)
+    con.execute(damage)
+    con.commit()
+    con.close()
+    with Store(path, read_only=True) as st:
+        with pytest.raises(StoreError, match=f"{str(path)!r}: {what} could not be read"):
+            st.load_run(1)

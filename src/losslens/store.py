@@ -17,13 +17,14 @@ Example
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,8 @@ __all__ = ["Store", "StoreError", "SCHEMA_VERSION"]
 #: Version 2: the end-of-epoch estimate of imported logs has its own measurement kind
 #: (``end_of_epoch_estimate``, formerly ``train_mode`` with source "estimated"); :meth:`Store._migrate` upgrades
 #: a version-1 store when it is opened.
+F = TypeVar("F", bound=Callable[..., Any])
+
 SCHEMA_VERSION = 2
 
 _SCHEMA = """
@@ -82,6 +85,21 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (run_id, epoch, chunk)
 );
 """
+
+
+def _readable(what: str) -> Callable[[F], F]:
+    """Turn a damaged file's error while reading (a corrupted page, a dropped table, bad JSON or a bad blob) into
+    one ``StoreError`` naming the store and what was being read."""
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: "Store", *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except (sqlite3.DatabaseError, ValueError, TypeError, KeyError, IndexError) as exc:
+                raise StoreError(f"store {str(self.path)!r}: {what} could not be read ({type(exc).__name__}: "
+                                 f"{exc}); the file may be damaged") from exc
+        return wrapper  # type: ignore[return-value]
+    return deco
 
 
 class StoreError(RuntimeError):
@@ -369,6 +387,7 @@ class Store:
         return int(n)
 
     # -- reading ---------------------------------------------------------------------------
+    @_readable("the list of runs")
     def list_runs(self) -> list[dict[str, Any]]:
         """One dict per run: id, name, experiment, status, created, n_epochs, last validation loss."""
         rows = self._conn.execute(
@@ -384,6 +403,7 @@ class Store:
             for r in rows
         ]
 
+    @_readable("the experiment's runs")
     def load_experiment(self, experiment: str) -> list[Run]:
         """Every run of one experiment (runs created with the same ``experiment`` name), oldest first.
 
@@ -399,6 +419,7 @@ class Store:
                              f"(experiments: {', '.join(names) or 'none'})")
         return [self.load_run(i) for i in ids]
 
+    @_readable("the experiment's metadata")
     def experiment_metas(self, experiment: str, before: int | None = None) -> list[dict[str, Any]]:
         """Metadata of the runs of one experiment (oldest first), optionally only those with id < ``before``."""
         rows = self._conn.execute(
@@ -407,6 +428,7 @@ class Store:
         ).fetchall()
         return [{"id": r[0], **json.loads(r[1])} for r in rows]
 
+    @_readable("the run's id")
     def resolve(self, ref: int | str) -> int:
         """Run id for ``ref``: an id, or a name (the newest run of that name).
 
@@ -426,6 +448,7 @@ class Store:
         names = ", ".join(f"{r['id']}:{r['name']}" for r in self.list_runs()) or "none"
         raise StoreError(f"no run {ref!r} in store {str(self.path)!r} (runs: {names})")
 
+    @_readable("the run")
     def load_run(self, ref: int | str) -> Run:
         """Read a run back (by id or name) with every committed epoch, measurement and step."""
         run_id = self.resolve(ref)
