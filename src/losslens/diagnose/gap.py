@@ -307,7 +307,7 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             ev, (d.epoch,)))
         findings += _imported_val_below(run, dec)
         return findings
-    parts = "; ".join(f"{n}: {_fmt(t.value, t.se)}" for n, t in d.terms.items())
+    parts = "; ".join(f"{'minus ' if t.sign < 0 else ''}{n}: {_fmt(t.value, t.se)}" for n, t in d.terms.items())
     findings.append(Finding(
         "gap.decomposition", "info",
         f"Reported training loss − validation loss = {diff:+.4g} at epoch {d.epoch}, split into measured parts",

@@ -85,10 +85,12 @@ def _context(report: "Report") -> dict[str, Any]:
     measurement_rows = [{"epoch": r["epoch"], "position": fmt(r["position"]),
                          "cells": [_cell(r[k]) for k in kinds]} for r in rows]
     term_names: list[str] = []
+    signs: dict[str, float] = {}
     for d in diagnosis.decomposition:
-        for n in d.terms:
+        for n, t in d.terms.items():
             if n not in term_names:
                 term_names.append(n)
+                signs[n] = t.sign
     dec_rows = []
     for d in diagnosis.decomposition:
         cells = []
@@ -126,7 +128,8 @@ def _context(report: "Report") -> dict[str, Any]:
         "figures": _figure_data(report),
         "kinds": [(SYMBOLS.get(k, k), QUANTITY_LABELS.get(k, k)) for k in kinds],
         "measurement_rows": measurement_rows,
-        "term_names": term_names,
+        # a term entering reported − validation with a minus sign (the generalization gap V − C) says so
+        "term_names": [("− " if signs.get(n, 1.0) < 0 else "") + n for n in term_names],
         "dec_rows": dec_rows,
         "legend": legend,
         "term_legend": term_legend,

@@ -137,11 +137,11 @@ def _decomposition(report: "Report") -> RenderableType | None:
     table.add_column("status")
     table.add_column("what it is", overflow="fold")
     for name, term in d.terms.items():
-        table.add_row(name, fmt_pm(term.value, term.se, signed=True),
+        table.add_row(("− " if term.sign < 0 else "") + name, fmt_pm(term.value, term.se, signed=True),
                       Text(term.status, style=STATUS_STYLE.get(term.status, "")), labels.get(name, ""))
     total_diff = d.reported - d.validation
     table.add_row(Text("total", style="bold"), Text(fmt(total_diff), style="bold"), "",
-                  "reported − validation (the terms add up to it)", end_section=True)
+                  "reported − validation (the terms add up to it; a term marked − is subtracted)", end_section=True)
     return table
 
 
