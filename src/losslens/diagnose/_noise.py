@@ -19,31 +19,9 @@ import math
 import numpy as np
 
 from ..record import Measurement
+from ..recording.stopping import scatter_sigma  # one estimator for the diagnosis and the stopper
 
 __all__ = ["scatter_sigma", "epoch_diff_se", "trend"]
-
-
-def scatter_sigma(values: np.ndarray) -> float:
-    """Robust epoch-to-epoch scatter σ of a curve (same units as ``values``).
-
-    Parameters
-    ----------
-    values : numpy.ndarray, shape (n_epochs,)
-        Finite values in epoch order.
-
-    Returns
-    -------
-    float
-        σ, or 0.0 when fewer than 3 values are given.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size < 3:
-        return 0.0
-    d2 = v[2:] - 2 * v[1:-1] + v[:-2]
-    mad = float(np.median(np.abs(d2 - np.median(d2))))
-    if mad == 0.0:
-        mad = float(np.median(np.abs(d2)))
-    return 1.4826 * mad / math.sqrt(6.0)
 
 
 def epoch_diff_se(a: Measurement, b: Measurement, sigma: float) -> float:

@@ -87,10 +87,10 @@ def _context(report: "Report") -> dict[str, Any]:
     term_names: list[str] = []
     signs: dict[str, float] = {}
     for d in diagnosis.decomposition:
-        for n, t in d.terms.items():
+        for n, term in d.terms.items():
             if n not in term_names:
                 term_names.append(n)
-                signs[n] = t.sign
+                signs[n] = term.sign
     dec_rows = []
     for d in diagnosis.decomposition:
         cells = []
