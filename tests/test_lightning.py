@@ -272,3 +272,41 @@ def test_a_fit_resumed_from_a_checkpoint_continues_the_stored_run(tmp_path):
     assert run.epochs[2].seconds != first.run.epochs[2].seconds
     assert run.meta["probe_fingerprint"] == ref.meta["probe_fingerprint"]
     assert len(run.steps) == len(ref.steps)
+
+
+def test_noise_aware_early_stopping_stops_an_overfitting_fit_and_restores_the_best_epoch():
+    from losslens.lightning import EarlyStopping
+
+    X, y = digits()[0], digits()[1]
+    g = torch.Generator().manual_seed(0)
+    y = torch.where(torch.rand(len(y), generator=g) < 0.3, torch.randint(0, 10, (len(y),), generator=g), y)
+
+    class Big(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+    L.seed_everything(0)
+    module = Big()
+    lens = LossLens(nn.CrossEntropyLoss(), train_data=(X[:400], y[:400]), val_data=(X[400:], y[400:]), store=None,
+                    probe_size=0)
+    stop = EarlyStopping(lens=lens, restore_best_weights=True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X[:400], y[:400]), batch_size=20)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer(callbacks=[lens, stop], epochs=80).fit(module, loader)
+    v = [e.get("validation").mean for e in lens.run.epochs]
+    assert stop.decision.stop and len(v) < 80
+    assert stop.decision.best_epoch == int(np.argmin(v)) < len(v) - 1
+    with torch.no_grad():
+        restored = float(nn.functional.cross_entropy(module(X[400:]), y[400:]))
+    assert restored == pytest.approx(v[stop.decision.best_epoch], rel=1e-4)

@@ -50,8 +50,9 @@ COMMON = textwrap.dedent(
         return BertForSequenceClassification(cfg)
 
     def args(out, **kw):
-        kw = {"num_train_epochs": 3, "per_device_train_batch_size": 16, "save_strategy": "no", **kw}
-        return TrainingArguments(output_dir=out, per_device_eval_batch_size=64, learning_rate=1e-3, logging_steps=5,
+        kw = {"num_train_epochs": 3, "per_device_train_batch_size": 16, "save_strategy": "no", "learning_rate": 1e-3,
+              **kw}
+        return TrainingArguments(output_dir=out, per_device_eval_batch_size=64, logging_steps=5,
                                  eval_strategy="epoch", report_to=[], use_cpu=True,
                                  disable_tqdm=True, seed=0, dataloader_num_workers=0, **kw)
     """
@@ -279,3 +280,23 @@ def test_training_resumed_from_a_checkpoint_continues_the_stored_run(tmp_path):
     assert run.epochs[0].train_loss == first.run.epochs[0].train_loss
     assert [e.position for e in run.epochs] == pytest.approx([1.0, 2.0, 3.0])
     assert len(run.steps) == len(first.run.steps)
+
+
+def test_noise_aware_early_stopping_callback_stops_the_trainer(tmp_path):
+    """With the recorder's per-sample validation losses, the stopper ends a run whose validation loss rises, and
+    the Trainer stops before its last epoch."""
+    from losslens.transformers import EarlyStoppingCallback
+
+    train_ds, val_ds = Tokens(64, 1), Tokens(128, 2)           # a tiny training set: it overfits
+    lens = LossLens(train_data=train_ds, val_data=val_ds, store=None, probe_size=0)
+    stop = EarlyStoppingCallback(early_stopping_patience=5, lens=lens)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(model=tiny_bert(), args=args(str(tmp_path / "o"), num_train_epochs=60,
+                                                        learning_rate=5e-3), train_dataset=train_ds,
+                          eval_dataset=val_ds, callbacks=[lens, stop])
+        trainer.train()
+    v = [e.get("validation").mean for e in lens.run.epochs]
+    assert stop.decision.stop and len(v) < 60
+    assert stop.decision.best_epoch == int(np.argmin(v))
+    assert trainer.state.epoch < 60                              # the Trainer stopped early

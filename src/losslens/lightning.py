@@ -43,11 +43,12 @@ except ImportError:  # the standalone package
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
 from .recording.deprecations import deprecated_report, renamed_data_args
+from .recording.stopping import NoiseAwareStopper, StopDecision
 from .store import Store
 from .torch import LossLens as TorchLossLens
 from .torch import batch_len, default_unpack, weight_decay_of
 
-__all__ = ["LossLens"]
+__all__ = ["LossLens", "EarlyStopping"]
 
 
 class LossLens(pl.Callback):
@@ -188,3 +189,58 @@ class LossLens(pl.Callback):
         if self.lens is None:
             raise RuntimeError("LossLens.diagnose: nothing recorded yet (call trainer.fit first)")
         return deprecated_report(self.lens.run, "LossLens.diagnose()")
+
+
+class EarlyStopping(pl.Callback):
+    """A drop-in for Lightning's ``EarlyStopping`` that stops on evidence, not on a raw patience count.
+
+    Judged by :class:`losslens.recording.stopping.NoiseAwareStopper` once per training epoch: with ``lens=`` (the
+    :class:`LossLens` callback, listed before this one) and ``monitor="val_loss"``, on the recorded per-sample
+    validation losses, paired with the best epoch's; otherwise on ``trainer.callback_metrics[monitor]`` against the
+    curve's own noise. Unlike Lightning's, ``patience`` counts epochs (not validation checks) and
+    ``restore_best_weights`` loads the truly best epoch's weights when training ends.
+
+    Parameters
+    ----------
+    monitor : str
+    min_delta : float
+    patience : int
+        Upper bound in epochs without a material improvement (and without a falling trend).
+    mode : {"min", "max"}
+    restore_best_weights : bool
+    lens : LossLens, optional
+
+    Attributes
+    ----------
+    decision : StopDecision or None
+        The last judgement (``best_epoch``, ``reason``); also in the run's ``meta["early_stopping"]``.
+    """
+
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 10, mode: str = "min",
+                 restore_best_weights: bool = False, lens: LossLens | None = None) -> None:
+        self.monitor, self.lens, self.restore_best_weights = monitor, lens, restore_best_weights
+        self._stopper = NoiseAwareStopper(mode=mode, min_delta=min_delta, patience=patience)
+        self._best_state: dict[str, Any] | None = None
+        self.decision: StopDecision | None = None
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.sanity_checking:
+            return
+        inner = self.lens.lens if self.lens is not None else None
+        if inner is not None and self.monitor == "val_loss" and inner.run.epochs:
+            d = self._stopper.judge_run(inner.run)
+        elif self.monitor in trainer.callback_metrics:
+            d = self._stopper.update(trainer.current_epoch, float(trainer.callback_metrics[self.monitor]))
+        else:
+            return
+        if d is None:
+            return
+        self.decision = d
+        if self.restore_best_weights and d.best_epoch == trainer.current_epoch:
+            self._best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        if d.stop:
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.restore_best_weights and self._best_state is not None:
+            pl_module.load_state_dict(self._best_state)

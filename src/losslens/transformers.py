@@ -46,10 +46,11 @@ import torch
 from transformers import TrainerCallback
 
 from .recording.deprecations import deprecated_report, renamed_data_args
+from .recording.stopping import NoiseAwareStopper
 from .store import Store
 from .torch import LossLens as TorchLossLens
 
-__all__ = ["LossLens", "logits_forward", "STATE_FILE"]
+__all__ = ["LossLens", "EarlyStoppingCallback", "logits_forward", "STATE_FILE"]
 
 #: The recorder's state in a Trainer checkpoint folder (``{"run_id", "epochs"}``), read when training resumes.
 STATE_FILE = "losslens_state.json"
@@ -237,3 +238,50 @@ class LossLens(TrainerCallback):
         if self.lens is None:
             raise RuntimeError("LossLens.diagnose: nothing recorded yet (call trainer.train first)")
         return deprecated_report(self.lens.run, "LossLens.diagnose()")
+
+
+class EarlyStoppingCallback(TrainerCallback):
+    """A drop-in for ``transformers.EarlyStoppingCallback`` that stops on evidence, not on a raw patience count.
+
+    Judged at each evaluation by :class:`losslens.recording.stopping.NoiseAwareStopper`: with ``lens=`` (the
+    :class:`LossLens` callback, listed before this one) and the evaluation loss as the metric, on the recorded
+    per-sample validation losses, paired with the best evaluation's; otherwise on the metric against the curve's
+    own noise. The Trainer's ``load_best_model_at_end`` still chooses the checkpoint to load.
+
+    Parameters
+    ----------
+    early_stopping_patience : int
+        Upper bound in evaluations without a material improvement (and without a falling trend).
+    early_stopping_threshold : float
+        Smallest change that counts as an improvement (``min_delta``).
+    lens : LossLens, optional
+    metric : str, optional
+        Default: ``args.metric_for_best_model`` (prefixed ``eval_``), else ``"eval_loss"``.
+    """
+
+    def __init__(self, early_stopping_patience: int = 10, early_stopping_threshold: float = 0.0, lens: Any = None,
+                 metric: str | None = None) -> None:
+        self.patience, self.threshold, self.lens, self.metric = (early_stopping_patience, early_stopping_threshold,
+                                                                  lens, metric)
+        NoiseAwareStopper(patience=early_stopping_patience, min_delta=early_stopping_threshold)  # argument checks
+        self._stopper: NoiseAwareStopper | None = None
+        self.decision: Any = None
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                    **kwargs: Any) -> None:
+        name = self.metric or args.metric_for_best_model or "eval_loss"
+        name = name if name.startswith("eval_") else f"eval_{name}"
+        if self._stopper is None:
+            greater = bool(args.greater_is_better) if args.greater_is_better is not None else False
+            self._stopper = NoiseAwareStopper(mode="max" if greater else "min", min_delta=self.threshold,
+                                              patience=self.patience)
+        inner = self.lens.lens if self.lens is not None else None
+        if inner is not None and name == "eval_loss" and inner.run.epochs:
+            d = self._stopper.judge_run(inner.run)
+        elif metrics and name in metrics:
+            d = self._stopper.update(len(self._stopper.epochs), float(metrics[name]))
+        else:
+            return
+        self.decision = d
+        if d is not None and d.stop:
+            control.should_training_stop = True

@@ -39,7 +39,8 @@ reads it from ``fit``'s own arguments (or pass ``train_data=`` / ``val_data=``).
 from ..recording.probe import PROBE_CAP
 from ._callback import LossLens
 from ._data import LossLensError, per_sample_loss
+from ._stopping import EarlyStopping
 
-__all__ = ["LossLens", "per_sample_loss", "LossLensError"]
+__all__ = ["LossLens", "EarlyStopping", "per_sample_loss", "LossLensError"]
 
 DEFAULT_PROBE_CAP = PROBE_CAP   # the name of the first version of this module

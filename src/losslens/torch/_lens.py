@@ -23,6 +23,7 @@ from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, 
 from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, epoch_means, input_duplicates
 from ..recording.deprecations import deprecated_report, renamed_data_args
 from ..recording.probe import baseline_loss
+from ..recording.stopping import NoiseAwareStopper
 from ..store import Store
 from ._data import (
     LOSS_KINDS,
@@ -573,6 +574,27 @@ class LossLens:
         return self._plan.fix(n, reason, meta)
 
     # ---------------------------------------------------------------------------------------
+    def should_stop(self, patience: int = 10, min_delta: float = 0.0) -> bool:
+        """Noise-aware early stopping on the validation losses recorded so far (call after :meth:`end_epoch`).
+
+        :class:`losslens.recording.stopping.NoiseAwareStopper` on the per-sample validation losses (paired against
+        the best epoch): ``patience`` bounds the epochs without a material improvement, ``min_delta`` (loss per
+        sample) the smallest one. :attr:`stop_decision` has the epoch to restore (``best_epoch``) and the reason.
+
+        Raises
+        ------
+        ValueError
+            Without ``val_data``, or for a bad ``patience``/``min_delta``.
+        """
+        if self._val is None:
+            raise ValueError("should_stop: needs val_data (early stopping judges the validation loss)")
+        st = getattr(self, "_stopper", None)
+        if st is None or (st.patience, st.min_delta) != (patience, float(min_delta)):
+            st = self._stopper = NoiseAwareStopper(patience=patience, min_delta=min_delta)
+        self.stop_decision = d = st.judge_run(self.run)
+        self._rec.sync_meta()
+        return bool(d is not None and d.stop)
+
     def finish(self) -> Run:
         """Mark the run finished (in memory and in the store) and close a store opened from a path.
 

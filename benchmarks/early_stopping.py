@@ -1,0 +1,158 @@
+"""Early stopping rules compared on replayed real training runs (issue 14).
+
+Each run is a small, seeded, CPU training run (MLPs of several sizes, with and without dropout; digits, breast
+cancer, wine, a regression and a noisy-label task), recorded in full with ``losslens.torch.LossLens`` for
+``EPOCHS`` epochs (per-sample validation losses each epoch). Every rule is then replayed on the recorded
+validation curve as if it had run during training:
+
+* ``losslens``: :class:`losslens.recording.stopping.NoiseAwareStopper` at its defaults, restoring its best epoch;
+* ``keras p=3/5/10``: Keras ``EarlyStopping(patience=p, restore_best_weights=True)`` (stop after p epochs without
+  a strict improvement; restore the best epoch seen);
+* ``lightning``: Lightning ``EarlyStopping`` defaults (patience 3, ``min_delta=0``), which keeps the last weights.
+
+Per rule: the regret (validation loss of the kept epoch minus the best of the full run, in standard errors of that
+paired difference; 0 when it kept the best), the epochs trained, and the share of premature stops (a regret above
+2 standard errors). Run: ``python benchmarks/early_stopping.py [--runs 36] [--epochs 40]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine  # noqa: E402
+from torch import nn  # noqa: E402
+
+from losslens.recording.stopping import NoiseAwareStopper  # noqa: E402
+from losslens.torch import LossLens  # noqa: E402
+
+
+def _task(name: str, seed: int):
+    rng = np.random.default_rng(seed)
+    if name == "digits":
+        X, y = load_digits(return_X_y=True)
+        X = X / 16.0
+    elif name == "cancer":
+        X, y = load_breast_cancer(return_X_y=True)
+        X = (X - X.mean(0)) / X.std(0)
+    elif name == "wine":
+        X, y = load_wine(return_X_y=True)
+        X = (X - X.mean(0)) / X.std(0)
+    elif name == "noisy-digits":
+        X, y = load_digits(return_X_y=True)
+        X = X / 16.0
+        flip = rng.random(len(y)) < 0.3
+        y = np.where(flip, rng.integers(0, 10, len(y)), y)
+    else:  # diabetes regression
+        X, y = load_diabetes(return_X_y=True)
+        X = (X - X.mean(0)) / X.std(0)
+        y = (y - y.mean()) / y.std()
+    p = rng.permutation(len(y))
+    X, y = X[p].astype("float32"), y[p]
+    n_val = len(y) // 3
+    reg = name == "diabetes"
+    yt = torch.tensor(y, dtype=torch.float32).reshape(-1, 1) if reg else torch.tensor(y, dtype=torch.long)
+    Xt = torch.tensor(X)
+    n_out = 1 if reg else int(y.max()) + 1
+    return Xt[n_val:], yt[n_val:], Xt[:n_val], yt[:n_val], n_out, (nn.MSELoss() if reg else nn.CrossEntropyLoss())
+
+
+def record_run(task: str, hidden: int, dropout: float, lr: float, seed: int, epochs: int) -> tuple[np.ndarray, list]:
+    """Train one run and return its validation curve and per-sample validation losses per epoch."""
+    Xtr, ytr, Xva, yva, n_out, loss_fn = _task(task, seed)
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(Xtr.shape[1], hidden), nn.ReLU()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers += [nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out)]
+    model = nn.Sequential(*layers)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size=0)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(ytr), generator=g)
+        for i in range(0, len(ytr), 32):
+            idx = order[i:i + 32]
+            opt.zero_grad()
+            loss = loss_fn(model(Xtr[idx]), ytr[idx])
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=len(idx))
+        lens.end_epoch()
+    vs = [e.get("validation") for e in lens.run.epochs]
+    return np.array([m.mean for m in vs]), [m.values.astype(np.float64) for m in vs]
+
+
+def keras_rule(v: np.ndarray, patience: int, restore: bool = True) -> tuple[int, int]:
+    """(epochs trained, epoch kept) for Keras/Lightning-style patience on raw values (min_delta 0)."""
+    best, wait = 0, 0
+    for t in range(1, len(v)):
+        if v[t] < v[best]:
+            best, wait = t, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return t + 1, best if restore else t
+    return len(v), best if restore else len(v) - 1
+
+
+def losslens_rule(v: np.ndarray, samples: list) -> tuple[int, int]:
+    stopper = NoiseAwareStopper()
+    for t in range(len(v)):
+        d = stopper.update(t, v[t], samples[t])
+        if d.stop:
+            return t + 1, d.best_epoch
+    return len(v), stopper.decision.best_epoch if stopper.decision else len(v) - 1
+
+
+def regret(v: np.ndarray, samples: list, kept: int) -> float:
+    best = int(np.argmin(v))
+    if kept == best:
+        return 0.0
+    d = samples[kept] - samples[best]
+    se = d.std(ddof=1) / math.sqrt(d.size)
+    return float(d.mean() / se) if se > 0 else 0.0
+
+
+CONFIGS = [(t, h, d, lr) for t in ("digits", "cancer", "wine", "noisy-digits", "diabetes")
+           for (h, d, lr) in ((32, 0.0, 3e-3), (128, 0.0, 3e-3), (128, 0.3, 1e-3))]
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=40)
+    a = ap.parse_args(argv)
+    runs = []
+    for i in range(a.runs):
+        task, h, d, lr = CONFIGS[i % len(CONFIGS)]
+        runs.append(record_run(task, h, d, lr, seed=i // len(CONFIGS), epochs=a.epochs))
+    rules = {"losslens": lambda v, s: losslens_rule(v, s)}
+    for p in (3, 5, 10):
+        rules[f"keras p={p}"] = lambda v, s, p=p: keras_rule(v, p)
+    rules["lightning (p=3, last weights)"] = lambda v, s: keras_rule(v, 3, restore=False)
+    print(f"{len(runs)} runs of {a.epochs} epochs (5 tasks x 3 models x seeds), rules replayed on the recorded "
+          "validation curves\n")
+    print(f"{'rule':32s}{'mean regret (SE)':>18s}{'median':>8s}{'epochs trained':>16s}{'premature stops':>17s}")
+    for name, rule in rules.items():
+        regs, eps = [], []
+        for v, s in runs:
+            n, kept = rule(v, s)
+            regs.append(regret(v, s, kept))
+            eps.append(n)
+        regs_a = np.array(regs)
+        print(f"{name:32s}{regs_a.mean():18.2f}{np.median(regs_a):8.2f}{np.mean(eps):16.1f}"
+              f"{100 * np.mean(regs_a > 2):16.0f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
