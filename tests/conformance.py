@@ -152,7 +152,7 @@ def lightning_harness(record: bool, store: Any, crash_after: int | None = None, 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(0)
     module = Module()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=50)
     lens = LossLens(nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), run="conf", store=store,
