@@ -25,13 +25,13 @@ def _run(n_epochs: int = 6, easier: bool = False, meta: dict | None = None) -> R
 
 def test_the_built_in_checks_run_in_registry_order():
     names = [c.name for c in reg.registered_checks()]
-    assert names == ["stability", "regime", "data", "gap", "split", "recording"]
+    assert names == ["stability", "regime", "data", "stopping", "gap", "split", "recording"]
     orders = [c.order for c in reg.registered_checks()]
     assert orders == sorted(orders)
     families = {c.name: c for c in reg.registered_checks()}
     d = diagnose(_run())
-    position = {"stability": 0, "regime": 1, "data": 2, "gap": 3, "split": 4, "recording": 5}
-    fam = [position[{"regime": "regime", "stability": "stability", "data": "data", "gap": "gap", "split": "split",
+    position = {"stability": 0, "regime": 1, "data": 2, "stopping": 3, "gap": 4, "split": 5, "recording": 6}
+    fam = [position[{"regime": "regime", "stability": "stability", "data": "data", "stopping": "stopping", "gap": "gap", "split": "split",
                      "recording": "recording"}[f.code.split(".")[0]]] for f in d.findings]
     assert fam == sorted(fam) and families["gap"].description
 

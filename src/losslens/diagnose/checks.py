@@ -5,7 +5,8 @@ name       order  findings
 =========  =====  ==============================================================================================
 stability  10     ``stability.*``: non-finite losses, divergence (:mod:`.stability`)
 regime     20     ``regime.*``: the fit regime (:mod:`.regime`); none on a recorded run that diverged
-data       30     ``data.*``: label noise from the probe set's per-sample losses (:mod:`.regime`)
+data       30     ``data.*``: label noise from the probe set's per-sample losses (:mod:`.label_noise`)
+stopping   35     ``stopping.*``: which checkpoint to keep, from a log and its checkpoint folders (:mod:`.checkpoints`)
 gap        40     ``gap.*``: the gap decomposition and why validation is below training (:mod:`.gap`)
 split      50     ``split.*``: the split audit, or the adapters' exact-duplicate check (:mod:`.split`)
 recording  60     ``recording.*``: epochs whose measurement failed
@@ -15,13 +16,14 @@ recording  60     ``recording.*``: epochs whose measurement failed
 from __future__ import annotations
 
 from ..findings import Finding
+from .checkpoints import checkpoint_findings
 from .gap import gap_findings
 from .label_noise import label_noise_findings
 from .regime import regime_findings
 from .registry import Context, register
 from .stability import stability_findings
 
-__all__ = ["stability", "regime", "data", "gap", "split", "recording"]
+__all__ = ["stability", "regime", "data", "stopping", "gap", "split", "recording"]
 
 
 @register("stability", order=10, description="non-finite losses and divergence")
@@ -41,6 +43,12 @@ def regime(ctx: Context) -> list[Finding]:
 @register("data", order=30, description="label noise in the training data, from per-sample probe losses")
 def data(ctx: Context) -> list[Finding]:
     return label_noise_findings(ctx.run)
+
+
+@register("stopping", order=35, description="which saved checkpoint to keep, and the training after the last "
+                                            "material improvement")
+def stopping(ctx: Context) -> list[Finding]:
+    return checkpoint_findings(ctx.run)
 
 
 @register("gap", order=40, description="the gap decomposition; why the validation loss is below training")

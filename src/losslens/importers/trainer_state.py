@@ -20,6 +20,9 @@ means are placed at their window's centre.
 from __future__ import annotations
 
 import math
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -187,8 +190,33 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
     if roles.other_val_losses:
         notes.append(f"several evaluation sets: the headline judges {vk!r}; also diagnosed: "
                      f"{', '.join(roles.other_val_losses)}")
+    on_disk = checkpoints_beside(path)
+    if on_disk is not None:
+        extra["checkpoints_on_disk"] = on_disk
     summary = [v.get("train_loss") for _, _, v, _ in rows if "train_loss" in v and tk != "train_loss"]
     if summary:
         extra["train_loss_overall"] = summary[-1]
     return finish_run(path, epochs=epochs, steps=steps, importer="trainer_state", framework="transformers",
                       reported_loss_kind="window_mean", roles=roles.to_dict(), notes=notes, extra_meta=extra)
+
+
+def checkpoints_beside(path: Any) -> list[int] | None:
+    """The global steps of the Trainer checkpoint folders (``checkpoint-<step>``) that exist beside a
+    ``trainer_state.json``: in its folder, or, for the state file inside a checkpoint, in that checkpoint's parent.
+    None when the log is not a file on disk (what was saved is then unknown)."""
+    try:
+        p = Path(os.fspath(path))
+    except TypeError:
+        return None
+    if not p.is_file():
+        return None
+    folder = p.parent.parent if re.fullmatch(r"checkpoint-\d+", p.parent.name) else p.parent
+    steps = []
+    try:
+        for child in folder.iterdir():
+            m = re.fullmatch(r"checkpoint-(\d+)", child.name)
+            if m and child.is_dir():
+                steps.append(int(m.group(1)))
+    except OSError:
+        return None
+    return sorted(steps)
