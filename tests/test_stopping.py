@@ -62,6 +62,13 @@ def test_false_alarm_rate_on_noise():
     assert worse / 200 <= 0.10, worse
 
 
+def test_a_diverged_run_stops_after_worse_epochs_non_finite_epochs():
+    """A non-finite value counts once toward the consecutive worse epochs (WORSE_EPOCHS = 3), not twice."""
+    means = [1.0, 0.8, 0.7, 0.65, 0.6, 0.58] + [float("nan")] * 5
+    stop, d = _run(means, patience=30)
+    assert stop == 6 + 3 - 1 and d.evidence["worse_streak"] == 3
+
+
 def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="mode"):
         NoiseAwareStopper(mode="lowest")

@@ -193,14 +193,14 @@ class NoiseAwareStopper:
         self.samples.append(s)
         k = len(self.values) - 1
         x = self.values[k]
-        if not math.isfinite(x):
-            self.worse_streak += 1
         if self.best < 0 or (math.isfinite(x) and x < self.values[self.best]):
             self.best = k if math.isfinite(x) else self.best
         ev: dict[str, Any] = {"value": v}
         if self.material < 0:
             if math.isfinite(x):
                 self.material = k
+            else:
+                self.worse_streak += 1   # no reference yet: a non-finite value is worse than anything
             reason = "first epoch"
         else:
             m = self.material
