@@ -162,7 +162,9 @@ def test_report_rejects_wrong_types():
 
 
 def test_save_to_missing_directory_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope"):
+    from losslens.report._env import OutputPathError
+
+    with pytest.raises(OutputPathError, match="nope"):
         Report.from_run(make_run()).save_html(tmp_path / "nope" / "r.html")
 
 

@@ -155,8 +155,8 @@ def run_demo(epochs: int = DEMO_DEFAULTS["epochs"], store: str | os.PathLike[str
     ------
     ValueError
         If ``epochs < 1`` or an override is unknown.
-    FileNotFoundError
-        If the directory of ``html`` does not exist (checked before training).
+    losslens.report._env.OutputPathError
+        If ``html`` cannot be written (a folder, a missing or unwritable folder; checked before training).
     losslens.store.StoreError
         If ``store`` cannot be opened or created.
     """
@@ -165,6 +165,7 @@ def run_demo(epochs: int = DEMO_DEFAULTS["epochs"], store: str | os.PathLike[str
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .report import Report
+    from .report._env import check_output_file
     from .torch import LossLens
 
     if epochs < 1:
@@ -174,9 +175,7 @@ def run_demo(epochs: int = DEMO_DEFAULTS["epochs"], store: str | os.PathLike[str
         raise ValueError(f"unknown demo setting(s) {sorted(unknown)}; known: {sorted(DEMO_DEFAULTS)}")
     cfg = {**DEMO_DEFAULTS, **overrides, "epochs": epochs}
     console = console or Console()
-    html_path = Path(html)
-    if not html_path.parent.exists():
-        raise FileNotFoundError(f"cannot write {str(html_path)!r}: directory {str(html_path.parent)!r} does not exist")
+    html_path = check_output_file(html)  # before training, not after
 
     threads = torch.get_num_threads()
     # One intra-op thread: the matrices are tiny (batches of 64 × 256 units), so a second thread only adds

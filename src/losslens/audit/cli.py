@@ -39,6 +39,20 @@ def _err(path: str, msg: str) -> click.ClickException:
     return click.ClickException(f"{path}: {msg}")
 
 
+def _check_npy_size(path: str) -> None:
+    """Refuse a ``.npy`` whose header declares more data than the file holds (memory follows the file's size,
+    not the header's claim)."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        have = os.fstat(fh.fileno()).st_size - fh.tell()
+    if need > have:
+        raise _err(path, f"the header declares an array of shape {tuple(shape)} ({need} bytes) but the file holds "
+                         f"{have} bytes of data")
+
+
 def read_split_file(path: str, key: str | None = None) -> Any:
     """Read one split from a file (see the module table).
 
@@ -65,6 +79,7 @@ def read_split_file(path: str, key: str | None = None) -> Any:
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
+            _check_npy_size(path)
             return np.load(path, allow_pickle=False)
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -99,6 +114,8 @@ def read_split_file(path: str, key: str | None = None) -> Any:
         raise _err(path, f"cannot read: {exc}") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise _err(path, f"cannot read: {exc}") from None
+    except MemoryError:
+        raise _err(path, "the array it declares does not fit in memory") from None
     raise _err(path, f"unsupported extension {ext!r}; use .npy, .npz, .csv, .parquet or .txt")
 
 
@@ -183,8 +200,14 @@ def audit(train: str, val: str, key: str | None, label_col: str | None, group_co
     from rich.console import Console
     from rich.markup import escape
 
+    from ..report._env import OutputPathError, check_outputs, write_page
     from ..report.audit import save_page
     from . import audit_split
+
+    try:
+        check_outputs({"--html": html_path, "--json": json_path})
+    except OutputPathError as exc:
+        raise click.ClickException(str(exc)) from None
 
     if label_col and (train_labels or val_labels):
         raise click.UsageError("use either --label-col or --train-labels/--val-labels")
@@ -220,11 +243,13 @@ def audit(train: str, val: str, key: str | None, label_col: str | None, group_co
         console.print(f"[{style}]{f.severity}[/] [bold]{escape(f.title)}[/] ({escape(f.code)})")
         if f.recommendation:
             console.print("  " + escape(f.recommendation))
-    if html_path:
-        save_page(res, html_path, title=f"losslens split audit: {os.path.basename(train)} / "
-                                  f"{os.path.basename(val)}")
-        console.print(f"HTML written to {escape(html_path)}")
-    if json_path:
-        with open(json_path, "w", encoding="utf-8") as fh:
-            json.dump(res.to_dict(), fh, indent=1, allow_nan=False)
-        console.print(f"JSON written to {escape(json_path)}")
+    try:
+        if html_path:
+            save_page(res, html_path, title=f"losslens split audit: {os.path.basename(train)} / "
+                                      f"{os.path.basename(val)}")
+            console.print(f"HTML written to {escape(html_path)}")
+        if json_path:
+            write_page(json_path, json.dumps(res.to_dict(), indent=1, allow_nan=False))
+            console.print(f"JSON written to {escape(json_path)}")
+    except OutputPathError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -67,8 +67,14 @@ def compare(a: str, b: str, store_path: str, html_path: str | None, json_path: s
     least 2 runs on each side the intervals are Welch t intervals over seeds;
     single runs use their within-run standard errors.
     """
+    from ..report._env import OutputPathError, check_outputs, write_page
     from ..report.experiment import save_comparison_html
     from .compare import compare as _compare
+
+    try:
+        check_outputs({"--html": html_path, "--json": json_path})
+    except OutputPathError as exc:
+        raise click.ClickException(str(exc)) from None
 
     if not os.path.exists(store_path):
         raise click.ClickException(f"store file {store_path!r} does not exist (pass --store PATH)")
@@ -88,8 +94,7 @@ def compare(a: str, b: str, store_path: str, html_path: str | None, json_path: s
     click.echo(result.to_text())
     if json_path:
         try:
-            with open(json_path, "w", encoding="utf-8") as fh:
-                json.dump(_jsonable(result.to_dict()), fh, indent=2, allow_nan=False)
+            write_page(json_path, json.dumps(_jsonable(result.to_dict()), indent=2, allow_nan=False))
         except OSError as exc:
             raise click.ClickException(f"cannot write --json {json_path!r}: {exc}") from exc
         click.echo(f"JSON written to {json_path}")

@@ -144,8 +144,8 @@ class Report:
 
         Raises
         ------
-        FileNotFoundError
-            If the parent directory of ``path`` does not exist (the message names it).
+        OutputPathError
+            If ``path`` is a folder, or its folder is missing or not writable (the message names it).
         """
         return write_page(path, self.to_html())
 
@@ -182,8 +182,8 @@ class Report:
 
         Raises
         ------
-        FileNotFoundError
-            If the parent directory of ``path`` does not exist (the message names it).
+        OutputPathError
+            If ``path`` is a folder, or its folder is missing or not writable (the message names it).
         """
         return write_page(path, self.to_json())
 

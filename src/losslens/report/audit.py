@@ -177,7 +177,7 @@ def save_page(res: "AuditResult", path: str | os.PathLike[str], title: str = "lo
 
     Raises
     ------
-    FileNotFoundError
-        If the directory of ``path`` does not exist.
+    OutputPathError
+        If ``path`` is a folder, or its folder is missing or not writable (the message names it).
     """
     write_page(path, render_page(res, title=title))

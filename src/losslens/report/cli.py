@@ -75,7 +75,12 @@ def runs(store_path: str) -> None:
 def report(run_ref: str, store_path: str, html_path: str, json_path: str | None) -> None:
     """Rebuild the report of a stored run. RUN is a run id or a run name (the newest run of that name)."""
     from . import Report
+    from ._env import OutputPathError, check_outputs
 
+    try:
+        check_outputs({"--html": html_path, "--json": json_path})
+    except OutputPathError as exc:
+        raise click.ClickException(str(exc)) from None
     with _open_store(store_path) as store:
         try:
             run = store.load_run(run_ref)

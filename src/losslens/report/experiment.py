@@ -103,8 +103,8 @@ def save_experiment_html(exp: "Experiment", path: str | os.PathLike[str], on: st
 
     Raises
     ------
-    FileNotFoundError
-        If the directory of ``path`` does not exist.
+    OutputPathError
+        If ``path`` is a folder, or its folder is missing or not writable (the message names it).
     """
     write_page(path, render_experiment_html(exp, on=on))
 
@@ -115,7 +115,7 @@ def save_comparison_html(comp: Comparison, path: str | os.PathLike[str], a_runs:
 
     Raises
     ------
-    FileNotFoundError
-        If the directory of ``path`` does not exist.
+    OutputPathError
+        If ``path`` is a folder, or its folder is missing or not writable (the message names it).
     """
     write_page(path, render_comparison_html(comp, a_runs, b_runs))
