@@ -22,10 +22,12 @@ from typing import Any
 import click
 
 from ..record import END_OF_EPOCH_ESTIMATE, VALIDATION, Run
-from . import FORMATS, LogFormatError, load_log
+from . import FORMATS, LogFormatError, SkippedLogWarning, load_log
+from ._common import MAX_STEPS_PER_EPOCH
 from ._common import measure_hint as _measure_hint
 
 __all__ = ["diagnose", "measure_hint", "overview_rows"]
+
 
 def measure_hint(run: Run) -> str:
     """One line: what to add to the training code to measure the parts of the gap this log cannot split."""
@@ -66,11 +68,29 @@ def overview_rows(runs: list[tuple[Run, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _slug(name: str, used: set[str]) -> str:
+#: Names in ``--out`` that belong to the overview, never to a run's folder.
+RESERVED = frozenset({"overview.html", "overview.json", "report.html", "report.json"})
+
+
+def _slug(name: str, used: set[str], out_dir: str | None = None) -> str:
+    """A folder name for run ``name`` in ``out_dir``: unique, not an overview file's name, and not the name of
+    something already there that is not a real folder inside ``out_dir`` (a file, or a symbolic link that
+    leads elsewhere)."""
+    from ..report._env import inside
+
     s = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._") or "run"
     s = s[:80]
     base, k = s, 2
-    while s in used:
+
+    def taken(c: str) -> bool:
+        if c in used or c in RESERVED:
+            return True
+        if out_dir is None:
+            return False
+        t = os.path.join(out_dir, c)
+        return os.path.lexists(t) and (os.path.islink(t) or not os.path.isdir(t) or not inside(out_dir, t))
+
+    while taken(s):
         s = f"{base}_{k}"
         k += 1
     used.add(s)
@@ -101,9 +121,17 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
     """
     from ..diagnose import diagnose as run_diagnosis
     from ..report import Report
-    from ..report._env import render
+    from ..report._env import OutputPathError, check_output_folder, render, write_page
     from ..report._model import fmt as fmt_num
 
+    spe = steps_per_epoch
+    if spe is not None and not (math.isfinite(spe) and 1 <= spe <= MAX_STEPS_PER_EPOCH):
+        raise click.BadParameter(f"expected a number of optimizer steps per epoch from 1 to "
+                                 f"{MAX_STEPS_PER_EPOCH:.0e}, got {spe!r}", param_hint="'--steps-per-epoch'")
+    try:
+        check_output_folder(out_dir)  # before the work, not after printing every report
+    except OutputPathError as exc:
+        raise click.ClickException(f"--out: {exc}") from None
     runs: list[Run] = []
     failures: list[str] = []
     for p in paths:
@@ -117,6 +145,12 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
                 click.echo(f"error: {exc}", err=True)
                 continue
         for w in caught:
+            if issubclass(w.category, SkippedLogWarning):  # one bad log in a folder: report it, keep the rest
+                failures.append(str(w.message))
+                click.echo(f"error: {w.message}", err=True)
+                continue
+            if issubclass(w.category, RuntimeWarning):  # numpy's overflow on a 1e308 loss: the value is non-finite
+                continue  # and the diagnosis says so; the arithmetic detail is not the user's business
             click.echo(f"warning: {w.message}", err=True)
         got = got if isinstance(got, list) else [got]
         if not got:
@@ -125,10 +159,6 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
         runs.extend(got)
     if not runs:
         raise click.ClickException("nothing imported" + (f" ({len(failures)} error(s) above)" if failures else ""))
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise click.ClickException(f"cannot create the output folder {out_dir!r}: {exc.strerror or exc}") from None
     multi = len(runs) > 1 or len(paths) > 1
     diagnosed = []
     used: set[str] = set()
@@ -138,10 +168,13 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
         run = diag.run   # the run with the diagnosis's end-of-epoch estimates
         diagnosed.append((run, diag))
         rep = Report(diag)
-        target = os.path.join(out_dir, _slug(run.name, used)) if multi else out_dir
-        os.makedirs(target, exist_ok=True)
-        rep.save_html(os.path.join(target, "report.html"))
-        rep.save_json(os.path.join(target, "report.json"))
+        target = os.path.join(out_dir, _slug(run.name, used, out_dir)) if multi else out_dir
+        try:
+            os.makedirs(target, exist_ok=True)
+            rep.save_html(os.path.join(target, "report.html"))
+            rep.save_json(os.path.join(target, "report.json"))
+        except OSError as exc:
+            raise click.ClickException(f"--out: {exc}") from None
         links.append(os.path.relpath(os.path.join(target, "report.html"), out_dir))
         if not quiet:
             rep.print()
@@ -155,10 +188,12 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
             click.echo(f"  wrote {os.path.join(target, 'report.html')} and {os.path.join(target, 'report.json')}")
     if multi:
         rows = overview_rows(diagnosed)
-        with open(os.path.join(out_dir, "overview.json"), "w", encoding="utf-8") as fh:
-            json.dump(rows, fh, indent=2, ensure_ascii=False, allow_nan=False)
-        with open(os.path.join(out_dir, "overview.html"), "w", encoding="utf-8") as fh:
-            fh.write(render("overview.html.j2", rows=list(zip(rows, links))))
+        try:
+            write_page(os.path.join(out_dir, "overview.json"), json.dumps(rows, indent=2, ensure_ascii=False,
+                                                                          allow_nan=False))
+            write_page(os.path.join(out_dir, "overview.html"), render("overview.html.j2", rows=list(zip(rows, links))))
+        except OutputPathError as exc:
+            raise click.ClickException(f"--out: {exc}") from None
         from rich.console import Console
         from rich.table import Table
 
