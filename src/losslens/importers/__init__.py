@@ -29,16 +29,23 @@ containers and numbers.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
+import warnings
 from typing import Any, Union
 
 from ..record import Run
-from ._common import LogFormatError, PickleRefusedError, read_bytes
+from ._common import (
+    LogFormatError,
+    PickleRefusedError,
+    SkippedLogWarning,
+    check_steps_per_epoch,
+    parse_json,
+    read_bytes,
+)
 
 __all__ = ["load_log", "load_logs", "detect_format", "FORMATS", "LogFormatError", "PickleRefusedError",
-           "log_groups"]
+           "SkippedLogWarning", "log_groups"]
 
 FORMATS = ("keras_csv", "keras_history", "keras_pickle", "lightning_csv", "trainer_state", "tensorboard", "fastai")
 
@@ -101,10 +108,7 @@ def detect_format(path: Any) -> str:
         return "keras_pickle"
     head = data.lstrip()[:1]
     if head in (b"{", b"["):
-        try:
-            obj = json.loads(data.decode("utf-8-sig"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise LogFormatError(p, f"looks like JSON but is not valid JSON: {exc}") from None
+        obj = parse_json(p, data, "looks like JSON but is not valid JSON")
         if trainer_state.looks_like_trainer_state(obj):
             return "trainer_state"
         if keras_history.looks_like_history(obj):
@@ -154,8 +158,13 @@ def _run_folders(folder: str) -> list[str]:
     from .tensorboard import event_files
 
     found: list[str] = []
+    visited: set[str] = set()
 
     def visit(d: str, depth: int) -> None:
+        real = os.path.realpath(d)
+        if real in visited:  # a symbolic-link loop, or a second link to one folder
+            return
+        visited.add(real)
         try:
             names = sorted(os.listdir(d))
         except OSError:
@@ -173,6 +182,15 @@ def _run_folders(folder: str) -> list[str]:
                 visit(sub, depth + 1)
 
     visit(folder, 1)
+    # Symbolic links can reach one folder by many paths (a link to a parent makes a loop): one run per real path.
+    seen: set[str] = set()
+    unique = []
+    for f in found:
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            unique.append(f)
+    found = unique
     # Hugging Face output folders keep a trainer_state.json in every checkpoint-N: each is a prefix of the
     # last one, so only the latest checkpoint of a folder is a run.
     latest: dict[str, tuple[int, str]] = {}
@@ -219,19 +237,32 @@ def load_log(path: Any, format: str | None = None, train_loss: str | None = None
     ------
     LogFormatError
         A subclass of ``ValueError`` whose message names the file and the
-        reason, for every unreadable, unrecognised or inconsistent input.
+        reason, for every unreadable, unrecognised or inconsistent input. In a
+        folder of runs, a log that cannot be read is skipped with a
+        :class:`SkippedLogWarning` naming it, and the error is raised only when
+        none could be read.
     """
     from . import fastai, keras_csv, keras_history, lightning_csv, tensorboard, trainer_state
 
     p = str(path)
     if format is not None and format not in FORMATS:
         raise LogFormatError(p, f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    check_steps_per_epoch(p, steps_per_epoch)
     fmt = format or detect_format(p)
     if fmt == "runs":
         runs = []
-        for sub in _run_folders(p) or _log_files(p):
-            r = load_log(sub, None, train_loss, val_loss, allow_pickle, steps_per_epoch)
+        subs = _run_folders(p) or _log_files(p)
+        bad = 0
+        for sub in subs:
+            try:
+                r = load_log(sub, None, train_loss, val_loss, allow_pickle, steps_per_epoch)
+            except LogFormatError as exc:  # one bad log does not cost the others
+                bad += 1
+                warnings.warn(str(exc), SkippedLogWarning, stacklevel=2)
+                continue
             runs.extend(r if isinstance(r, list) else [r])
+        if bad and not runs:
+            raise LogFormatError(p, f"none of the {len(subs)} logs in this folder could be read")
         return runs
     if os.path.isdir(p) and fmt != "tensorboard":
         name = {"lightning_csv": "metrics.csv", "trainer_state": "trainer_state.json", "fastai": "history.csv"}.get(fmt)

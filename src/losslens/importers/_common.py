@@ -29,6 +29,26 @@ MISSING = {"", "na", "n/a", "none", "null", "nan"}
 _ABSENT = {"", "na", "n/a", "none", "null"}
 
 
+#: The largest ``steps_per_epoch`` accepted: far above any real run, and it keeps step positions exact.
+MAX_STEPS_PER_EPOCH = 10**9
+#: At most this many epochs per logged record when epochs are inferred from steps; more would make memory
+#: follow the step values (a 300-byte log with ``step = 1e11``) instead of the file's size.
+MAX_EPOCHS_PER_RECORD = 1000
+
+
+def check_steps_per_epoch(path: Any, steps_per_epoch: float | None) -> None:
+    """Refuse a ``steps_per_epoch`` that is not a number from 1 to :data:`MAX_STEPS_PER_EPOCH` (LogFormatError)."""
+    if steps_per_epoch is None:
+        return
+    try:
+        ok = math.isfinite(steps_per_epoch) and 1 <= steps_per_epoch <= MAX_STEPS_PER_EPOCH
+    except TypeError:
+        ok = False
+    if not ok:
+        raise LogFormatError(path, f"steps_per_epoch must be a number of optimizer steps from 1 to "
+                                   f"{MAX_STEPS_PER_EPOCH:.0e}, got {steps_per_epoch!r}")
+
+
 class LogFormatError(ValueError):
     """A log that cannot be imported: names the file and the reason.
 
@@ -44,6 +64,11 @@ class LogFormatError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class SkippedLogWarning(UserWarning):
+    """One log of a folder of runs could not be read; the others were imported. The message names the file and
+    the reason (the CLI prints it as an error and exits 1 after diagnosing the rest)."""
 
 
 class PickleRefusedError(LogFormatError):
@@ -78,12 +103,20 @@ def read_bytes(path: Any, limit: int = MAX_TEXT_BYTES) -> bytes:
 
 def read_json(path: Any) -> Any:
     """Parse a JSON file (UTF-8, BOM allowed); LogFormatError naming the file when it is not JSON."""
+
+    return parse_json(path, read_bytes(path))
+
+
+def parse_json(path: Any, data: bytes, what: str = "not valid JSON") -> Any:
+    """Parse JSON bytes read from ``path``; LogFormatError naming the file for invalid or absurdly nested JSON."""
     import json
 
     try:
-        return json.loads(read_bytes(path).decode("utf-8-sig"))
+        return json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise LogFormatError(path, f"not valid JSON: {exc}") from None
+        raise LogFormatError(path, f"{what}: {exc}") from None
+    except RecursionError:
+        raise LogFormatError(path, "JSON nested too deeply to be a training log") from None
 
 
 def read_text(path: Any) -> str:
@@ -112,7 +145,11 @@ def to_float(value: Any, path: Any, where: str) -> float:
     if isinstance(value, bool):
         raise LogFormatError(path, f"{where}: expected a number, got {value!r}")
     if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise LogFormatError(path, f"{where}: integer with {len(str(abs(int(value))))} digits is too large "
+                                       "for a float") from None
     if isinstance(value, str):
         s = value.strip()
         if s.lower() in MISSING:

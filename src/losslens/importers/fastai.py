@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..record import Run, Steps
-from ._common import LogFormatError, numeric_columns, read_csv, read_text
+from ._common import LogFormatError, check_steps_per_epoch, numeric_columns, read_csv, read_text
 from ._epochs import run_from_epoch_columns
 
 __all__ = ["read", "sniff", "FASTAI_BETA", "ema_lag"]
@@ -113,15 +113,14 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
     Raises
     ------
     LogFormatError
-        As for Keras CSV files; also a non-positive ``steps_per_epoch``.
+        As for Keras CSV files; also a ``steps_per_epoch`` outside 1 to 1e9.
     """
     table = read_csv(path, text if text is not None else read_text(path))
     if not table.has("epoch"):
         raise LogFormatError(path, f"no 'epoch' column (header: {', '.join(table.names)})")
     if len(table) == 0:
         raise LogFormatError(path, "header only: no epoch rows")
-    if steps_per_epoch is not None and not (steps_per_epoch > 0):
-        raise LogFormatError(path, f"steps_per_epoch must be positive, got {steps_per_epoch!r}")
+    check_steps_per_epoch(path, steps_per_epoch)
     epoch = table.floats("epoch", path)
     cols, notes = numeric_columns(table, path, skip=("epoch", "time"))
     if "time" in table.names:
