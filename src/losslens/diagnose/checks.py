@@ -62,11 +62,20 @@ def split(ctx: Context) -> list[Finding]:
     return list(ctx.split)
 
 
-@register("recording", order=60, description="epochs whose probe/validation passes failed while recording")
+@register("recording", order=60, description="epochs whose probe/validation passes failed while recording; "
+                                             "damaged records skipped in an imported log")
 def recording(ctx: Context) -> list[Finding]:
+    out: list[Finding] = []
+    damage = ctx.run.meta.get("import_damage")
+    if isinstance(damage, list) and damage:
+        out.append(Finding(
+            "recording.damaged_log", "warning", "The log has damaged records: some values were not read",
+            "; ".join(map(str, damage[:5])) + ("; …" if len(damage) > 5 else ""),
+            "Read the figures with the gap in mind; if the file is a copy, copy it again from the training "
+            "machine.", [], (), {"damage": damage[:20]}))
     errs = ctx.run.meta.get("measurement_errors")
     if not isinstance(errs, list) or not errs:
-        return []
+        return out
     eps = [int(e.get("epoch", -1)) for e in errs if isinstance(e, dict)]
     first = errs[0].get("error", "") if isinstance(errs[0], dict) else str(errs[0])
     return [Finding(
@@ -75,4 +84,4 @@ def recording(ctx: Context) -> list[Finding]:
         f"Epochs {', '.join(map(str, eps[:10]))}{', …' if len(eps) > 10 else ''} were recorded with their step "
         f"losses only; training went on. First error: {first}",
         "Check that every probe and validation sample can be read and has the target type the loss expects "
-        "(the error above names it).", [], tuple(eps[:10]), {"epochs": eps, "errors": errs[:20]})]
+        "(the error above names it).", [], tuple(eps[:10]), {"epochs": eps, "errors": errs[:20]})] + out

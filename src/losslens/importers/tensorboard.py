@@ -28,18 +28,32 @@ Writers and what their numbers mean:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import struct
+import tempfile
 import warnings
 from typing import Any, Iterable
 
 import numpy as np
 
 from ..record import Run, Steps
-from ._common import LogFormatError, build_epochs, finish_run, place_in_epochs, run_name
+from ._common import (
+    MAX_EPOCHS_PER_RECORD,
+    LogFormatError,
+    build_epochs,
+    finish_run,
+    place_in_epochs,
+    read_bytes,
+    run_name,
+)
 from .roles import assign_roles
 
 __all__ = ["read", "read_files", "event_files", "is_event_file", "load_scalars"]
+
+#: Event files are read into memory only to skip damaged records; above this size they are refused.
+MAX_EVENT_BYTES = 1 << 30
 
 _SUBDIRS = ("train", "validation")
 
@@ -79,30 +93,125 @@ def event_files(folder: Any) -> dict[str, list[str]]:
     return out
 
 
-def load_scalars(path: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+class _DataLoss(logging.Handler):
+    """Catches the reader's note that it stopped at a record that failed its length or CRC check (it logs that
+    at debug level and silently drops the rest of the file)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.hit = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Truncated record" in record.getMessage():
+            self.hit = True
+
+
+def valid_records(data: bytes) -> tuple[bytes, int, bool]:
+    """The records of a TFRecord event file whose length and data CRCs hold, re-framed as one byte string.
+
+    A record whose data fails its CRC (its length is intact) is skipped; after a damaged length the scan moves
+    byte by byte to the next offset whose length CRC holds. Format: ``uint64 length, uint32 masked CRC-32C of
+    the length, data, uint32 masked CRC-32C of the data`` (TensorFlow ``core/lib/io/record_writer``).
+
+    Returns
+    -------
+    (bytes, int, bool)
+        The valid records; the number of damaged records skipped (runs of bytes between two valid records count
+        as one); whether the file ends in an incomplete record (normal while a writer is still running).
+    """
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    out, skipped, off, n_bytes, resyncing = [], 0, 0, len(data), False
+    while off + 12 <= n_bytes:
+        head = data[off:off + 8]
+        if masked_crc32c(head) != struct.unpack_from("<I", data, off + 8)[0]:
+            if not resyncing:
+                skipped += 1
+                resyncing = True
+            off += 1
+            continue
+        length = struct.unpack_from("<Q", head)[0]
+        end = off + 12 + length + 4
+        if end > n_bytes:
+            return b"".join(out), skipped, True
+        payload = data[off + 12:end - 4]
+        if masked_crc32c(payload) != struct.unpack_from("<I", data, end - 4)[0]:
+            if not resyncing:
+                skipped += 1
+            resyncing = True
+            off = end
+            continue
+        resyncing = False
+        out.append(data[off:end])
+        off = end
+    return b"".join(out), skipped, off < n_bytes and not resyncing
+
+
+def load_scalars(path: Any, notes: list[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every scalar of one event file (or folder of files): tag -> (steps, values), in file order.
+
+    A file with damaged records (a failed CRC mid-file) is read past them: the valid records are kept, and a
+    line saying how many were skipped goes into ``notes`` (the run's import notes).
 
     Raises
     ------
     LogFormatError
         When the file is not a readable event file (bad record length, CRC, protobuf).
     """
+    catcher = _DataLoss()
+    acc = _accumulate(path, catcher)
+    if catcher.hit and os.path.isfile(str(path)):
+        data = read_bytes(path, MAX_EVENT_BYTES)
+        good, skipped, truncated = valid_records(data)
+        with tempfile.TemporaryDirectory(prefix="losslens-tb-") as tmp:
+            clean = os.path.join(tmp, os.path.basename(str(path)))
+            with open(clean, "wb") as fh:
+                fh.write(good)
+            acc = _accumulate(clean, _DataLoss(), shown=path)
+            out = _scalars(acc)
+        if notes is not None:
+            if skipped:
+                notes.append(f"{os.path.basename(str(path))}: {skipped} damaged record(s) (failed CRC check) "
+                             "skipped; the values after them were read")
+            if truncated:
+                notes.append(f"{os.path.basename(str(path))}: the last record is incomplete (a writer still "
+                             "running, or a copy cut short); it was not read")
+        return out
+    return _scalars(acc)
+
+
+def _accumulate(path: Any, catcher: logging.Handler, shown: Any = None) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from tensorboard.backend.event_processing import event_accumulator as ea
-            from tensorboard.util import tensor_util
     except ImportError as exc:  # pragma: no cover - tensorboard is a dependency of the extra
         raise LogFormatError(path, f"reading TensorBoard files needs the 'tensorboard' package "
                                    f"(pip install 'losslens[tensorboard]'): {exc}") from None
     guidance = {ea.SCALARS: 0, ea.TENSORS: 0, ea.HISTOGRAMS: 1, ea.IMAGES: 1, ea.AUDIO: 1,
                 ea.COMPRESSED_HISTOGRAMS: 1}
+    log = logging.getLogger("tensorboard")  # tensorboard.util.tb_logging
+    level, propagate = log.level, log.propagate
+    log.addHandler(catcher)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False  # the reader's debug lines stay out of the user's logs
     try:
         acc = ea.EventAccumulator(str(path), size_guidance=guidance, purge_orphaned_data=True)
         acc.Reload()
-        tags = acc.Tags()
     except Exception as exc:  # the reader raises many types on corrupt input
-        raise LogFormatError(path, f"not a readable TensorBoard event file: {type(exc).__name__}: {exc}") from None
+        raise LogFormatError(shown if shown is not None else path,
+                             f"not a readable TensorBoard event file: {type(exc).__name__}: {exc}") from None
+    finally:
+        log.removeHandler(catcher)
+        log.setLevel(level)
+        log.propagate = propagate
+    return acc
+
+
+def _scalars(acc: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from tensorboard.util import tensor_util
+
+    tags = acc.Tags()
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for tag in tags.get("scalars", []):
         evs = acc.Scalars(tag)
@@ -184,15 +293,26 @@ def read_files(files: list[tuple[str, str]], train_loss: str | None = None, val_
     """
     source = source if source is not None else files[0][1]
     parts = []
+    damage: list[str] = []
     for prefix, f in files:
-        sc = load_scalars(f)
+        sc = load_scalars(f, damage)
         if not prefix and "epoch_loss" in sc:
             # a Keras TF2 file given on its own: its writer is told by its tags
             prefix = "validation" if any(k.startswith("evaluation_") for k in sc) else "train"
         parts.append({(f"{prefix}/{k}" if prefix else k): v for k, v in sc.items()})
     data = _merge(parts)
     if not data:
-        raise LogFormatError(source, "no scalar values in the event file(s)")
+        raise LogFormatError(source, "no scalar values in the event file(s)" + (f" ({'; '.join(damage)})"
+                                                                                if damage else ""))
+    run = _read_data(source, data, train_loss, val_loss, steps_per_epoch, name)
+    run.meta.setdefault("import_notes", []).extend(damage)
+    if damage:
+        run.meta["import_damage"] = damage  # the diagnosis reports it (recording.damaged_log)
+    return run
+
+
+def _read_data(source: Any, data: dict[str, tuple[np.ndarray, np.ndarray]], train_loss: str | None,
+               val_loss: str | None, steps_per_epoch: float | None, name: str | None) -> Run:
     tags = list(data)
     rname = name or (run_name(source) if not os.path.isdir(source) else os.path.basename(os.path.abspath(source)))
     tf1_epoch_means: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -359,7 +479,7 @@ def _generic(path, data, train_loss, val_loss, steps_per_epoch, name, epoch_valu
     val: dict[int, float] = {}
     positions: dict[int, float] = {}
     metrics: dict[int, dict[str, float]] = {}
-    if tr is not None and n_va and n_tr > n_va:
+    if tr is not None and n_va and n_tr > n_va and np.any(va[0] > 0):
         # per-step training values; the validation steps are the epoch ends (same step units)
         bounds = np.concatenate([[0.0], np.unique(va[0])])
         if np.any(np.diff(bounds) <= 0):
@@ -391,6 +511,9 @@ def _generic(path, data, train_loss, val_loss, steps_per_epoch, name, epoch_valu
         width = np.diff(np.concatenate([[0.0], s]))
         width = np.where(width > 0, width, 1.0)
         n_ep = max(1, int(math.ceil(s.max() / steps_per_epoch)))
+        if n_ep > MAX_EPOCHS_PER_RECORD * s.size + 1:  # memory follows the file's size, not the values in it
+            raise LogFormatError(path, f"step {s.max():.0f} at {steps_per_epoch:g} steps per epoch gives {n_ep} "
+                                       f"epochs for {s.size} records: check --steps-per-epoch and the steps")
         bounds = np.arange(n_ep + 1, dtype=np.float64) * float(steps_per_epoch)
         ep, pos = place_in_epochs(s, bounds, width)
         steps = Steps.build(ep, v, position=pos)
