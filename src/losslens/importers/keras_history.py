@@ -34,7 +34,17 @@ _PICKLE_ALLOWED = {
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "float32"), ("numpy", "float64"), ("numpy", "int64"), ("numpy", "int32"),
+    # protocol 5 arrays are rebuilt from a buffer
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
 }
+
+
+def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles of NumPy arrays use it (their raw bytes as a latin-1 string),
+    and nothing else: other codecs are refused."""
+    if encoding.replace("_", "-").lower() not in ("latin1", "latin-1", "iso-8859-1") or not isinstance(obj, str):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return obj.encode("latin-1", errors)
 
 
 def is_pickle(data: bytes) -> bool:
@@ -53,6 +63,8 @@ def looks_like_history(obj: Any) -> bool:
 
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         if (module, name) in _PICKLE_ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only containers and numbers are allowed)")
@@ -152,8 +164,8 @@ def read_pickle(path: Any, train_loss: str | None = None, val_loss: str | None =
     data = read_bytes(path)
     try:
         obj = _SafeUnpickler(io.BytesIO(data)).load()
-    except Exception as exc:  # any unpickling failure is a format error of this file
-        raise LogFormatError(path, f"cannot load the pickle: {exc}") from None
+    except (Exception, MemoryError, RecursionError) as exc:  # any unpickling failure is a format error of this file
+        raise LogFormatError(path, f"cannot load the pickle: {str(exc) or type(exc).__name__}") from None
     if hasattr(obj, "history") and isinstance(obj.history, dict):
         obj = obj.history
     return _runs_from_obj(path, obj, train_loss, val_loss, "keras_history_pickle")
