@@ -166,7 +166,10 @@ class Store:
             if self.read_only:
                 self._open_read_only()
             self._conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, ValueError, TypeError, KeyError, IndexError) as exc:  # a damaged file
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
             raise StoreError(f"store {str(self.path)!r} is not a usable SQLite file: {exc}") from exc
 
     def _open_writable(self) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..findings import Z_NOISE, Evidence, Finding
 from ..record import Run, _jsonable
 from .gap import EpochDecomposition, Term, decompose
@@ -91,7 +93,10 @@ def diagnose(run: Run, audit: Any = None) -> Diagnosis:
         Its ``run`` is ``run``, or for a run without probe passes (an imported log) a copy with the end-of-epoch
         training-loss estimates added (:func:`~losslens.diagnose.timing.with_end_of_epoch_estimates`).
     """
-    run = with_end_of_epoch_estimates(run)
-    dec = decompose(run)
-    findings = run_checks(run, dec, audit)
-    return Diagnosis(run, findings, dec, headline(findings, run))
+    # Floating-point warnings (a 1e308 loss overflowing a weighted mean) are not for the user: a non-finite
+    # result is what the checks look at (stability.non_finite, missing estimates), and they say it in words.
+    with np.errstate(all="ignore"):
+        run = with_end_of_epoch_estimates(run)
+        dec = decompose(run)
+        findings = run_checks(run, dec, audit)
+        return Diagnosis(run, findings, dec, headline(findings, run))

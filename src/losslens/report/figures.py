@@ -22,9 +22,11 @@ minimum, maximum, first and last point, so a spike of one step in a
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -139,6 +141,22 @@ def decimate(x: Any, y: Any, max_points: int = DECIMATE_THRESHOLD) -> tuple[np.n
     return x[idx], y[idx]
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _quiet(func: _F) -> _F:
+    """Draw without floating-point warnings: a loss of 1e308 overflows matplotlib's axis transforms
+    (``exp`` of the log-scale limits), which is a drawing detail, not something to tell the user."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _new_figure(width: float = 9.0, height: float = 4.8) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -153,6 +171,7 @@ def _source_suffix(source: str) -> str:
     return {"estimated": " — estimated (not measured)", "imported": " — imported from the log"}.get(source, "")
 
 
+@_quiet
 def loss_curves(run: Run, max_points: int = DECIMATE_THRESHOLD) -> Figure:
     """Loss curves with every series at its real time.
 
@@ -256,6 +275,7 @@ def loss_curves(run: Run, max_points: int = DECIMATE_THRESHOLD) -> Figure:
     return fig
 
 
+@_quiet
 def decomposition_bars(decomposition: Sequence[Any]) -> Figure:
     """The gap decomposition as stacked bars, one bar per epoch.
 
@@ -339,6 +359,7 @@ SERIES = {
 _SIDE_COLORS = ("#0072B2", "#D55E00")
 
 
+@_quiet
 def band_figure(band_map: dict[str, Band], title: str = "") -> Figure:
     """Individual runs, mean curve and confidence band of each quantity.
 
@@ -385,6 +406,7 @@ def band_figure(band_map: dict[str, Band], title: str = "") -> Figure:
     return fig
 
 
+@_quiet
 def comparison_figure(a: dict[str, Band], b: dict[str, Band], a_name: str, b_name: str) -> Figure:
     """Mean curves and bands of two sides (validation and eval-mode training loss).
 
@@ -417,6 +439,7 @@ def comparison_figure(a: dict[str, Band], b: dict[str, Band], a_name: str, b_nam
     return fig
 
 
+@_quiet
 def to_png_base64(fig: Figure, dpi: int = 110) -> str:
     """Encode a figure as base64 PNG (for ``<img src="data:image/png;base64,...">``).
 
@@ -428,6 +451,7 @@ def to_png_base64(fig: Figure, dpi: int = 110) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@_quiet
 def to_svg(fig: Figure) -> str:
     """Encode a figure as an inline SVG document (text, fonts as paths, no external references)."""
     import matplotlib
