@@ -225,28 +225,32 @@ class Table:
 _NAN_LITERAL = re.compile(r"(?im)(?:^|[,;\t])\s*[+-]?nan\s*(?=$|[,;\t])")
 
 
-def _read_csv_fast(path: Any, text: str, delim: str, header: list[str], body: list[str],
-                   body_lines: np.ndarray) -> Table | None:
-    """Vectorised parse with pandas when the file is plain (one header, no quotes, equal field counts)."""
-    if '"' in text or len(body) < 1000:
+def _read_csv_fast(path: Any, text: str, start: int, end: int, delim: str, header: list[str], first_body: str,
+                   n_body: int, body_lines: np.ndarray) -> Table | None:
+    """Vectorised parse with pandas when the file is plain (one header, no quotes, equal field counts).
+
+    ``text[start:end]`` is the file without leading and trailing newlines; it is never split into Python line
+    strings or copied into a ``StringIO`` (4 bytes per character): memory stays a small multiple of the file's
+    size (``benchmarks/large_logs.py``)."""
+    if n_body < 1000:
         return None
     ncols = len(header)
-    if sum(ln.count(delim) for ln in body[:1]) != ncols - 1:
+    if first_body.count(delim) != ncols - 1:
         return None
-    if text.count(delim) != (ncols - 1) * (len(body) + 1):
+    if text.count(delim, start, end) != (ncols - 1) * (n_body + 1):
         return None
     import pandas as pd
 
     try:
-        df = pd.read_csv(io.StringIO(text), sep=delim, header=0, skip_blank_lines=True, engine="c",
-                         low_memory=False)
+        df = pd.read_csv(io.BytesIO(text.encode("utf-8")), sep=delim, header=0, skip_blank_lines=True, engine="c",
+                         low_memory=False, encoding="utf-8")
     except Exception:  # any parser complaint: the exact slow path reports it
         return None
-    if list(df.columns) != header or len(df) != len(body):
+    if list(df.columns) != header or len(df) != n_body:
         return None
     numeric: dict[str, np.ndarray] = {}
     columns: dict[str, Any] = {}
-    nan_literal = "nan" in text.lower() and _NAN_LITERAL.search(text) is not None
+    nan_literal = _NAN_LITERAL.search(text) is not None
     present: dict[str, np.ndarray] = {}
     for h in header:
         col = df[h]
@@ -256,7 +260,7 @@ def _read_csv_fast(path: Any, text: str, delim: str, header: list[str], body: li
         else:
             columns[h] = [None if (isinstance(c, float) and math.isnan(c)) else str(c) for c in col.tolist()]
     if nan_literal:
-        raw = pd.read_csv(io.StringIO(text), sep=delim, header=0, dtype=str, keep_default_na=False,
+        raw = pd.read_csv(io.BytesIO(text.encode("utf-8")), sep=delim, header=0, dtype=str, keep_default_na=False,
                           skip_blank_lines=True, engine="c")
         for h in numeric:
             cells = raw[h].str.strip().str.lower()
@@ -299,17 +303,24 @@ def read_csv(path: Any, text: str | None = None) -> Table:
             if d in first:
                 delim = d
                 break
-    if text.count("\n") > 1000 and '"' not in text and "\n\n" not in text.strip("\n"):
-        raw_lines = text.strip("\n").split("\n")
-        head_line = raw_lines[0]
+    start, end = 0, len(text)
+    while start < end and text[start] == "\n":
+        start += 1
+    while end > start and text[end - 1] == "\n":
+        end -= 1
+    n_body = text.count("\n", start, end)
+    if n_body > 1000 and text.find('"', start, end) < 0 and text.find("\n\n", start, end) < 0:
+        head_end = text.find("\n", start, end)
+        head_line = text[start:head_end]
         head_cells = [c.strip() for c in head_line.split(delim)]
         if (len(set(head_cells)) == len(head_cells) and all(head_cells)
                 and not all(_is_number(c) for c in head_cells)
-                and text.count("\n" + head_line + "\n") == 0):
-            offset = len(text) - len(text.lstrip("\n"))
-            first_line = text[:offset].count("\n") + 1
-            fast = _read_csv_fast(path, text.strip("\n") + "\n", delim, head_cells, raw_lines[1:],
-                                  np.arange(len(raw_lines) - 1, dtype=np.int64) + first_line + 1)
+                and text.find("\n" + head_line + "\n", start, end) < 0):
+            second_end = text.find("\n", head_end + 1, end)
+            first_body = text[head_end + 1:second_end if second_end >= 0 else end]
+            first_line = text.count("\n", 0, start) + 1
+            fast = _read_csv_fast(path, text, start, end, delim, head_cells, first_body, n_body,
+                                  np.arange(n_body, dtype=np.int64) + first_line + 1)
             if fast is not None:
                 return fast
     try:
