@@ -18,8 +18,7 @@ import pytest
 
 from losslens.diagnose import diagnose
 from losslens.record import MEASUREMENT_LABELS, Epoch, Measurement, Run, Steps
-from losslens.report import Report
-from losslens.report import figures
+from losslens.report import Report, figures
 from losslens.report.figures import decimate
 
 
@@ -398,3 +397,34 @@ def test_reports_display_inline_in_jupyter():
     html = rep._repr_html_()
     stamp = re.compile(r"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC")   # the minute may turn between the renders
     assert stamp.sub("", html) == stamp.sub("", rep.to_html()) and 'id="verdict"' in html
+
+
+def test_long_runs_get_thinned_figures_and_tables_but_a_complete_json(tmp_path):
+    """Cost and readability stay bounded: at most MAX_BARS bars per term in the decomposition figure and
+    MAX_TABLE_ROWS rows per HTML table (always the first, last and best epoch); report.json keeps every epoch."""
+    from matplotlib.patches import Rectangle
+
+    from losslens.report import figures
+    from losslens.report.html import MAX_TABLE_ROWS
+
+    run = make_run(n_epochs=450, steps_per_epoch=2, probes=True)
+    diag = diagnose(run)
+    fig = figures.decomposition_bars(diag.decomposition)
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    n_terms = len({n for d in diag.decomposition for n in d.terms})
+    assert 0 < len(bars) <= 2 * figures.MAX_BARS * n_terms
+    assert "evenly spaced" in ax.get_xlabel()
+    short = figures.decomposition_bars(diagnose(make_run(n_epochs=6)).decomposition)
+    assert "evenly spaced" not in short.axes[0].get_xlabel()
+    rep = Report(diag)
+    html = rep.to_html()
+    assert "of 450 epochs listed" in html
+    rows = html.split('id="decomposition"')[1].split("</table>")[0].count("<tr>") - 1
+    assert rows <= MAX_TABLE_ROWS
+    vals = [(e.get("validation").mean, e.index) for e in run.epochs]
+    best = min(vals)[1]
+    assert f'<td class="num">{best}</td>' in html.split('id="decomposition"')[1]
+    rep.save_json(tmp_path / "r.json")
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert len(d["run"]["epochs"]) == 450 and len(d["decomposition"]) == 450

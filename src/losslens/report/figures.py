@@ -157,6 +157,20 @@ def _quiet(func: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+#: At most this many epochs get a bar in the decomposition figure; a longer run shows this many evenly spaced
+#: epochs (always the first and the last), so the figure stays readable and its cost bounded.
+MAX_BARS = 60
+#: Epoch series get a marker per epoch up to this many epochs (beyond, lines only).
+MAX_MARKERS = 200
+
+
+def _thin_index(n: int, k: int) -> np.ndarray:
+    """``k`` evenly spaced indices of ``range(n)`` including 0 and ``n - 1`` (all of them when ``n <= k``)."""
+    if n <= k:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
+
+
 def _new_figure(width: float = 9.0, height: float = 4.8) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -214,12 +228,14 @@ def loss_curves(run: Run, max_points: int = DECIMATE_THRESHOLD) -> Figure:
                     label=f"{SERIES_LABELS['non_finite']} ({int(bad.sum())} steps)", zorder=5)
 
     if run.epochs:
+        dots = len(run.epochs) <= MAX_MARKERS  # markers on every epoch only while they can be told apart
         end = np.array([e.position for e in run.epochs], dtype=np.float64)
         centre = (epoch_starts(run) + end) / 2.0  # evaluation intervals of imported logs need not be epochs
         r = np.array([e.train_loss for e in run.epochs], dtype=np.float64)
         ok = _finite(r) & _finite(centre)
         if ok.any():
-            ax.plot(centre[ok], r[ok], color="#0072B2", lw=1.8, marker="o", ms=4, label=SERIES_LABELS["train_loss"],
+            ax.plot(centre[ok], r[ok], color="#0072B2", lw=1.8, marker="o" if dots else None, ms=4,
+                    label=SERIES_LABELS["train_loss"],
                     zorder=3)
             drawn.append(r[ok])
         pen = np.array([e.penalty for e in run.epochs], dtype=np.float64)
@@ -227,7 +243,7 @@ def loss_curves(run: Run, max_points: int = DECIMATE_THRESHOLD) -> Figure:
             rp = r + pen
             ok = _finite(rp) & _finite(centre)
             if ok.any():
-                ax.plot(centre[ok], rp[ok], color="#0072B2", lw=1.2, ls=":", marker="o", ms=3,
+                ax.plot(centre[ok], rp[ok], color="#0072B2", lw=1.2, ls=":", marker="o" if dots else None, ms=3,
                         label=SERIES_LABELS["reported_loss"], zorder=3)
                 drawn.append(rp[ok])
         for kind, (sym, color, marker) in _KIND_STYLE.items():
@@ -240,7 +256,8 @@ def loss_curves(run: Run, max_points: int = DECIMATE_THRESHOLD) -> Figure:
             for source, pts in by_source.items():
                 px, py, ps = (np.array(c, dtype=np.float64) for c in zip(*pts))
                 estimated = source == "estimated"
-                ax.plot(px, py, color=color, lw=1.6, ls="--" if estimated else "-", marker=marker, ms=4,
+                ax.plot(px, py, color=color, lw=1.6, ls="--" if estimated else "-",
+                        marker=marker if dots else None, ms=4,
                         mfc="white" if estimated else color,
                         label=f"{sym}: {measurement_label(kind, source)}, at the epoch end{_source_suffix(source)}",
                         zorder=4)
@@ -302,8 +319,11 @@ def decomposition_bars(decomposition: Sequence[Any]) -> Figure:
     if not decomposition:
         ax.text(0.5, 0.5, "no epoch with both a training and a validation loss", ha="center", va="center",
                 transform=ax.transAxes, color="#555555")
+    thinned = " (evenly spaced epochs shown)" if len(decomposition) > MAX_BARS else ""
+    if len(decomposition) > MAX_BARS:  # one bar per epoch per term stops being readable (and costs O(patches))
+        decomposition = [decomposition[i] for i in _thin_index(len(decomposition), MAX_BARS)]
     epochs = np.array([d.epoch for d in decomposition], dtype=np.float64)
-    width = 0.8
+    width = 0.8 * (float(np.min(np.diff(epochs))) if epochs.size > 1 else 1.0)
     pos_base = np.zeros(len(decomposition))
     neg_base = np.zeros(len(decomposition))
     for n in names:
@@ -339,7 +359,7 @@ def decomposition_bars(decomposition: Sequence[Any]) -> Figure:
         ax.margins(x=0.03, y=0.08)
         ax.axhline(0, color="black", lw=0.7)
         ax.set_xticks(epochs if epochs.size <= 30 else epochs[:: math.ceil(epochs.size / 30)])
-    ax.set_xlabel("epoch (terms measured at the end of the epoch)")
+    ax.set_xlabel("epoch (terms measured at the end of the epoch)" + thinned)
     ax.set_ylabel("loss per sample")
     ax.set_title("Reported training loss − validation loss, split into measured parts", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)

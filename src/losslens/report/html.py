@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from markupsafe import Markup
 
 from ..record import MEASUREMENT_KINDS
@@ -73,12 +74,34 @@ def _cell(value: Any) -> dict[str, Any]:
     return {"text": fmt_pm(v, se), "bad": bad, "source": source if source != "measured" else ""}
 
 
+#: Per-epoch tables of the HTML page list at most this many epochs; report.json keeps every epoch.
+MAX_TABLE_ROWS = 200
+
+
+def _table_epochs(run: Any) -> set[int] | None:
+    """The epochs the HTML tables list for a long run (None: all): evenly spaced ones, always the first, the last
+    and the one with the lowest validation loss, so the page stays readable and its size bounded."""
+    n = len(run.epochs)
+    if n <= MAX_TABLE_ROWS:
+        return None
+    picks = np.unique(np.round(np.linspace(0, n - 1, MAX_TABLE_ROWS - 1)).astype(np.int64))
+    shown = {run.epochs[int(i)].index for i in picks}
+    vals = [(m.mean, e.index) for e in run.epochs if (m := e.measurements.get("validation")) is not None
+            and math.isfinite(m.mean)]
+    if vals:
+        shown.add(min(vals)[1])
+    return shown
+
+
 def _context(report: "Report") -> dict[str, Any]:
     from ..diagnose.gap import TERM_LABELS
 
     run = report.run
     diagnosis = report.diagnosis
     rows = epoch_rows(run)
+    shown = _table_epochs(run)
+    if shown is not None:
+        rows = [r for r in rows if r["epoch"] in shown]
     kinds = ["train_loss"] + (["penalty"] if any(
         isinstance(e.penalty, float) and e.penalty != 0 for e in run.epochs) else []) + [
         k for k in MEASUREMENT_KINDS if run.has(k)]
@@ -93,6 +116,8 @@ def _context(report: "Report") -> dict[str, Any]:
                 signs[n] = term.sign
     dec_rows = []
     for d in diagnosis.decomposition:
+        if shown is not None and d.epoch not in shown:
+            continue
         cells = []
         for n in term_names:
             t = d.terms.get(n)
@@ -124,6 +149,7 @@ def _context(report: "Report") -> dict[str, Any]:
         "facts": run_facts(run),
         "not_finished": not_finished(run),
         "n_epochs": len(run.epochs),
+        "n_shown": len(shown) if shown is not None else None,
         "findings": diagnosis.findings,
         "figures": _figure_data(report),
         "kinds": [(SYMBOLS.get(k, k), QUANTITY_LABELS.get(k, k)) for k in kinds],
