@@ -468,6 +468,15 @@ def to_jsonable(x: Any, fallback: Any = None) -> Any:
         Applied to values of any other type (e.g. ``str`` for reports); by
         default they are returned unchanged, so ``json.dumps`` can still reject them.
     """
+    t = type(x)
+    if t is float:  # the common cases first, by exact type: reports of long runs hold millions of values
+        return x if math.isfinite(x) else None
+    if t is str or t is int or x is None:
+        return x
+    if t is dict:
+        return {str(k): to_jsonable(v, fallback) for k, v in x.items()}
+    if t is list:
+        return [to_jsonable(v, fallback) for v in x]
     if isinstance(x, Mapping):
         return {str(k): to_jsonable(v, fallback) for k, v in x.items()}
     if isinstance(x, (list, tuple, set)):

@@ -160,22 +160,22 @@ class Report:
         from .. import __version__
 
         d: dict[str, Any] = {
-            "report": {
+            "report": to_jsonable({
                 "format_version": REPORT_FORMAT_VERSION,
                 "losslens_version": __version__,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "finished": self.run.status != "running",
                 "codes": self.diagnosis.codes(),
-            },
-            **self.diagnosis.to_dict(),
+            }),
+            **self.diagnosis.to_dict(),  # already JSON-safe: not converted a second time
         }
         if self.audit is not None:
-            d["audit"] = self.audit.to_dict()
-        return to_jsonable(d)
+            d["audit"] = to_jsonable(self.audit.to_dict())
+        return d
 
     def to_json(self, indent: int | None = 2) -> str:
         """:meth:`to_dict` as strict JSON text (no NaN/Infinity tokens)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False, default=str)
 
     def save_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_json` to ``path`` (UTF-8) and return the path.
@@ -185,5 +185,6 @@ class Report:
         OutputPathError
             If ``path`` is a folder, or its folder is missing or not writable (the message names it).
         """
-        return write_page(path, self.to_json())
+        encoder = json.JSONEncoder(indent=2, allow_nan=False, ensure_ascii=False, default=str)
+        return write_page(path, encoder.iterencode(self.to_dict()))  # streamed: no second copy as one string
 

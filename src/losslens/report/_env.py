@@ -12,7 +12,7 @@ import datetime as _dt
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import jinja2
 
@@ -115,8 +115,11 @@ def inside(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool
     return os.path.commonpath([root, os.path.realpath(path)]) == root
 
 
-def write_page(path: str | os.PathLike[str], text: str) -> Path:
+def write_page(path: str | os.PathLike[str], text: str | Iterable[str]) -> Path:
     """Write a page or a JSON document (UTF-8) atomically and return its path.
+
+    ``text`` is a string or an iterable of string chunks (``json.JSONEncoder.iterencode``), written as they
+    come so a long document is never held whole in memory.
 
     The text goes to a temporary file beside ``path`` that then replaces it, so a reader never sees half a
     page, a failed write leaves the old file, and a symbolic link at ``path`` is replaced, never written
@@ -139,7 +142,10 @@ def write_page(path: str | os.PathLike[str], text: str) -> Path:
         raise OutputPathError(f"cannot write {str(p)!r}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            if isinstance(text, str):
+                fh.write(text)
+            else:
+                fh.writelines(text)
         os.chmod(tmp, p.stat().st_mode & 0o777 if p.is_file() and not p.is_symlink() else 0o644)
         os.replace(tmp, p)
     except BaseException as exc:
