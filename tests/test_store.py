@@ -311,3 +311,35 @@ def test_a_damaged_store_raises_one_store_error_naming_the_file(tmp_path, damage
     with Store(path, read_only=True) as st:
         with pytest.raises(StoreError, match=f"{str(path)!r}: {what} could not be read"):
             st.load_run(1)
+
+
+def test_a_damaged_store_still_shows_what_is_readable(tmp_path):
+    """A bad step blob and bad metrics in one epoch: the strict read raises; the salvaging read keeps the other
+    epochs and steps, says what it skipped, and `losslens report` shows it with recording.damaged_log."""
+    from click.testing import CliRunner
+
+    from losslens.cli import main
+    from losslens.diagnose import diagnose
+
+    path = tmp_path / "s.db"
+    with Store(path) as st:
+        st.save_run(Run("r", epochs=[Epoch(e, 1.0 - 0.1 * e, position=e + 1.0) for e in range(4)],
+                        steps=Steps.build([0, 0, 1, 1, 2, 2, 3, 3], [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])))
+    con = sqlite3.connect(path)
+    con.execute("UPDATE steps SET data=x'0102' WHERE run_id=1 AND epoch=2")
+    con.execute("UPDATE epochs SET metrics='{bad' WHERE run_id=1 AND epoch=1")
+    con.commit()
+    con.close()
+    with Store(path, read_only=True) as st:
+        with pytest.raises(StoreError):
+            st.load_run("r")
+        run = st.load_run("r", salvage=True)
+    assert [e.index for e in run.epochs] == [0, 2, 3]
+    assert sorted(set(run.steps.epoch.tolist())) == [0, 1, 3]
+    assert len(run.meta["damaged_records"]) == 2
+    assert "recording.damaged_log" in diagnose(run).codes()
+    res = CliRunner().invoke(main, ["report", "r", "--store", str(path), "--html", str(tmp_path / "r.html"),
+                                    "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert "still readable" in res.output
+    assert "recording.damaged_log" in (tmp_path / "r.json").read_text()

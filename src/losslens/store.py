@@ -452,33 +452,105 @@ class Store:
         raise StoreError(f"no run {ref!r} in store {str(self.path)!r} (runs: {names})")
 
     @_readable("the run")
-    def load_run(self, ref: int | str) -> Run:
-        """Read a run back (by id or name) with every committed epoch, measurement and step."""
+    def load_run(self, ref: int | str, salvage: bool = False) -> Run:
+        """Read a run back (by id or name) with every committed epoch, measurement and step.
+
+        Parameters
+        ----------
+        salvage : bool
+            For a damaged file: keep what can be read (rows before a corrupted page, rows that decode) and list
+            what could not in ``run.meta["damaged_records"]`` (reported as ``recording.damaged_log``), instead
+            of raising.
+
+        Raises
+        ------
+        StoreError
+            Unknown run, or (without ``salvage``) a damaged file; the message names the store.
+        """
+        if not salvage:
+            return self._load_run_strict(ref)
+        damage: list[str] = []
+        run_id = self.resolve(ref)
+        try:
+            name, experiment, status, meta_text = self._conn.execute(
+                "SELECT name, experiment, status, meta FROM runs WHERE id=?", (run_id,)).fetchone()
+        except (sqlite3.DatabaseError, TypeError) as exc:
+            raise StoreError(f"store {str(self.path)!r}: run {ref!r} could not be read ({exc}); the file is "
+                             "damaged") from exc
+        try:
+            meta = json.loads(meta_text)
+        except (TypeError, ValueError) as exc:
+            meta = {}
+            damage.append(f"the run's metadata ({exc})")
+
+        def rows(what: str, sql: str) -> list[tuple]:
+            out: list[tuple] = []
+            try:
+                for r in self._conn.execute(sql, (run_id,)):
+                    out.append(r)
+            except sqlite3.DatabaseError as exc:
+                damage.append(f"{what} after the first {len(out)} rows ({exc})")
+            return out
+
+        measurements: dict[int, dict[str, Measurement]] = {}
+        for row in rows("measurements", "SELECT epoch, kind, mean, sem, n, source, per_sample FROM measurements "
+                                         "WHERE run_id=? ORDER BY epoch"):
+            try:
+                m = self._measurement(row)
+                measurements.setdefault(int(row[0]), {})[m.kind] = m
+            except (TypeError, ValueError) as exc:
+                damage.append(f"a measurement of epoch {row[0]} ({exc})")
+        epochs = []
+        for row in rows("epochs", "SELECT epoch, train_loss, penalty, n_steps, n_samples, position, seconds, "
+                                  "probe_seconds, metrics FROM epochs WHERE run_id=? ORDER BY epoch"):
+            try:
+                epochs.append(self._epoch(row, measurements))
+            except (TypeError, ValueError) as exc:
+                damage.append(f"epoch {row[0]} ({exc})")
+        parts = []
+        for ep, n, blob in rows("step losses", "SELECT epoch, n, data FROM steps WHERE run_id=? ORDER BY epoch, "
+                                               "chunk"):
+            try:
+                parts.append(_steps_from_blob(int(ep), int(n), blob))
+            except (TypeError, ValueError) as exc:
+                damage.append(f"the step losses of epoch {ep} ({exc})")
+        if damage:
+            meta["damaged_records"] = [f"store {self.path.name}: {d} could not be read" for d in damage]
+        return Run(name=name, epochs=epochs, steps=Steps.concat(parts), meta=meta, id=run_id, status=status,
+                   experiment=experiment)
+
+    @staticmethod
+    def _measurement(row: tuple) -> Measurement:
+        _, kind, mean, sem, n, source, blob = row
+        values = None if blob is None else np.frombuffer(blob, dtype="<f4").astype(np.float32)
+        if kind == "train_mode" and source == "estimated":   # schema 1, opened read-only (not migrated)
+            kind = "end_of_epoch_estimate"
+        return Measurement(kind, _real(mean), _real(sem), int(n), values, source)
+
+    @staticmethod
+    def _epoch(row: tuple, measurements: dict[int, dict[str, Measurement]]) -> Epoch:
+        ep = int(row[0])
+        return Epoch(index=ep, train_loss=_real(row[1]), penalty=_real(row[2]), n_steps=int(row[3]),
+                     n_samples=int(row[4]), position=_real(row[5]), measurements=measurements.get(ep, {}),
+                     metrics=json.loads(row[8]), seconds=_real(row[6]), probe_seconds=_real(row[7]))
+
+    def _load_run_strict(self, ref: int | str) -> Run:
         run_id = self.resolve(ref)
         name, experiment, status, meta = self._conn.execute(
             "SELECT name, experiment, status, meta FROM runs WHERE id=?", (run_id,)
         ).fetchone()
         measurements: dict[int, dict[str, Measurement]] = {}
-        for ep, kind, mean, sem, n, source, blob in self._conn.execute(
+        for row in self._conn.execute(
             "SELECT epoch, kind, mean, sem, n, source, per_sample FROM measurements WHERE run_id=? ORDER BY epoch",
             (run_id,),
         ):
-            values = None if blob is None else np.frombuffer(blob, dtype="<f4").astype(np.float32)
-            if kind == "train_mode" and source == "estimated":   # schema 1, opened read-only (not migrated)
-                kind = "end_of_epoch_estimate"
-            measurements.setdefault(ep, {})[kind] = Measurement(kind, _real(mean), _real(sem), int(n), values, source)
-        epochs = []
-        for row in self._conn.execute(
+            m = self._measurement(row)
+            measurements.setdefault(int(row[0]), {})[m.kind] = m
+        epochs = [self._epoch(row, measurements) for row in self._conn.execute(
             "SELECT epoch, train_loss, penalty, n_steps, n_samples, position, seconds, probe_seconds, metrics"
             " FROM epochs WHERE run_id=? ORDER BY epoch",
             (run_id,),
-        ):
-            ep = int(row[0])
-            epochs.append(
-                Epoch(index=ep, train_loss=_real(row[1]), penalty=_real(row[2]), n_steps=int(row[3]),
-                      n_samples=int(row[4]), position=_real(row[5]), measurements=measurements.get(ep, {}),
-                      metrics=json.loads(row[8]), seconds=_real(row[6]), probe_seconds=_real(row[7]))
-            )
+        )]
         parts = [
             _steps_from_blob(int(ep), int(n), blob)
             for ep, n, blob in self._conn.execute(

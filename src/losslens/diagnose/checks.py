@@ -63,16 +63,17 @@ def split(ctx: Context) -> list[Finding]:
 
 
 @register("recording", order=60, description="epochs whose probe/validation passes failed while recording; "
-                                             "damaged records skipped in an imported log")
+                                             "damaged records skipped in an imported log or a store")
 def recording(ctx: Context) -> list[Finding]:
     out: list[Finding] = []
-    damage = ctx.run.meta.get("import_damage")
+    damage = ctx.run.meta.get("damaged_records")
     if isinstance(damage, list) and damage:
         out.append(Finding(
-            "recording.damaged_log", "warning", "The log has damaged records: some values were not read",
+            "recording.damaged_log", "warning", "Damaged records were skipped: some values were not read",
             "; ".join(map(str, damage[:5])) + ("; …" if len(damage) > 5 else ""),
             "Read the figures with the gap in mind; if the file is a copy, copy it again from the training "
-            "machine.", [], (), {"damage": damage[:20]}))
+            "machine.", [], (),
+            {"damage": damage[:20]}))
     errs = ctx.run.meta.get("measurement_errors")
     if not isinstance(errs, list) or not errs:
         return out

@@ -307,7 +307,7 @@ def read_files(files: list[tuple[str, str]], train_loss: str | None = None, val_
     run = _read_data(source, data, train_loss, val_loss, steps_per_epoch, name)
     run.meta.setdefault("import_notes", []).extend(damage)
     if damage:
-        run.meta["import_damage"] = damage  # the diagnosis reports it (recording.damaged_log)
+        run.meta["damaged_records"] = damage  # the diagnosis reports it (recording.damaged_log)
     return run
 
 

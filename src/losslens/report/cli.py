@@ -85,7 +85,11 @@ def report(run_ref: str, store_path: str, html_path: str, json_path: str | None)
         try:
             run = store.load_run(run_ref)
         except StoreError as exc:
-            raise click.ClickException(str(exc)) from exc
+            try:  # a damaged file: show what is still readable, and say what is not
+                run = store.load_run(run_ref, salvage=True)
+            except StoreError:
+                raise click.ClickException(str(exc)) from exc
+            click.echo(f"warning: {exc}; the report shows what is still readable", err=True)
     rep = Report.from_run(run)
     console = Console()
     rep.print(console)
