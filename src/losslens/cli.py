@@ -34,11 +34,30 @@ _COMMANDS = {
 }
 
 
+#: One line per command for ``losslens --help``, so listing the commands imports none of them (``demo`` would
+#: import torch): ``--help`` answers in about 0.1 s (``benchmarks/cli_speed.py``). A test checks that each line
+#: is the first line of its command's own help.
+_SHORT_HELP = {
+    "audit": "Audit a train/validation split: exact and near duplicates, group leaks, label and input shift.",
+    "compare": "Compare experiments (or runs) A and B: differences B − A with confidence intervals.",
+    "demo": "Train a small dropout network with augmentation on scikit-learn's digits, record it, diagnose it.",
+    "diagnose": "Diagnose existing training logs: TensorBoard, Keras, Lightning, Hugging Face, fastai.",
+    "merge": "Copy every run of the SOURCES stores into DEST (created if missing).",
+    "report": "Rebuild the report of a stored run.",
+    "runs": "List the runs in a store: id, name, experiment, status, epochs, last validation loss.",
+}
+
+
 class _LazyGroup(click.Group):
-    """A click group whose sub-commands are imported on first use."""
+    """A click group whose sub-commands are imported on first use (not to list them)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         target = _COMMANDS.get(name)
