@@ -99,7 +99,7 @@ def test_pickles_need_the_flag(tmp_path):
 
 def test_loss_names_and_format_can_be_chosen(tmp_path):
     log = _keras_csv(tmp_path / "t.txt", LOSSES, VALS, extra="dice_loss")
-    res = CliRunner().invoke(main, ["diagnose", str(log), "--train-loss", "dice_loss", "--format", "keras_csv",
+    res = CliRunner().invoke(main, ["diagnose", str(log), "--train-loss", "dice_loss", "--log-format", "keras_csv",
                                     "--out", str(tmp_path / "o"), "-q"])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "o" / "report.json").read_text())

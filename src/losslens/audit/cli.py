@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from typing import Any
 
 import click
 import numpy as np
+
+from ..report.cli import EXIT_FINDINGS, OUTPUT_FORMATS, fail_on_option, failing
 
 __all__ = ["audit", "read_split_file", "read_vector_file"]
 
@@ -51,6 +55,26 @@ def _check_npy_size(path: str) -> None:
     if need > have:
         raise _err(path, f"the header declares an array of shape {tuple(shape)} ({need} bytes) but the file holds "
                          f"{have} bytes of data")
+
+
+#: Python argument names of :func:`audit_split` as the flags of this command, for its error messages.
+_FLAGS = {"image_shape": "--image-shape", "val_losses": "--val-losses", "probe_losses": "--probe-losses",
+          "near_threshold": "--threshold", "n_permutations": "--permutations", "embeddings": "--train-embeddings"
+          "/--val-embeddings", "labels": "--train-labels/--val-labels (or --label-col)",
+          "groups": "--train-groups/--val-groups (or --group-col)"}
+
+
+def cli_flags(message: str) -> str:
+    """An error of :func:`audit_split` in the command's terms: ``image_shape=`` becomes ``--image-shape``,
+    ``kind='table'`` becomes ``--kind table``."""
+    message = re.sub(r"\bkind=['\"]?(\w+)['\"]?", r"--kind \1", message)
+    message = re.sub(r"\bimage_shape=?", "--image-shape", message)
+    for name, flag in _FLAGS.items():
+        if name in ("embeddings", "labels", "groups"):
+            message = re.sub(rf"^{name}\b", flag, message)
+        else:
+            message = re.sub(rf"\b{name}\b", flag, message)
+    return message
 
 
 def read_split_file(path: str, key: str | None = None) -> Any:
@@ -188,11 +212,15 @@ def _pair(opt_a: str | None, opt_b: str | None, name: str, reader: Any) -> Any:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write an HTML page here.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the JSON result here.")
+@click.option("--format", "out_format", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True,
+              help="What to print: the findings, the JSON document, or Markdown (for $GITHUB_STEP_SUMMARY).")
+@fail_on_option
 def audit(train: str, val: str, key: str | None, label_col: str | None, group_col: str | None,
           train_labels: str | None, val_labels: str | None, train_groups: str | None, val_groups: str | None,
           train_embeddings: str | None, val_embeddings: str | None, val_losses: str | None,
           probe_losses: str | None, kind: str, image_shape: str | None, no_near: bool, no_shift: bool,
-          threshold: float, permutations: int, seed: int, html_path: str | None, json_path: str | None) -> None:
+          threshold: float, permutations: int, seed: int, html_path: str | None, json_path: str | None,
+          out_format: str, fail_on: str | None) -> None:
     """Audit a train/validation split: exact and near duplicates, group leaks, label and input shift.
 
     TRAIN and VAL are .npy, .npz, .csv, .parquet or .txt files (one text per line).
@@ -234,15 +262,27 @@ def audit(train: str, val: str, key: str | None, label_col: str | None, group_co
                           shift=not no_shift, n_permutations=permutations, seed=seed)
     except (ValueError, TypeError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise click.ClickException(f"audit of {train} / {val}: {msg}") from None
-    console = Console()
-    for line in res.summary_lines():
-        console.print(escape(line))
-    for f in res.findings():
-        style = {"info": "green", "warning": "yellow", "error": "red"}[f.severity]
-        console.print(f"[{style}]{f.severity}[/] [bold]{escape(f.title)}[/] ({escape(f.code)})")
-        if f.recommendation:
-            console.print("  " + escape(f.recommendation))
+        raise click.ClickException(f"audit of {train} / {val}: {cli_flags(msg)}") from None
+    findings = res.findings()
+    # with --format json/markdown stdout holds that document alone; the notes go to stderr
+    console = Console() if out_format == "text" else Console(file=sys.stderr)
+    if out_format == "text":
+        for line in res.summary_lines():
+            console.print(escape(line))
+        for f in findings:
+            style = {"info": "green", "warning": "yellow", "error": "red"}[f.severity]
+            console.print(f"[{style}]{f.severity}[/] [bold]{escape(f.title)}[/] ({escape(f.code)})")
+            if f.recommendation:
+                console.print("  " + escape(f.recommendation))
+    elif out_format == "json":
+        click.echo(json.dumps(res.to_dict(), indent=1, allow_nan=False, default=str))
+    else:
+        from ..report.markdown import escape as md
+        from ..report.markdown import findings_markdown
+
+        click.echo(f"### losslens split audit: {md(os.path.basename(train))} / {md(os.path.basename(val))}\n")
+        click.echo("\n".join(f"- {md(line)}" for line in res.summary_lines()) + "\n")
+        click.echo(findings_markdown(findings) or "No findings.")
     try:
         if html_path:
             save_page(res, html_path, title=f"losslens split audit: {os.path.basename(train)} / "
@@ -253,3 +293,5 @@ def audit(train: str, val: str, key: str | None, label_col: str | None, group_co
             console.print(f"JSON written to {escape(json_path)}")
     except OutputPathError as exc:
         raise click.ClickException(str(exc)) from None
+    if failing(findings, fail_on):
+        sys.exit(EXIT_FINDINGS)

@@ -59,8 +59,10 @@ def resolve_side(store: Store, ref: str) -> tuple[str, list[Run]]:
                    "validation loss).")
 @click.option("--level", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
               help="Confidence level of the intervals of the difference.")
+@click.option("--format", "out_format", type=click.Choice(["text", "json", "markdown"]), default="text",
+              show_default=True, help="What to print: the table, the JSON document, or Markdown.")
 def compare(a: str, b: str, store_path: str, html_path: str | None, json_path: str | None, at: str,
-            level: float) -> None:
+            level: float, out_format: str) -> None:
     """Compare experiments (or runs) A and B: differences B − A with confidence intervals.
 
     A and B are experiment names, run ids or run names in the store. With at
@@ -89,18 +91,26 @@ def compare(a: str, b: str, store_path: str, html_path: str | None, json_path: s
                 sides.append(resolve_side(store, ref))
             except LookupError as exc:
                 raise click.ClickException(f"{which}: {exc.args[0]}") from exc
+            except StoreError as exc:
+                raise click.ClickException(str(exc)) from exc
     (a_name, a_runs), (b_name, b_runs) = sides
     result = _compare(a_runs, b_runs, a_name=a_name, b_name=b_name, level=level, at=at)
-    click.echo(result.to_text())
+    if out_format == "json":
+        click.echo(json.dumps(_jsonable(result.to_dict()), indent=2, allow_nan=False))
+    elif out_format == "markdown":  # GitHub renders a fenced block as is: the aligned table stays aligned
+        click.echo(f"### losslens compare: {a_name} vs {b_name}\n\n```text\n{result.to_text().rstrip()}\n```")
+    else:
+        click.echo(result.to_text())
+    say = click.echo if out_format == "text" else (lambda m: click.echo(m, err=True))
     if json_path:
         try:
             write_page(json_path, json.dumps(_jsonable(result.to_dict()), indent=2, allow_nan=False))
         except OSError as exc:
             raise click.ClickException(f"cannot write --json {json_path!r}: {exc}") from exc
-        click.echo(f"JSON written to {json_path}")
+        say(f"JSON written to {json_path}")
     if html_path:
         try:
             save_comparison_html(result, html_path, a_runs, b_runs)
         except OSError as exc:
             raise click.ClickException(f"cannot write --html {html_path!r}: {exc}") from exc
-        click.echo(f"HTML written to {html_path}")
+        say(f"HTML written to {html_path}")

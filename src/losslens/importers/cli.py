@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from ..record import END_OF_EPOCH_ESTIMATE, VALIDATION, Run
+from ..report.cli import EXIT_FINDINGS, OUTPUT_FORMATS, fail_on_option, failing
 from . import FORMATS, LogFormatError, SkippedLogWarning, load_log
 from ._common import MAX_STEPS_PER_EPOCH
 from ._common import measure_hint as _measure_hint
@@ -99,8 +100,13 @@ def _slug(name: str, used: set[str], out_dir: str | None = None) -> str:
 
 @click.command("diagnose")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+@click.option("--log-format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Log format (default: detected from the content).")
+@click.option("--format", "out_format", type=click.Choice(OUTPUT_FORMATS + FORMATS), default="text",
+              show_default=True, help="What to print: the terminal reports, one JSON document, or Markdown (for "
+                                      "$GITHUB_STEP_SUMMARY). A log format here is read as --log-format "
+                                      "(deprecated).")
+@fail_on_option
 @click.option("--train-loss", default=None, metavar="NAME", help="Metric to use as the training loss.")
 @click.option("--val-loss", default=None, metavar="NAME", help="Metric to use as the validation loss.")
 @click.option("--allow-pickle", is_flag=True, default=False,
@@ -110,8 +116,9 @@ def _slug(name: str, used: set[str], out_dir: str | None = None) -> str:
 @click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.html / report.json (one sub-folder per run when there are several).")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="Do not print the per-run reports.")
-def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, val_loss: str | None,
-             allow_pickle: bool, steps_per_epoch: float | None, out_dir: str, quiet: bool) -> None:
+def diagnose(paths: tuple[str, ...], fmt: str | None, out_format: str, fail_on: str | None, train_loss: str | None,
+             val_loss: str | None, allow_pickle: bool, steps_per_epoch: float | None, out_dir: str,
+             quiet: bool) -> None:
     """Diagnose existing training logs: TensorBoard, Keras, Lightning, Hugging Face, fastai.
 
     PATHS are log files, run folders or folders of runs. The end-of-epoch
@@ -123,6 +130,15 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
     from ..report import Report
     from ..report._env import OutputPathError, check_output_folder, render, write_page
     from ..report._model import fmt as fmt_num
+
+    if out_format in FORMATS:  # the option's meaning before 0.2
+        click.echo(f"warning: --format {out_format} names a log format: use --log-format {out_format} (--format "
+                   "now chooses what is printed: text, json or markdown)", err=True)
+        fmt, out_format = fmt or out_format, "text"
+    text = out_format == "text"
+
+    def say(message: str) -> None:  # with --format json/markdown stdout holds that document alone
+        click.echo(message, err=not text)
 
     spe = steps_per_epoch
     if spe is not None and not (math.isfinite(spe) and 1 <= spe <= MAX_STEPS_PER_EPOCH):
@@ -161,6 +177,7 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
         raise click.ClickException("nothing imported" + (f" ({len(failures)} error(s) above)" if failures else ""))
     multi = len(runs) > 1 or len(paths) > 1
     diagnosed = []
+    reports: list[Any] = []
     used: set[str] = set()
     links = []
     for imported in runs:
@@ -176,16 +193,18 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
         except OSError as exc:
             raise click.ClickException(f"--out: {exc}") from None
         links.append(os.path.relpath(os.path.join(target, "report.html"), out_dir))
-        if not quiet:
+        reports.append(rep)
+        if text and not quiet:
             rep.print()
+        if not quiet:
             notes = run.meta.get("import_notes") or []
             for n in notes:
-                click.echo(f"  import note: {n}")
-            click.echo(f"  estimated: the end-of-epoch training loss ({run.meta.get('timing_method', 'none')} "
-                       "method); not measured from a log: dropout/batch-norm, augmentation and the generalization "
-                       "gap.")
-            click.echo(f"  to measure them, {measure_hint(run)}")
-            click.echo(f"  wrote {os.path.join(target, 'report.html')} and {os.path.join(target, 'report.json')}")
+                say(f"  import note: {n}")
+            say(f"  estimated: the end-of-epoch training loss ({run.meta.get('timing_method', 'none')} "
+                "method); not measured from a log: dropout/batch-norm, augmentation and the generalization "
+                "gap.")
+            say(f"  to measure them, {measure_hint(run)}")
+            say(f"  wrote {os.path.join(target, 'report.html')} and {os.path.join(target, 'report.json')}")
     if multi:
         rows = overview_rows(diagnosed)
         try:
@@ -194,19 +213,32 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, train_loss: str | None, va
             write_page(os.path.join(out_dir, "overview.html"), render("overview.html.j2", rows=list(zip(rows, links))))
         except OutputPathError as exc:
             raise click.ClickException(f"--out: {exc}") from None
-        from rich.console import Console
-        from rich.table import Table
+        if text:
+            from rich.console import Console
+            from rich.table import Table
 
-        table = Table(title=f"losslens overview: {len(rows)} runs", show_lines=False)
-        for col in ("run", "epochs", "last R", "est. end R", "last V", "verdict"):
-            table.add_column(col, overflow="fold")
-        for r in rows:
-            est = fmt_num(r["end_of_epoch_train_loss_estimate"])
-            if r["end_of_epoch_train_loss_se"] is not None:
-                est += f" ± {r['end_of_epoch_train_loss_se']:.2g}"
-            table.add_row(str(r["run"]), str(r["epochs"]), fmt_num(r["last_train_loss"]), est,
-                          fmt_num(r["last_val_loss"]), r["verdict"], )
-        Console(file=sys.stdout, width=max(100, Console().width), markup=False).print(table)
-        click.echo(f"wrote {os.path.join(out_dir, 'overview.html')} and {os.path.join(out_dir, 'overview.json')}")
+            table = Table(title=f"losslens overview: {len(rows)} runs", show_lines=False)
+            for col in ("run", "epochs", "last R", "est. end R", "last V", "verdict"):
+                table.add_column(col, overflow="fold")
+            for r in rows:
+                est = fmt_num(r["end_of_epoch_train_loss_estimate"])
+                if r["end_of_epoch_train_loss_se"] is not None:
+                    est += f" ± {r['end_of_epoch_train_loss_se']:.2g}"
+                table.add_row(str(r["run"]), str(r["epochs"]), fmt_num(r["last_train_loss"]), est,
+                              fmt_num(r["last_val_loss"]), r["verdict"], )
+            Console(file=sys.stdout, width=max(100, Console().width), markup=False).print(table)
+        say(f"wrote {os.path.join(out_dir, 'overview.html')} and {os.path.join(out_dir, 'overview.json')}")
+    if out_format == "json":
+        docs = [rep.to_dict() for rep in reports]
+        click.echo(json.dumps(docs[0] if not multi else {"runs": docs, "errors": failures}, indent=2,
+                              allow_nan=False, ensure_ascii=False, default=str))
+    elif out_format == "markdown":
+        click.echo("\n".join(rep.to_markdown() for rep in reports), nl=False)
+        if failures:
+            from ..report.markdown import escape as md
+
+            click.echo("\n**Not read:**\n\n" + "\n".join(f"- {md(f)}" for f in failures))
     if failures:
         sys.exit(1)
+    if failing([f for rep in reports for f in rep.findings], fail_on):
+        sys.exit(EXIT_FINDINGS)

@@ -128,6 +128,13 @@ class Report:
 
         return to_text(self, width=width)
 
+    def to_markdown(self, level: int = 3) -> str:
+        """The report as GitHub-flavoured Markdown (verdict, findings table, last epoch's decomposition), for
+        ``$GITHUB_STEP_SUMMARY`` or a pull-request comment; headings at ``level``."""
+        from .markdown import report_markdown
+
+        return report_markdown(self, level=level)
+
     # -- HTML ---------------------------------------------------------------------------------
     def _repr_html_(self) -> str:
         """Jupyter shows the report inline (the same self-contained page as :meth:`to_html`)."""

@@ -7,7 +7,9 @@ names it (a store is never created by reading).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -43,7 +45,10 @@ def _open_store(path: str) -> Store:
 def runs(store_path: str) -> None:
     """List the runs in a store: id, name, experiment, status, epochs, last validation loss."""
     with _open_store(store_path) as store:
-        rows = store.list_runs()
+        try:
+            rows = store.list_runs()
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from exc
     console = Console()
     if not rows:
         console.print(Text(f"No runs in store {store_path}."))
@@ -64,6 +69,29 @@ def runs(store_path: str) -> None:
                            "its committed epochs can still be reported.", style="dim"))
 
 
+#: Output formats of the reading commands (``--format``).
+OUTPUT_FORMATS = ("text", "json", "markdown")
+#: ``--fail-on`` levels; a finding of this severity or above makes the command exit with :data:`EXIT_FINDINGS`.
+SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+#: Exit status for ``--fail-on`` (1 is an error of the command, 2 a usage error, as click uses them).
+EXIT_FINDINGS = 3
+
+
+def fail_on_option(func: Any) -> Any:
+    """The ``--fail-on warning|error`` option of diagnose, report and audit."""
+    return click.option("--fail-on", "fail_on", type=click.Choice(["warning", "error"]), default=None,
+                        help=f"Exit with status {EXIT_FINDINGS} when a finding of this severity or above is "
+                             "present (for CI).")(func)
+
+
+def failing(findings: Any, fail_on: str | None) -> bool:
+    """Whether ``findings`` hold one at or above ``fail_on`` (never, when ``fail_on`` is None)."""
+    if fail_on is None:
+        return False
+    return any(SEVERITY_RANK.get(f.severity, 0) >= SEVERITY_RANK[fail_on] for f in findings)
+
+
+
 @click.command("report")
 @click.argument("run_ref", metavar="RUN")
 @click.option("--store", "store_path", default="losslens.db", show_default=True, type=click.Path(dir_okay=False),
@@ -72,7 +100,11 @@ def runs(store_path: str) -> None:
               help="Write the self-contained HTML report here.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the report as JSON here.")
-def report(run_ref: str, store_path: str, html_path: str, json_path: str | None) -> None:
+@click.option("--format", "out_format", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True,
+              help="What to print: the terminal report, the JSON document, or Markdown (for $GITHUB_STEP_SUMMARY).")
+@fail_on_option
+def report(run_ref: str, store_path: str, html_path: str, json_path: str | None, out_format: str,
+           fail_on: str | None) -> None:
     """Rebuild the report of a stored run. RUN is a run id or a run name (the newest run of that name)."""
     from . import Report
     from ._env import OutputPathError, check_outputs
@@ -91,8 +123,14 @@ def report(run_ref: str, store_path: str, html_path: str, json_path: str | None)
                 raise click.ClickException(str(exc)) from exc
             click.echo(f"warning: {exc}; the report shows what is still readable", err=True)
     rep = Report.from_run(run)
-    console = Console()
-    rep.print(console)
+    # with --format json/markdown stdout holds that document alone; the notes go to stderr
+    console = Console() if out_format == "text" else Console(file=sys.stderr)
+    if out_format == "text":
+        rep.print(console)
+    elif out_format == "json":
+        click.echo(rep.to_json())
+    else:
+        click.echo(rep.to_markdown(), nl=False)
     try:
         out = rep.save_html(html_path)
         console.print(Text(f"HTML report written to {out}"), soft_wrap=True)
@@ -104,6 +142,8 @@ def report(run_ref: str, store_path: str, html_path: str, json_path: str | None)
     if run.status == "running":
         console.print(Text(f"Note: run {run.name!r} did not finish (status 'running'); the report covers the "
                            f"{len(run.epochs)} epoch(s) it committed.", style="yellow"))
+    if failing(rep.findings, fail_on):
+        sys.exit(EXIT_FINDINGS)
 
 
 def _printable(x: object) -> str:
