@@ -73,20 +73,25 @@ def _parse(html):
 
 
 # --------------------------------------------------------------------------------------------- HTML
+def _without_library(html):
+    from losslens.report.interactive import plotly_js
+
+    lib = plotly_js()
+    assert html.count(lib) == 1, "the plotly.js library is inlined exactly once"
+    return html.replace(lib, "")
+
+
 def test_html_is_self_contained(tmp_path):
     path = Report.from_run(make_run()).save_html(tmp_path / "r.html")
     html = path.read_text(encoding="utf-8")
     p = _parse(html)
-    # figures are inline images, nothing else is referenced
-    assert p.refs, "the report should contain inline figures"
-    for tag, attr, value in p.refs:
-        assert value.startswith("data:image/png;base64,"), (tag, attr, value[:60])
-        raw = base64.b64decode(value.split(",", 1)[1])
-        assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "script" not in p.tags and "link" not in p.tags and "iframe" not in p.tags
-    assert "http://" not in html and "https://" not in html and "@import" not in html and "url(" not in html
-    # both figures and every section are there
-    assert len(p.refs) == 2
+    # nothing is loaded from anywhere: no src/href at all, the scripts are inline
+    assert p.refs == []
+    assert "link" not in p.tags and "iframe" not in p.tags and "img" not in p.tags
+    page = _without_library(html)
+    assert "http://" not in page and "https://" not in page and "@import" not in page and "url(" not in page
+    # the library, then one script per figure (loss curves, decomposition); every section is there
+    assert html.count("<script>") == 3 and html.count('class="plot"') == 2
     for section in ("Findings", "Figures", "Gap decomposition per epoch", "What each number is"):
         assert section in html
     assert "Split audit" not in html
@@ -106,8 +111,12 @@ def test_html_escapes_every_user_string(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;b&gt;ce&lt;/b&gt;" in html
     p = _parse(html)
-    assert "script" not in p.tags and "svg" not in p.tags and "u" not in p.tags
-    assert all(v.startswith("data:image/png") for _, _, v in p.refs)
+    assert "svg" not in p.tags and "u" not in p.tags and p.refs == []
+    assert html.count("<script>") == 3           # only the library and the two figures' scripts
+    page = _without_library(html)
+    for block in page.split("<script>")[1:]:     # figure data cannot close its script element
+        body = block.split("</script>", 1)[0]
+        assert "<" not in body.replace("</", "")
 
 
 def test_html_shows_non_finite_values_and_unfinished_status(tmp_path):

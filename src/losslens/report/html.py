@@ -1,7 +1,8 @@
 """The self-contained HTML report (jinja2).
 
-One file that opens offline: the CSS is inline, there is no JavaScript, no web
-font and no external reference; figures are inline base64 PNG. The template is
+One file that opens offline: the CSS and the JavaScript are inline, there is no web
+font and no external reference; the figures are interactive plotly.js charts whose
+library is inlined once (:mod:`.interactive`). The template is
 rendered with autoescaping on, so every user string (run name, metric names,
 metadata values, finding messages) is escaped. The only markup that is not
 escaped is the split audit's fragment, which its module returns already
@@ -17,7 +18,7 @@ import numpy as np
 from markupsafe import Markup
 
 from ..record import MEASUREMENT_KINDS
-from . import figures
+from . import interactive
 from ._env import render
 from ._model import (
     QUANTITY_LABELS,
@@ -38,30 +39,28 @@ __all__ = ["render_html"]
 
 
 
-def _figure_data(report: "Report") -> list[dict[str, str]]:
-    out = []
-    fig = figures.loss_curves(report.run)
-    out.append({
+def _figure_data(report: "Report") -> list[dict[str, Any]]:
+    out = [{
         "title": "Loss curves",
-        "png": figures.to_png_base64(fig),
+        "id": "losslens-loss-curves",
+        "spec": Markup(interactive.embed(interactive.loss_curves_spec(report.run))),
         "caption": "Every series at its real time in fractional epochs: step losses at the centre of their batch, "
                    "the reported epoch mean at the epoch centre, the end-of-epoch passes and the validation loss "
                    "at the epoch end. Shaded bands: ±2 standard errors of the mean over the samples. Dashed lines "
-                   "are estimated, not measured. Long step series are decimated keeping every bucket's minimum "
-                   "and maximum, so spikes remain visible.",
-    })
-    fig.clear()
+                   "are estimated, not measured. Shown first: R, C and V; click a legend entry to show or hide a "
+                   "series (step losses, T, A, R + Ω, the baseline), drag to zoom, double-click to reset. Long "
+                   "step series are decimated keeping every bucket's minimum and maximum, so spikes remain.",
+    }]
     if report.diagnosis.decomposition:
-        fig = figures.decomposition_bars(report.diagnosis.decomposition)
         out.append({
             "title": "Gap decomposition per epoch",
-            "png": figures.to_png_base64(fig),
+            "id": "losslens-decomposition",
+            "spec": Markup(interactive.embed(interactive.decomposition_spec(report.diagnosis.decomposition))),
             "caption": "Reported training loss − validation loss split into its parts at the end of each epoch. "
                        "Positive parts stack above zero, negative parts below; the diamond is their sum. "
-                       "A negative 'generalization' part is the generalization gap (validation above the "
-                       "eval-mode training loss).",
+                       "A negative 'generalization gap' part means validation above the eval-mode training "
+                       "loss. Hover a bar for its value ± standard error.",
         })
-        fig.clear()
     return out
 
 
@@ -152,6 +151,7 @@ def _context(report: "Report") -> dict[str, Any]:
         "n_shown": len(shown) if shown is not None else None,
         "findings": diagnosis.findings,
         "figures": _figure_data(report),
+        "plotly_js": Markup(interactive.plotly_js()),
         "kinds": [(SYMBOLS.get(k, k), QUANTITY_LABELS.get(k, k)) for k in kinds],
         "measurement_rows": measurement_rows,
         # a term entering reported − validation with a minus sign (the generalization gap V − C) says so
