@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 
 from .hashing import row_hashes
 
@@ -117,6 +116,8 @@ def match_hashes(ka: np.ndarray, kb: np.ndarray, verify: Callable[[np.ndarray, n
         At most this many pairs are kept (``n_pairs`` stays exact).
     """
     t0 = time.perf_counter() if t0 is None else t0
+    import pandas as pd  # imported here: the diagnosis imports this module and never needs pandas
+
     left = pd.DataFrame({"h0": ka[:, 0], "h1": ka[:, 1], "t": np.arange(len(ka), dtype=np.int64)})
     right = pd.DataFrame({"h0": kb[:, 0], "h1": kb[:, 1], "v": np.arange(len(kb), dtype=np.int64)})
     m = left.merge(right, on=["h0", "h1"], how="inner")
