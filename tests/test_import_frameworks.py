@@ -19,7 +19,7 @@ import pytest
 from losslens.importers.fastai import ema_lag
 from losslens.importers import load_log
 from losslens.diagnose.timing import with_end_of_epoch_estimates
-from losslens.record import END_OF_EPOCH_ESTIMATE, VALIDATION
+from losslens.record import EVAL_CLEAN, END_OF_EPOCH_ESTIMATE, VALIDATION
 
 torch = pytest.importorskip("torch")
 
@@ -217,8 +217,10 @@ def test_keras_history_json_matches_the_csv(keras_run):
     assert [e.train_loss for e in b.epochs] == pytest.approx([e.train_loss for e in a.epochs], rel=1e-6)
     assert [e.measurements[VALIDATION].mean for e in b.epochs] == pytest.approx(
         [e.measurements[VALIDATION].mean for e in a.epochs], rel=1e-6)
-    assert [e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in b.epochs] == pytest.approx(
-        [e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in a.epochs], rel=1e-6)
+    # both hold the losslens callback's columns: the same C (and so no end-of-epoch estimate is needed)
+    assert [e.measurements[EVAL_CLEAN].mean for e in b.epochs] == pytest.approx(
+        [e.measurements[EVAL_CLEAN].mean for e in a.epochs], rel=1e-6)
+    assert not a.has(END_OF_EPOCH_ESTIMATE) and not b.has(END_OF_EPOCH_ESTIMATE)
 
 
 def test_keras_csv_na_columns_with_validation_freq(keras_run):
@@ -364,3 +366,27 @@ def test_hugging_face_tensorboard_equals_its_trainer_state(tmp_path):
     np.testing.assert_allclose(b.steps.position, a.steps.position)
     assert [e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in b.epochs] == pytest.approx(
         [e.measurements[END_OF_EPOCH_ESTIMATE].mean for e in a.epochs], rel=1e-5)
+
+
+def test_keras_csv_reads_the_losslens_callbacks_columns_as_measurements(keras_run, tmp_path):
+    """A CSVLogger file written beside the losslens callback: eval_train_loss, train_mode_loss and
+    losslens_val_loss are the callback's C, T and V, not metrics of the training loop (issue 16, item 2)."""
+    from click.testing import CliRunner
+
+    from losslens.cli import main
+    from losslens.record import EVAL_CLEAN, TRAIN_MODE
+
+    root, live, _, _ = keras_run
+    header = (root / "training.log").read_text().splitlines()[0]
+    assert "eval_train_loss" in header and "train_mode_loss" in header
+    run = load_log(root / "training.log")
+    for imp, rec in zip(run.epochs, live.epochs):
+        for kind in (EVAL_CLEAN, TRAIN_MODE, VALIDATION):
+            assert imp.measurements[kind].mean == pytest.approx(rec.measurements[kind].mean, rel=1e-5)
+            assert imp.measurements[kind].source == "imported"
+        assert imp.train_loss == pytest.approx(rec.train_loss, rel=1e-5)
+        assert not {"eval_train_loss", "train_mode_loss", "losslens_val_loss", "data_loss"} & set(imp.metrics)
+    res = CliRunner().invoke(main, ["diagnose", str(root / "training.log"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "probe set: measured by the losslens callback" in res.output
+    assert "add the losslens callback" not in res.output and "gap.decomposition" in res.output

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..record import Steps
+from ..record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Steps
 from ._common import LogFormatError, build_epochs, finish_run
 from .roles import assign_roles
 
@@ -68,6 +68,38 @@ def run_from_epoch_columns(path: Any, epoch: np.ndarray, columns: Mapping[str, n
         notes.append(f"{roles.train_loss!r} is NaN in {int(bad.sum())} epochs (first: {int(idx[bad][0])})")
     epochs = build_epochs(idx, train={int(e): float(v) for e, v in zip(idx, tr)},
                           val={int(e): float(v) for e, v in zip(idx, va)}, metrics=metrics)
+    extra_meta = dict(extra_meta or {})
+    if _read_losslens_columns(epochs, notes):
+        extra_meta.update(framework_adapter="losslens.keras.LossLens", probe_set="measured by the losslens callback",
+                          how_to_measure="the losslens callback measured C (and T) each epoch; their standard "
+                                         "errors need the store: LossLens(store='losslens.db'), then `losslens "
+                                         "report RUN`")
     return finish_run(path, epochs=epochs, steps=steps, importer=importer, framework=framework,
                       reported_loss_kind=reported_loss_kind, roles=roles.to_dict(), notes=notes,
                       extra_meta=extra_meta, name=name)
+
+
+#: Columns the losslens Keras callback adds to ``logs`` (so a ``CSVLogger`` writes them), and what they are.
+LOSSLENS_COLUMNS = {"eval_train_loss": EVAL_CLEAN, "train_mode_loss": TRAIN_MODE, "losslens_val_loss": VALIDATION}
+
+
+def _read_losslens_columns(epochs: list[Epoch], notes: list[str]) -> bool:
+    """Read the losslens callback's own columns back as the measurements they are (C, T, the data part of V and
+    of R, and Ω), not as metrics of the training loop. True when the log has them."""
+    if not any("eval_train_loss" in e.metrics for e in epochs):
+        return False
+    for e in epochs:
+        for col, kind in LOSSLENS_COLUMNS.items():
+            v = e.metrics.pop(col, None)
+            if v is not None and math.isfinite(v):
+                if kind == VALIDATION and VALIDATION in e.measurements:
+                    e.metrics["val_loss"] = e.measurements[VALIDATION].mean  # the compiled loss, penalty included
+                e.measurements[kind] = Measurement(kind, float(v), math.nan, 0, None, "imported")
+        data, penalty = e.metrics.pop("data_loss", None), e.metrics.pop("penalty_loss", None)
+        if data is not None and math.isfinite(data):
+            e.train_loss = float(data)
+            e.penalty = float(penalty) if penalty is not None and math.isfinite(penalty) else 0.0
+    notes.append("columns written by the losslens Keras callback read as its measurements: eval_train_loss = C, "
+                 "train_mode_loss = T, losslens_val_loss = V (data part), data_loss = R, penalty_loss = Ω; a log "
+                 "keeps their means only, so they have no standard errors")
+    return True

@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from ..record import END_OF_EPOCH_ESTIMATE, VALIDATION, Run
+from ..record import END_OF_EPOCH_ESTIMATE, EVAL_CLEAN, VALIDATION, Run
 from ..report.cli import EXIT_FINDINGS, OUTPUT_FORMATS, fail_on_option, failing
 from . import FORMATS, LogFormatError, SkippedLogWarning, load_log
 from ._common import MAX_STEPS_PER_EPOCH
@@ -33,6 +33,23 @@ __all__ = ["diagnose", "measure_hint", "overview_rows"]
 def measure_hint(run: Run) -> str:
     """One line: what to add to the training code to measure the parts of the gap this log cannot split."""
     return str(run.meta.get("how_to_measure") or _measure_hint(run.meta.get("framework")))
+
+
+#: The end-of-epoch estimate's method (``run.meta["timing_method"]``) in the user's words.
+TIMING_METHOD_WORDS = {
+    "steps": "from the trend of the step losses within each epoch",
+    "means": "from the trend of the epoch means across epochs",
+    "ema": "from the lag of the logged moving average",
+    "none": "not possible from this log",
+}
+
+
+def run_kinds(run: Run) -> list[str]:
+    """The measured end-of-epoch quantities of ``run``, by their symbols (C, T, A, V)."""
+    from ..record import MEASUREMENT_KINDS
+
+    symbols = {"eval_clean": "C", "train_mode": "T", "eval_augmented": "A", "validation": "V"}
+    return [symbols[k] for k in MEASUREMENT_KINDS if k in symbols and run.has(k)]
 
 
 def _num(x: Any) -> float | None:
@@ -200,10 +217,15 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, out_format: str, fail_on: 
             notes = run.meta.get("import_notes") or []
             for n in notes:
                 say(f"  import note: {n}")
-            say(f"  estimated: the end-of-epoch training loss ({run.meta.get('timing_method', 'none')} "
-                "method); not measured from a log: dropout/batch-norm, augmentation and the generalization "
-                "gap.")
-            say(f"  to measure them, {measure_hint(run)}")
+            if run.has(EVAL_CLEAN):  # a log written with the losslens Keras callback: its columns are measurements
+                say(f"  measured by the losslens callback while training: {', '.join(run_kinds(run))}; "
+                    f"{measure_hint(run)}")
+            else:
+                how = "; ".join(TIMING_METHOD_WORDS.get(m, m)
+                                for m in str(run.meta.get("timing_method") or "none").split("+"))
+                say(f"  estimated: the end-of-epoch training loss ({how}); not measured from a log: "
+                    "dropout/batch-norm, augmentation and the generalization gap.")
+                say(f"  to measure them, {measure_hint(run)}")
             say(f"  wrote {os.path.join(target, 'report.html')} and {os.path.join(target, 'report.json')}")
     if multi:
         rows = overview_rows(diagnosed)

@@ -109,6 +109,8 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
     if p.size is not None:
         facts.append(("probe set", f"{p.size} samples, fingerprint {short_fingerprint(p.fingerprint)}"
                       + (f", seed {p.seed}" if p.seed is not None else "")))
+    elif run.has("eval_clean"):
+        facts.append(("probe set", "measured by the losslens callback (its size is in the store, not in the log)"))
     else:
         facts.append(("probe set", "none (no probe passes recorded)"))
     if info.framework.weight_decay not in (None, 0, 0.0):
