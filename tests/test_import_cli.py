@@ -133,7 +133,7 @@ def test_hugging_face_output_folder_uses_the_latest_checkpoint(tmp_path):
     assert len(runs) == 1 and runs[0].meta["global_step"] is None
     assert runs[0].meta["source_file"].endswith("checkpoint-200/trainer_state.json")
     assert len(runs[0].epochs) == 4  # evaluations at steps 50, 100, 150, 200
-    assert runs[0].meta["how_to_measure"].startswith("losslens has no transformers adapter yet")
+    assert "losslens.transformers.LossLens()" in runs[0].meta["how_to_measure"]   # the matching callback
 
 
 def test_overview_escapes_user_strings(tmp_path):
@@ -146,3 +146,16 @@ def test_overview_escapes_user_strings(tmp_path):
     assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;.csv" in html
     sub = next(d for d in out.iterdir() if d.is_dir() and d.name != "b.csv")
     assert "<img src=x" not in (sub / "report.html").read_text()
+
+
+@pytest.mark.parametrize("framework, expected", [
+    ("keras", "losslens.keras.LossLens()"), ("lightning", "losslens.lightning.LossLens()"),
+    ("transformers", "losslens.transformers.LossLens()"), ("torch", "losslens.torch.LossLens(")])
+def test_the_advice_names_the_callback_of_the_framework_that_wrote_the_log(framework, expected):
+    from losslens.importers._common import measure_hint
+
+    assert expected in measure_hint(framework) and "adapter yet" not in measure_hint(framework)
+    # a TensorBoard file does not say which framework wrote it: every adapter is offered, none is claimed missing
+    tb = measure_hint("tensorboard")
+    assert "adapter yet" not in tb and all(a in tb for a in ("losslens.keras", "losslens.lightning",
+                                                             "losslens.transformers", "losslens.torch"))

@@ -478,6 +478,8 @@ def build_epochs(indices: Iterable[int], *, train: dict[int, float], val: dict[i
 #: The change to the user's training code that would measure what a log cannot tell (the probe passes).
 _HINTS = {
     "keras": "add the losslens callback: model.fit(..., callbacks=[losslens.keras.LossLens()])",
+    "lightning": "add the losslens callback: lightning.Trainer(..., callbacks=[losslens.lightning.LossLens()])",
+    "transformers": "add the losslens callback: Trainer(..., callbacks=[losslens.transformers.LossLens()])",
     "torch": "record the loop with lens = losslens.torch.LossLens(model, loss_fn, train_data=train_ds, "
              "val_data=val_ds), calling lens.step(loss, batch_size=len(y)) after each step and lens.end_epoch() "
              "after each epoch",
@@ -489,9 +491,13 @@ def measure_hint(framework: str | None) -> str:
     fw = str(framework or "")
     if fw in _HINTS:
         return _HINTS[fw]
-    return (f"losslens has no {fw or 'framework'} adapter yet; train the same model in a plain PyTorch loop with "
-            "lens = losslens.torch.LossLens(model, loss_fn, train_data=train_ds, val_data=val_ds) (or in Keras with "
-            "callbacks=[losslens.keras.LossLens()])")
+    adapters = ("record the run with the losslens adapter of the framework that trains it: "
+                "losslens.torch.LossLens(model, loss_fn, train_data=train_ds, val_data=val_ds) in a plain PyTorch "
+                "loop, or the callbacks losslens.keras.LossLens(), losslens.lightning.LossLens(), "
+                "losslens.transformers.LossLens()")
+    if fw in ("", "tensorboard", "unknown"):   # a TensorBoard file does not say which framework wrote it
+        return adapters
+    return f"losslens has no {fw} adapter yet; {adapters}"
 
 
 def finish_run(path: Any, *, epochs: list[Epoch], steps: Steps | None, importer: str, framework: str,
