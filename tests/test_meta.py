@@ -61,7 +61,7 @@ def test_a_recorded_run_reads_through_the_typed_view(tmp_path):
         p = np.bincount(y[lens.probe_indices].numpy()) / 100   # the label prior of the probe set
         assert info.loss.baseline == pytest.approx(float(-(p[p > 0] * np.log(p[p > 0])).sum()), rel=1e-6)
         assert info.extras["team"] == "vision" and "torch_version" in info.extras
-        assert info.framework.dropout_layers == ["1"]
+        assert info.framework.dropout_layers == ["1 (Dropout)"]
         assert info.loss.per_sample_check["consistent"] is True
 
 

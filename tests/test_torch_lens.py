@@ -149,7 +149,7 @@ def test_decomposition_terms_match_independent_computation(digits):
         # paired standard errors of the probe terms
         assert d.terms["train_mode"].se == pytest.approx(np.std(t - a, ddof=1) / math.sqrt(320), rel=1e-3)
     assert lens.run.meta["weight_decay"] == 0.0 and lens.run.meta["optimizer"] == "SGD"
-    assert lens.run.meta["batchnorm_layers"] == ["1"] and lens.run.meta["dropout_layers"] == []
+    assert lens.run.meta["batchnorm_layers"] == ["1 (BatchNorm1d)"] and lens.run.meta["dropout_layers"] == []
 
 
 def test_train_mode_pass_with_dropout_agrees_with_monte_carlo(digits):

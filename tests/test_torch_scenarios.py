@@ -93,7 +93,7 @@ def test_dropout_makes_the_train_mode_term_dominate(digits):
     model = mlp(64, 128, 128, 10, dropout=0.5)
     lens, dg = record(model, torch.optim.Adam(model.parameters(), 1e-3), Xtr, ytr, Xva, yva, epochs=10,
                       probe_size="all")
-    assert lens.run.meta["dropout_layers"] == ["2", "5"]
+    assert lens.run.meta["dropout_layers"] == ["2 (Dropout)", "5 (Dropout)"]
     assert_dominates(dg, "train_mode")
 
 

@@ -322,14 +322,19 @@ def check_torch_args(*, model: Any, loss_fn: Any, run: Any, penalty: Any, optimi
 
 
 def train_mode_layers(model: nn.Module) -> tuple[list[str], bool, list[str]]:
-    """``(dropout module names, whether any dropout has p > 0, batch-norm module names)``: the layers that make
-    train mode differ from eval mode (dropout applied functionally inside ``forward`` is not seen)."""
-    dropout = [n for n, m in model.named_modules()
+    """``(dropout modules, whether any dropout has p > 0, batch-norm modules)``: the layers that make train mode
+    differ from eval mode (dropout applied functionally inside ``forward`` is not seen). Each module is named as
+    ``model.named_modules()`` names it, with its type: ``"2 (Dropout)"`` (a bare index inside a ``Sequential``
+    says nothing on its own)."""
+    def label(name: str, m: nn.Module) -> str:
+        return f"{name or '(the model)'} ({type(m).__name__})"
+
+    dropout = [label(n, m) for n, m in model.named_modules()
                if isinstance(m, nn.modules.dropout._DropoutNd)
                or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)]
     has_dropout = any((isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
                       or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0) for m in model.modules())
-    batchnorm = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    batchnorm = [label(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     return dropout, has_dropout, batchnorm
 
 
