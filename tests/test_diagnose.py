@@ -231,3 +231,31 @@ def test_huge_losses_do_not_overflow_the_noise_estimates():
         e.train_loss = 1e250
     res = diagnose(run)
     assert res.findings  # diagnosed, not raised
+
+
+def test_causes_are_contributions_with_shares_that_add_up_to_100_percent():
+    """Conventions (docs/diagnosis.md): a dropout part of +0.3 offset by a generalization gap V − C = +0.1 gives a
+    difference of 0.2; the cause is listed as its contribution with a 100 % share of the causes (not 150 % of the
+    difference), and a term with sign −1 is written "− name" with its contribution, never with the opposite sign."""
+    from losslens.record import Epoch, Measurement, Run
+
+    rng = np.random.default_rng(0)
+    epochs = []
+    for e in range(6):
+        c = 0.5 + 0.05 * rng.standard_normal(400)
+        a = c.copy()
+        t = a + 0.3 + 0.01 * rng.standard_normal(400)
+        v = 0.6 + 0.05 * rng.standard_normal(400)
+        ms = {k: Measurement.from_values(k, x) for k, x in
+              (("eval_clean", c), ("eval_augmented", a), ("train_mode", t), ("validation", v))}
+        epochs.append(Epoch(e, train_loss=float(t.mean()), n_steps=10, n_samples=400, position=e + 1.0,
+                            measurements=ms))
+    d = diagnose(Run("offset", epochs, meta={"framework": "torch", "probe_size": 400}))
+    f = d.get("gap.val_below_train")
+    assert f is not None and f.data["causes"] == ["train_mode"]
+    assert "(100 %)" in f.message and "150 %" not in f.message
+    dec = d.get("gap.decomposition")
+    assert "− generalization_gap: +0.10" in dec.message        # the value V − C, subtracted
+    assert "minus" not in dec.message
+    v_c = d.decomposition[-1].terms["generalization_gap"]
+    assert v_c.value > 0 and v_c.contribution == pytest.approx(-v_c.value)

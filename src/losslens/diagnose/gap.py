@@ -307,7 +307,7 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             ev, (d.epoch,)))
         findings += _imported_val_below(run, dec)
         return findings
-    parts = "; ".join(f"{'minus ' if t.sign < 0 else ''}{n}: {_fmt(t.value, t.se)}" for n, t in d.terms.items())
+    parts = "; ".join(f"{'− ' if t.sign < 0 else ''}{n}: {_fmt(t.value, t.se)}" for n, t in d.terms.items())
     findings.append(Finding(
         "gap.decomposition", "info",
         f"Reported training loss − validation loss = {diff:+.4g} at epoch {d.epoch}, split into measured parts",
@@ -330,16 +330,19 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             top = causes[0]
             tie = [top.name] + [t.name for t in causes[1:]
                                 if top.contribution - t.contribution <= Z_NOISE * math.hypot(top.se, t.se)]
-            diff_p = float(np.mean([x.reported - x.validation for x in below[-POOL_EPOCHS:]]))
-            lines = ", ".join(f"{t.name} {t.value:+.4g} ± {t.se:.2g} ({100 * t.contribution / diff_p:.0f} %)"
-                              for t in causes)
+            # values, a term with sign −1 written "− name" so the parts read as a sum, and shares of the causes'
+            # total, so they add up to 100 % (docs/diagnosis.md, "Conventions"); a share of the difference
+            # exceeds 100 % whenever a negative part (e.g. V above C) offsets the causes
+            total = sum(t.contribution for t in causes)
+            lines = ", ".join(f"{'− ' if t.sign < 0 else ''}{t.name} {t.value:+.4g} ± {t.se:.2g} "
+                              f"({100 * t.contribution / total:.0f} %)" for t in causes)
             tie_txt = ""
             if len(tie) > 1:
                 tie_txt = (f" {' and '.join(TERM_WORDS.get(n, n) for n in tie)} are of similar size (within noise "
                            "of each other): neither is the larger cause.")
             msg = (f"The validation loss ({db.validation:.4g}) is below the reported training loss "
-                   f"({db.reported:.4g}) {when}. Measured causes, averaged over {span}, largest first: "
-                   f"{lines}.{tie_txt}{held}")
+                   f"({db.reported:.4g}) {when}. Measured causes, averaged over {span}, largest first, with "
+                   f"their shares of the causes' total: {lines}.{tie_txt}{held}")
         else:
             msg = (f"The validation loss is below the reported training loss {when}, but no single measured part "
                    f"is beyond noise.{held}")

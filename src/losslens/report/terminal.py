@@ -150,7 +150,10 @@ def _last_epoch(report: "Report") -> RenderableType | None:
     if not run.epochs:
         return None
     e = run.epochs[-1]
-    table = Table(title=f"Measured at epoch {e.index} (time {fmt(e.position)} epochs)", title_justify="left")
+    # epochs are counted from 0 everywhere (text, tables, JSON); the figures' x axis is time in epochs, where
+    # epoch e ends at e + 1 (docs/diagnosis.md, "Conventions")
+    table = Table(title=f"Last epoch: epoch {e.index} (counted from 0), values at its end, {fmt(e.position)} "
+                        "epochs into training", title_justify="left")
     table.add_column("")
     table.add_column("value ± SE", justify="right")
     table.add_column("what it is", overflow="fold")
