@@ -259,3 +259,34 @@ def test_causes_are_contributions_with_shares_that_add_up_to_100_percent():
     assert "minus" not in dec.message
     v_c = d.decomposition[-1].terms["generalization_gap"]
     assert v_c.value > 0 and v_c.contribution == pytest.approx(-v_c.value)
+
+
+def test_the_verdict_is_followed_by_the_answer_to_the_users_question(tmp_path):
+    """Why validation is below training (its largest measured cause, at the end of the run), else when to stop
+    (the last material improvement): one sentence under the verdict, in the JSON and every report."""
+    from losslens.importers import load_log
+    from losslens.record import Epoch, Measurement, Run
+    from losslens.report import Report
+
+    rng = np.random.default_rng(1)
+    epochs = []
+    for e in range(6):
+        c = 0.5 + 0.05 * rng.standard_normal(400)
+        t = c + 0.3 + 0.01 * rng.standard_normal(400)
+        v = 0.5 + 0.05 * rng.standard_normal(400)
+        ms = {k: Measurement.from_values(k, x) for k, x in
+              (("eval_clean", c), ("eval_augmented", c.copy()), ("train_mode", t), ("validation", v))}
+        epochs.append(Epoch(e, train_loss=float(t.mean()), n_steps=10, n_samples=400, position=e + 1.0,
+                            measurements=ms))
+    d = diagnose(Run("dropout", epochs, meta={"framework": "torch", "probe_size": 400}))
+    assert d.verdict.answer.startswith("Validation is below training at epoch 5 mainly because of dropout")
+    assert d.to_dict()["verdict"]["answer"] == d.verdict.answer
+    rep = Report(d)
+    assert d.verdict.answer in rep.to_html() and "dropout/batch norm" in rep.to_markdown()
+    assert "mainly because of dropout" in " ".join(rep.to_text(width=200).split())
+    # a log whose validation loss bottomed out early: the answer is when to stop
+    e = np.arange(30)
+    (tmp_path / "log.csv").write_text("epoch,loss,val_loss\n" + "".join(
+        f"{a},{1 / (1 + a / 3):.5f},{0.6 + 0.02 * (a - 8) ** 2 / 8 + 0.003 * ((a * 7) % 5):.5f}\n" for a in e))
+    d2 = diagnose(load_log(tmp_path / "log.csv"))
+    assert d2.verdict.answer.startswith("When to stop: the last material improvement was at epoch ")

@@ -26,6 +26,7 @@ regime findings say which curve they judged).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,9 @@ class Verdict:
         Code of the finding that decided the verdict.
     sentence : str
         One sentence with the key number, for the top of every report.
+    answer : str
+        A second sentence answering the question users bring (:func:`answer`): why validation is below training,
+        or when to stop; ``""`` when the findings answer neither.
     """
 
     code: str
@@ -94,11 +98,12 @@ class Verdict:
     confidence: str
     finding: str | None
     sentence: str
+    answer: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"code", "best", "confidence", "finding", "sentence"}`` (JSON-safe)."""
+        """``{"code", "best", "confidence", "finding", "sentence", "answer"}`` (JSON-safe)."""
         return {"code": self.code, "best": self.best, "confidence": self.confidence, "finding": self.finding,
-                "sentence": self.sentence}
+                "sentence": self.sentence, "answer": self.answer}
 
 
 def headline(findings: list[Finding], run: Any = None) -> Verdict:
@@ -119,7 +124,8 @@ def headline(findings: list[Finding], run: Any = None) -> Verdict:
     """
     mapped = [(f, FINDING_VERDICT[f.code]) for f in findings if f.code in FINDING_VERDICT]
     if not mapped:
-        return Verdict("insufficient", None, "low", None, "Too few evaluations to judge the run.")
+        return Verdict("insufficient", None, "low", None, "Too few evaluations to judge the run.",
+                       answer(findings))
     f, code = min(mapped, key=lambda fc: _PRIORITY[fc[1]])
     best = None
     if code == "overfitting":
@@ -138,7 +144,38 @@ def headline(findings: list[Finding], run: Any = None) -> Verdict:
     sentence = f"{_SENTENCE[code]}. {first}" if first else _SENTENCE[code] + "."
     if not sentence.endswith("."):
         sentence += "."
-    return Verdict(code, best, confidence, f.code, sentence)
+    return Verdict(code, best, confidence, f.code, sentence, answer(findings))
+
+
+def answer(findings: list[Finding]) -> str:
+    """The sentence after the verdict: the answer to "why is validation below training?" when the run shows it
+    (its largest measured cause, or the tie), else to "when should I stop?" (the last material improvement and
+    the training after it); ``""`` when neither is known. Numbers are those of the findings it cites."""
+    from .gap import TERM_WORDS
+
+    by = {f.code: f for f in findings}
+    f = by.get("gap.val_below_train")
+    last = by.get("gap.decomposition")
+    at_end = f is not None and (last is None or not last.epochs or f.data.get("epoch") == last.epochs[-1])
+    if f is not None and f.data.get("causes") and at_end:   # the question is asked of the end of the run
+        tie = f.data.get("tie") or []
+        names = tie if len(tie) > 1 else f.data["causes"][:1]
+        what = " and ".join(TERM_WORDS.get(n, n) for n in names)
+        ev = f.evidence[0] if f.evidence else None
+        num = ""
+        if ev is not None and len(names) == 1:
+            se = f" ± {ev.se:.2g}" if ev.se is not None and math.isfinite(ev.se) and ev.se > 0 else ""
+            num = f" ({ev.value:+.3g}{se} loss per sample)"
+        return f"Validation is below training at epoch {f.data.get('epoch')} mainly because of {what}{num}."
+    f = by.get("gap.val_easier")
+    if f is not None:
+        return "With the same weights, validation is easier than the training probe beyond noise: audit the split."
+    f = by.get("regime.noise_band")
+    if f is not None and f.data.get("last_material_improvement") is not None:
+        after = f.data.get("epochs_after_last_improvement")
+        tail = f"; {after:.3g} epochs came after it" if isinstance(after, (int, float)) and after > 0 else ""
+        return f"When to stop: the last material improvement was at {f.title.split(' at ', 1)[-1]}{tail}."
+    return ""
 
 
 def _first_sentence(text: str) -> str:

@@ -41,7 +41,8 @@ def report_markdown(report: "Report", level: int = 3) -> str:
     v = report.diagnosis.verdict
     h = "#" * level
     lines = [f"{h} losslens · {escape(report.run.name)}", "",
-             f"**{v.code.replace('_', ' ').upper()}** · {escape(v.sentence)}", ""]
+             f"**{v.code.replace('_', ' ').upper()}** · {escape(v.sentence)}"
+             + (f" {escape(v.answer)}" if v.answer else ""), ""]
     table = findings_markdown(report.findings)
     if table:
         lines += [table]

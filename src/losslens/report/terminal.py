@@ -76,6 +76,8 @@ def _verdict(report: "Report") -> RenderableType:
     t = Text()
     t.append(v.code.replace("_", " ").upper(), style=_VERDICT_STYLE.get(v.code, "bold"))
     t.append("  " + _safe(v.sentence))
+    if v.answer:
+        t.append("\n" + _safe(v.answer))
     return Panel(t, title="verdict", title_align="left", border_style=_VERDICT_STYLE.get(v.code, "blue").split()[-1])
 
 
