@@ -71,3 +71,26 @@ def test_a_screenshot_of_the_report_is_not_blank(tmp_path):
     assert img.shape[0] >= 2000 and img.shape[1] >= 1000
     # not one flat colour: the page has text and drawn figures in it
     assert float(np.std(img[..., :3])) > 0.05
+
+
+def test_the_overview_of_several_logs_overlays_their_curves_in_chromium(tmp_path):
+    from click.testing import CliRunner
+
+    from losslens.cli import main
+
+    e = np.arange(20)
+    for k, name in enumerate(("a", "b", "c")):
+        (tmp_path / f"{name}.csv").write_text("epoch,loss,val_loss\n" + "".join(
+            f"{i},{1 / (1 + i / (3 + k)):.5f},{0.6 + 0.01 * (i - 6 - k) ** 2 / 6:.5f}\n" for i in e))
+    res = CliRunner().invoke(main, ["diagnose", *(str(tmp_path / f"{n}.csv") for n in "abc"), "--out",
+                                    str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 0, res.output
+    page = tmp_path / "out" / "overview.html"
+    dom, console = _open(page, "--dump-dom")
+    assert console == [], console
+    block = dom.split('id="losslens-overview"', 1)[1].split("</figure>", 1)[0]
+    assert block.count('class="main-svg"') >= 2
+    legend = re.findall(r'class="legendtext"[^>]*>([^<]+)<', block)
+    assert {t.split(":")[0].split("/")[-1] for t in legend} >= {"a.csv", "b.csv", "c.csv"}
+    # the table answers first: each run's headline verdict is a word, not a list of finding codes
+    assert "regime." not in dom.split("<h2>Runs</h2>", 1)[1].split("</table>", 1)[0]

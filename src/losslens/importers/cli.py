@@ -81,6 +81,9 @@ def overview_rows(runs: list[tuple[Run, Any]]) -> list[dict[str, Any]]:
             "last_val_loss": _num(last_v.measurements[VALIDATION].mean) if last_v else None,
             "last_val_loss_epoch": last_v.index if last_v else None,
             "codes": diag.codes(),
+            "headline": diag.verdict.code,
+            "sentence": diag.verdict.sentence,
+            "answer": diag.verdict.answer,
             "verdict": verdict(diag),
         })
     return out
@@ -232,7 +235,15 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, out_format: str, fail_on: 
         try:
             write_page(os.path.join(out_dir, "overview.json"), json.dumps(rows, indent=2, ensure_ascii=False,
                                                                           allow_nan=False))
-            write_page(os.path.join(out_dir, "overview.html"), render("overview.html.j2", rows=list(zip(rows, links))))
+            from markupsafe import Markup
+
+            from ..report import interactive
+
+            figure = Markup(interactive.embed(interactive.overview_spec([r for r, _ in diagnosed],
+                                                                        [str(r["run"]) for r in rows])))
+            write_page(os.path.join(out_dir, "overview.html"),
+                       render("overview.html.j2", rows=list(zip(rows, links)), figure=figure,
+                              plotly_js=Markup(interactive.plotly_js())))
         except OutputPathError as exc:
             raise click.ClickException(f"--out: {exc}") from None
         if text:
@@ -240,14 +251,14 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, out_format: str, fail_on: 
             from rich.table import Table
 
             table = Table(title=f"losslens overview: {len(rows)} runs", show_lines=False)
-            for col in ("run", "epochs", "last R", "est. end R", "last V", "verdict"):
+            for col in ("run", "verdict", "epochs", "last R", "est. end R", "last V"):
                 table.add_column(col, overflow="fold")
             for r in rows:
                 est = fmt_num(r["end_of_epoch_train_loss_estimate"])
                 if r["end_of_epoch_train_loss_se"] is not None:
                     est += f" ± {r['end_of_epoch_train_loss_se']:.2g}"
-                table.add_row(str(r["run"]), str(r["epochs"]), fmt_num(r["last_train_loss"]), est,
-                              fmt_num(r["last_val_loss"]), r["verdict"], )
+                table.add_row(str(r["run"]), r["headline"].replace("_", " "), str(r["epochs"]),
+                              fmt_num(r["last_train_loss"]), est, fmt_num(r["last_val_loss"]))
             Console(file=sys.stdout, width=max(100, Console().width), markup=False).print(table)
         say(f"wrote {os.path.join(out_dir, 'overview.html')} and {os.path.join(out_dir, 'overview.json')}")
     if out_format == "json":

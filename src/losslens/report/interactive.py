@@ -36,7 +36,11 @@ from ._style import (
     decimate,
 )
 
-__all__ = ["loss_curves_spec", "decomposition_spec", "plotly_js", "embed"]
+__all__ = ["loss_curves_spec", "decomposition_spec", "overview_spec", "plotly_js", "embed"]
+
+#: Colours of overlaid runs (Okabe-Ito, then Tableau 10), cycled.
+RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000",
+              "#4E79A7", "#F28E2B", "#E15759", "#76B7B2", "#59A14F", "#EDC948", "#B07AA1", "#FF9DA7")
 
 _MARKERS = {"s": "square", "^": "triangle-up", "o": "circle", "D": "diamond"}
 _FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12}
@@ -108,7 +112,7 @@ def loss_curves_spec(run: Run, max_points: int = DECIMATE_THRESHOLD) -> dict[str
     shown: list[np.ndarray] = []
     st = run.steps
     if len(st):
-        windows = bool(np.nanmax(st.span) > 1) if st.span.size else False
+        windows = bool(np.any(st.span[np.isfinite(st.span)] > 1))
         xs, ys = decimate(st.position, st.loss, max_points)
         if xs.size:
             data.append({"type": "scattergl" if xs.size > 2000 else "scatter", "mode": "lines", "x": xs, "y": ys,
@@ -243,4 +247,57 @@ def decomposition_spec(decomposition: list[Any]) -> dict[str, Any]:
     if not decomposition:
         layout["annotations"] = [{"text": "no epoch with both a training and a validation loss",
                                   "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}]
+    return {"data": data, "layout": layout}
+
+
+def overview_spec(runs: list[Run], names: list[str] | None = None) -> dict[str, Any]:
+    """Several runs overlaid: each run's validation loss V (solid, with its ±2 SE band where it has per-sample
+    losses) and reported training loss R (dotted), one colour per run; a legend click shows or hides a run.
+
+    Parameters
+    ----------
+    runs : list of Run
+        The runs of an overview (``losslens diagnose`` of a folder); x is time in epochs, y loss per sample.
+    names : list of str, optional
+        Legend names (default: the run names).
+
+    Returns
+    -------
+    dict
+        ``{"data": [...], "layout": {...}}`` (plotly.js).
+    """
+    data: list[dict[str, Any]] = []
+    for k, run in enumerate(runs):
+        name = (names or [])[k] if names and k < len(names) else run.name
+        color = RUN_COLORS[k % len(RUN_COLORS)]
+        group = f"run-{k}"
+        pts = [(e.position, m.mean, m.sem) for e in run.epochs
+               if (m := e.measurements.get(VALIDATION)) is not None and math.isfinite(m.mean)
+               and math.isfinite(e.position)]
+        if pts:
+            px, py, ps = (np.array(c, dtype=np.float64) for c in zip(*pts))
+            band = np.isfinite(ps)
+            if band.any():
+                lo, hi = np.where(band, py - 2 * ps, py), np.where(band, py + 2 * ps, py)
+                data.append({"type": "scatter", "mode": "lines", "x": np.concatenate([px, px[::-1]]),
+                             "y": np.concatenate([hi, lo[::-1]]), "fill": "toself", "fillcolor": _rgba(color, 0.15),
+                             "line": {"width": 0}, "hoverinfo": "skip", "showlegend": False, "legendgroup": group})
+            data.append({"type": "scatter", "mode": "lines", "x": px, "y": py, "name": f"{name}: V",
+                         "legendgroup": group, "line": {"color": color, "width": 2},
+                         "hovertemplate": f"{name}<br>V = %{{y:.4g}} at %{{x:.2f}} epochs<extra></extra>"})
+        if run.epochs:
+            end = np.array([e.position for e in run.epochs], dtype=np.float64)
+            centre = (epoch_starts(run) + end) / 2.0
+            r = np.array([e.train_loss for e in run.epochs], dtype=np.float64)
+            ok = np.isfinite(r) & np.isfinite(centre)
+            if ok.any():
+                data.append({"type": "scatter", "mode": "lines", "x": centre[ok], "y": r[ok], "name": f"{name}: R",
+                             "legendgroup": group, "line": {"color": color, "width": 1.2, "dash": "dot"},
+                             "hovertemplate": f"{name}<br>R = %{{y:.4g}} at %{{x:.2f}} epochs<extra></extra>"})
+    layout = _layout("time in epochs", "loss per sample")
+    layout["height"] = 560
+    layout["legend"] = {"font": {"size": 10}}
+    if not data:
+        layout["annotations"] = [{"text": "no finite losses in these runs", "showarrow": False, "xref": "paper",
+                                  "yref": "paper", "x": 0.5, "y": 0.5}]
     return {"data": data, "layout": layout}
