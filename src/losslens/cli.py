@@ -14,6 +14,7 @@ diagnose    losslens.importers.cli:diagnose        diagnose existing logs (Tenso
 audit       losslens.audit.cli:audit               audit a train/validation split
 compare     losslens.experiment.cli:compare        compare two experiments or runs
 merge       losslens.cli:merge                     copy the runs of several stores into one (per-node stores)
+watch       losslens.report.watch:watch            follow a log or a store while training writes it
 ==========  =====================================  =========================================
 """
 
@@ -31,6 +32,7 @@ _COMMANDS = {
     "audit": "losslens.audit.cli:audit",
     "compare": "losslens.experiment.cli:compare",
     "merge": "losslens.cli:merge",
+    "watch": "losslens.report.watch:watch",
 }
 
 
@@ -45,6 +47,8 @@ _SHORT_HELP = {
     "merge": "Copy every run of the SOURCES stores into DEST (created if missing).",
     "report": "Rebuild the report of a stored run.",
     "runs": "List the runs in a store: id, name, experiment, status, epochs, last validation loss.",
+    "watch": "Follow a training log or a losslens store while training writes it, and refresh the verdict as "
+             "epochs arrive (terminal, and an HTML page that reloads itself).",
 }
 
 

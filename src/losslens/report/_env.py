@@ -44,6 +44,7 @@ def _version() -> str:
 def render(template: str, **context: Any) -> str:
     """Render ``template`` with ``context`` plus ``version`` and ``generated`` (UTC time of the rendering)."""
     context.setdefault("version", _version())
+    context.setdefault("refresh", None)   # seconds: the page reloads itself (losslens watch)
     context.setdefault("generated", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     return ENV.get_template(template).render(**context)
 

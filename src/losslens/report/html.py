@@ -165,6 +165,7 @@ def _context(report: "Report") -> dict[str, Any]:
     }
 
 
-def render_html(report: "Report") -> str:
-    """The report as one self-contained HTML document (str)."""
-    return render("run.html.j2", **_context(report))
+def render_html(report: "Report", refresh: float | None = None) -> str:
+    """The report as one self-contained HTML document (str); with ``refresh`` (seconds) the page reloads itself
+    that often (``losslens watch``)."""
+    return render("run.html.j2", refresh=refresh, **_context(report))
