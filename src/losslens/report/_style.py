@@ -111,3 +111,16 @@ def _thin_index(n: int, k: int) -> np.ndarray:
     if n <= k:
         return np.arange(n)
     return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
+
+
+def measurement_series(run: Any, kind: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The finite end-of-epoch values of ``kind`` in ``run``, split by source (``"measured"``, ``"estimated"``,
+    ``"imported"``): ``{source: (positions in epochs, means, standard errors)}``, each of shape ``(n,)``."""
+    by_source: dict[str, list[tuple[float, float, float]]] = {}
+    for e in run.epochs:
+        m = e.measurements.get(kind)
+        if m is None or not (math.isfinite(m.mean) and math.isfinite(e.position)):
+            continue
+        by_source.setdefault(m.source, []).append((e.position, m.mean, m.sem))
+    return {source: tuple(np.array(c, dtype=np.float64) for c in zip(*pts))  # type: ignore[misc]
+            for source, pts in by_source.items()}

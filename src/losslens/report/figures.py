@@ -43,6 +43,7 @@ from ._style import (
     TERM_COLORS,
     _thin_index,
     decimate,
+    measurement_series,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -156,14 +157,7 @@ def loss_curves(run: Run, max_points: int = DECIMATE_THRESHOLD) -> Figure:
                         label=SERIES_LABELS["reported_loss"], zorder=3)
                 drawn.append(rp[ok])
         for kind, (sym, color, marker) in _KIND_STYLE.items():
-            by_source: dict[str, list[tuple[float, float, float]]] = {}
-            for e in run.epochs:
-                m = e.measurements.get(kind)
-                if m is None or not (math.isfinite(m.mean) and math.isfinite(e.position)):
-                    continue
-                by_source.setdefault(m.source, []).append((e.position, m.mean, m.sem))
-            for source, pts in by_source.items():
-                px, py, ps = (np.array(c, dtype=np.float64) for c in zip(*pts))
+            for source, (px, py, ps) in measurement_series(run, kind).items():
                 estimated = source == "estimated"
                 ax.plot(px, py, color=color, lw=1.6, ls="--" if estimated else "-",
                         marker=marker if dots else None, ms=4,

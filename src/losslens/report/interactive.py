@@ -34,6 +34,7 @@ from ._style import (
     TERM_COLORS,
     _thin_index,
     decimate,
+    measurement_series,
 )
 
 __all__ = ["loss_curves_spec", "decomposition_spec", "overview_spec", "plotly_js", "embed"]
@@ -146,14 +147,7 @@ def loss_curves_spec(run: Run, max_points: int = DECIMATE_THRESHOLD) -> dict[str
                          "name": SERIES_LABELS["reported_loss"], "line": {"color": "#0072B2", "dash": "dot"}})
         has_c = any(EVAL_CLEAN in e.measurements for e in run.epochs)
         for kind, (sym, color, marker) in _KIND_STYLE.items():
-            by_source: dict[str, list[tuple[float, float, float]]] = {}
-            for e in run.epochs:
-                m = e.measurements.get(kind)
-                if m is None or not (math.isfinite(m.mean) and math.isfinite(e.position)):
-                    continue
-                by_source.setdefault(m.source, []).append((e.position, m.mean, m.sem))
-            for source, pts in by_source.items():
-                px, py, ps = (np.array(c, dtype=np.float64) for c in zip(*pts))
+            for source, (px, py, ps) in measurement_series(run, kind).items():
                 estimated = source == "estimated"
                 default = kind in (EVAL_CLEAN, VALIDATION) or (kind == "end_of_epoch_estimate" and not has_c)
                 visible = True if default else "legendonly"
