@@ -135,22 +135,22 @@ def robust_sigma(y: np.ndarray) -> float:
 
 def _mk(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Mann–Kendall: Kendall's τ of (time, value) and its two-sided p-value (1.0 when undefined)."""
-    from scipy.stats import kendalltau
+    from ._trend import kendall_tau
 
     if y.size < 3 or np.all(y == y[0]):
         return 0.0, 1.0
-    tau, p = kendalltau(x, y)
+    tau, p = kendall_tau(x, y)
     if not math.isfinite(tau):
         return 0.0, 1.0
     return float(tau), float(p) if math.isfinite(p) else 1.0
 
 
 def _theil_sen(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import theilslopes
+    from ._trend import theil_sen_slope
 
     if y.size < 2 or np.ptp(x) == 0:
         return 0.0
-    return float(theilslopes(y, x)[0])
+    return theil_sen_slope(x, y)
 
 
 def _smooth3(y: np.ndarray) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..audit.findings import exact_duplicates_finding
 from ..findings import Finding
 from ..record import Run
 
@@ -24,6 +23,8 @@ def split_findings_of(run: Run, audit: Any = None) -> list[Finding]:
     d = run.info.split.exact_duplicates
     if not isinstance(d, dict) or not d.get("n_val_duplicated"):
         return []
+    from ..audit.findings import exact_duplicates_finding  # here: the audit package imports pandas (0.3 s)
+
     pairs = [list(p) for p in (d.get("pairs") or [])]
     return [exact_duplicates_finding(int(d["n_val_duplicated"]), int(d.get("n_val") or 0),
                                      int(d.get("n_pairs") or len(pairs)), pairs,

@@ -203,9 +203,9 @@ def _small_sample_factor(dof: int) -> float:
     """``t_{0.975, dof} / z_{0.975}``: with few points, "beyond 2 standard errors" keeps ~95 % coverage (Student)."""
     if dof >= 200:
         return 1.0
-    from scipy.stats import norm, t
+    from ._trend import small_sample_factor
 
-    return float(t.ppf(0.975, dof) / norm.ppf(0.975))
+    return small_sample_factor(dof)
 
 
 def epoch_starts(run: Run) -> np.ndarray:
