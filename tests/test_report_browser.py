@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from losslens.report import Report
-from tests.test_report import make_run
+from test_report import make_run  # tests/ is on sys.path (pytest rootdir)
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
