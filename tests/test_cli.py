@@ -253,3 +253,36 @@ def test_unavailable_command_explains_why(monkeypatch):
     result = CliRunner().invoke(cli_module.main, ["broken", "--anything"])
     assert result.exit_code != 0
     assert "unavailable in this installation" in result.output and "no_such_module" in result.output
+
+
+def test_reading_commands_never_change_the_files_they_read(tmp_path):
+    """`losslens runs --store empty.csv` used to turn a 0-byte file into a 49 kB SQLite database (issue 16, item 3);
+    every reader opens the store read-only, and a failing merge leaves no destination behind."""
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    for args in (["runs", "--store", str(empty)], ["report", "x", "--store", str(empty), "--html",
+                                                       str(tmp_path / "r.html")],
+                 ["compare", "a", "b", "--store", str(empty)]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+        assert empty.read_bytes() == b"", args
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    res = CliRunner().invoke(main, ["merge", str(tmp_path / "out.db"), str(corrupt)])
+    assert res.exit_code != 0 and not (tmp_path / "out.db").exists()
+
+
+def test_demo_without_torch_prints_the_readme_install_command(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    res = CliRunner().invoke(main, ["demo", "--epochs", "1"])
+    assert res.exit_code != 0
+    assert 'pip install -c constraints.txt ".[torch]"' in res.output
