@@ -16,9 +16,21 @@ from losslens.report.cli import EXIT_FINDINGS
 from losslens.store import Store
 
 
+def _runner():
+    """stdout and stderr apart (--format json/markdown promises a clean stdout): click < 8.2 mixes them unless
+    told not to; click >= 8.2 keeps them apart and has no such argument."""
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()
+
+
 def _cli(*args):
-    # stdout and stderr apart: --format json/markdown promises a clean stdout
-    return CliRunner().invoke(main, [str(a) for a in args])
+    return _runner().invoke(main, [str(a) for a in args])
+
+
+def _all(res):
+    return res.stdout + res.stderr
 
 
 def _overfit_csv(path):
@@ -51,12 +63,12 @@ def test_the_listed_help_is_each_commands_own_first_line(name):
 
 def test_diagnose_prints_one_json_document_or_markdown(tmp_path):
     log = _overfit_csv(tmp_path / "training.log")
-    res = CliRunner().invoke(main, ["diagnose", str(log), "--out", str(tmp_path / "o"), "--format", "json"])
-    assert res.exit_code == 0, res.output
+    res = _runner().invoke(main, ["diagnose", str(log), "--out", str(tmp_path / "o"), "--format", "json"])
+    assert res.exit_code == 0, _all(res)
     d = json.loads(res.stdout)
     assert d["verdict"]["code"] == "overfitting" and d["run"]["epochs"]
     assert "wrote" in res.stderr
-    res = CliRunner().invoke(main, ["diagnose", str(log), "--out", str(tmp_path / "o"), "--format", "markdown"])
+    res = _runner().invoke(main, ["diagnose", str(log), "--out", str(tmp_path / "o"), "--format", "markdown"])
     md = res.stdout
     assert md.startswith("### losslens · ") and "training.log" in md.splitlines()[0] and "**OVERFITTING**" in md
     assert "| severity | finding | code |" in md and "`regime.overfitting`" in md
@@ -66,7 +78,7 @@ def test_diagnose_prints_one_json_document_or_markdown(tmp_path):
 def test_diagnose_of_several_logs_as_json_lists_runs_and_errors(tmp_path):
     a = _overfit_csv(tmp_path / "a.csv")
     (tmp_path / "bad.csv").write_text("epoch,accuracy\n0,0.5\n")
-    res = CliRunner().invoke(main, ["diagnose", str(a), str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o"),
+    res = _runner().invoke(main, ["diagnose", str(a), str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o"),
                                     "--format", "json"])
     assert res.exit_code == 1
     d = json.loads(res.stdout)
@@ -83,7 +95,7 @@ def test_fail_on_gives_exit_status_3_only_at_or_above_the_level(tmp_path):
 
 def test_the_old_format_option_still_names_a_log_format(tmp_path):
     log = _overfit_csv(tmp_path / "training.log")
-    res = CliRunner().invoke(main, ["diagnose", str(log), "--out", str(tmp_path / "o"), "-q", "--format",
+    res = _runner().invoke(main, ["diagnose", str(log), "--out", str(tmp_path / "o"), "-q", "--format",
                                     "keras_csv"])
     assert res.exit_code == 0 and "use --log-format keras_csv" in res.stderr
 
@@ -95,9 +107,9 @@ def test_report_formats_and_fail_on(tmp_path):
     with Store(tmp_path / "s.db") as s:
         s.save_run(run)
     base = ["report", run.name, "--store", str(tmp_path / "s.db"), "--html", str(tmp_path / "r.html")]
-    res = CliRunner().invoke(main, base + ["--format", "json"])
+    res = _runner().invoke(main, base + ["--format", "json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["verdict"]["code"] == "overfitting"
-    res = CliRunner().invoke(main, base + ["--format", "markdown", "--fail-on", "warning"])
+    res = _runner().invoke(main, base + ["--format", "markdown", "--fail-on", "warning"])
     assert res.exit_code == EXIT_FINDINGS and "**OVERFITTING**" in res.stdout
 
 
@@ -110,13 +122,13 @@ def test_audit_fails_on_its_error_findings_and_speaks_in_flags(tmp_path):
     d = json.loads(res.stdout)
     assert d["exact_duplicates"]["n_val_duplicated"] == 60
     res = _cli("audit", tmp_path / "tr.npy", tmp_path / "va.npy", "--no-near", "--no-shift", "--fail-on", "error")
-    assert res.exit_code == EXIT_FINDINGS, res.output
+    assert res.exit_code == EXIT_FINDINGS, _all(res)
     res = _cli("audit", tmp_path / "tr.npy", tmp_path / "va.npy", "--no-near", "--no-shift", "--format",
                "markdown")
     assert res.stdout.startswith("### losslens split audit") and "`split.exact_duplicates`" in res.stdout
     np.save(tmp_path / "flat.npy", np.zeros(300))
     res = _cli("audit", tmp_path / "flat.npy", tmp_path / "flat.npy", "--kind", "image")
-    assert res.exit_code == 1 and "--image-shape" in res.output and "image_shape" not in res.output
+    assert res.exit_code == 1 and "--image-shape" in _all(res) and "image_shape" not in _all(res)
 
 
 def test_compare_as_json(tmp_path):
@@ -126,7 +138,7 @@ def test_compare_as_json(tmp_path):
         for name in ("a", "b"):
             run = load_log(_overfit_csv(tmp_path / f"{name}.csv"))
             s.save_run(run)
-    res = CliRunner().invoke(main, ["compare", "a.csv", "b.csv", "--store", str(tmp_path / "s.db"),
+    res = _runner().invoke(main, ["compare", "a.csv", "b.csv", "--store", str(tmp_path / "s.db"),
                                     "--format", "json"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0, _all(res)
     assert isinstance(json.loads(res.stdout), dict)
