@@ -22,6 +22,7 @@ from .label_noise import label_noise_findings
 from .regime import regime_findings
 from .registry import Context, register
 from .stability import stability_findings
+from .staircase import staircase_findings
 
 __all__ = ["stability", "regime", "data", "stopping", "gap", "split", "recording"]
 
@@ -40,9 +41,10 @@ def regime(ctx: Context) -> list[Finding]:
     return [] if diverged and ctx.run.status != "imported" else regime_findings(ctx.run)
 
 
-@register("data", order=30, description="label noise in the training data, from per-sample probe losses")
+@register("data", order=30, description="label noise in the training data, from per-sample probe losses; the "
+                                        "epoch staircase of the step losses (memorization of seen samples)")
 def data(ctx: Context) -> list[Finding]:
-    return label_noise_findings(ctx.run)
+    return label_noise_findings(ctx.run) + staircase_findings(ctx.run)
 
 
 @register("stopping", order=35, description="which saved checkpoint to keep, and the training after the last "
