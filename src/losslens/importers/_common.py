@@ -537,3 +537,48 @@ def finish_run(path: Any, *, epochs: list[Epoch], steps: Steps | None, importer:
     run = Run(name or run_name(path), epochs=sorted(epochs, key=lambda e: e.index), steps=steps, meta=meta,
               status="imported")
     return run
+
+
+#: Checkpoint file suffixes of Keras' ``ModelCheckpoint`` (a whole model or weights only).
+KERAS_CHECKPOINT_SUFFIXES = (".keras", ".h5", ".hdf5", ".weights.h5")
+
+
+def lightning_checkpoints(metrics_csv: Any, steps_per_epoch: float | None) -> dict[int, str] | None:
+    """Lightning ``ModelCheckpoint`` files of the run whose ``metrics.csv`` is given: ``{global step: file name}``
+    for ``<version>/checkpoints/*.ckpt`` named with ``step=S`` (or ``epoch=E``: step ``(E + 1) · steps_per_epoch``,
+    Lightning saving at an epoch's end); ``last.ckpt`` and names without either are left out. None when there is no
+    checkpoints folder (what was saved is then unknown)."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(str(metrics_csv))), "checkpoints")
+    if not os.path.isdir(folder):
+        return None
+    out: dict[int, str] = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".ckpt"):
+            continue
+        m = re.search(r"(?:^|[-_])step=(\d+)", name)
+        if m:
+            out[int(m.group(1))] = name
+            continue
+        m = re.search(r"(?:^|[-_])epoch=(\d+)", name)
+        if m and steps_per_epoch and math.isfinite(steps_per_epoch):
+            out[int(round((int(m.group(1)) + 1) * steps_per_epoch))] = name
+    return out
+
+
+def keras_checkpoints(csv_path: Any) -> dict[int, str] | None:
+    """Keras ``ModelCheckpoint`` files beside a ``CSVLogger`` file (its folder and a ``checkpoints/`` folder in it):
+    ``{epoch (1-based, as Keras formats {epoch}): file name}``. The epoch is the number after ``epoch`` in the name,
+    else the first number in it (``model.05-0.42.keras`` is epoch 5). None when no checkpoint file is there."""
+    base = os.path.dirname(os.path.abspath(str(csv_path)))
+    out: dict[int, str] = {}
+    for folder in (base, os.path.join(base, "checkpoints")):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if not name.endswith(KERAS_CHECKPOINT_SUFFIXES):
+                continue
+            m = re.search(r"epoch[=_-]?(\d+)", name, re.IGNORECASE) or re.search(r"(\d+)", name)
+            if m:
+                rel = os.path.relpath(os.path.join(folder, name), base)
+                out[int(m.group(1))] = rel
+    return out or None

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import LogFormatError, numeric_columns, read_csv, read_text, run_name
+from ._common import LogFormatError, keras_checkpoints, numeric_columns, read_csv, read_text, run_name
 from ._epochs import run_from_epoch_columns
 
 __all__ = ["read", "sniff", "split_restarts"]
@@ -32,6 +32,15 @@ def sniff(header: list[str]) -> bool:
     # a CSV written from History.history (pandas.DataFrame(history.history).to_csv(index=False)): no epoch
     # column, the row index is the epoch; Keras's own names tell it
     return "epoch" not in h and ("loss" in h or "val_loss" in h)
+
+
+def _checkpoint_meta(ckpts: dict[int, str] | None) -> dict[str, Any]:
+    """Checkpoints beside the log as :mod:`losslens.diagnose.checkpoints` reads them: Keras names files by the
+    1-based epoch, which is the end of that epoch in time (a "step" of one epoch)."""
+    if not ckpts:
+        return {}
+    return {"checkpoints_on_disk": sorted(ckpts), "checkpoint_names": {str(k): v for k, v in ckpts.items()},
+            "checkpoint_steps_per_epoch": 1, "checkpoint_unit": "epoch"}
 
 
 def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, text: str | None = None):
@@ -64,6 +73,7 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
     if no_epoch:
         notes.append("no 'epoch' column: row k is epoch k (a History saved as CSV)")
     segments = split_restarts(epoch)
+    ckpts = keras_checkpoints(path) if len(segments) == 1 else None   # files of appended runs cannot be told apart
     runs = []
     for k, (a, b) in enumerate(segments):
         seg_notes = list(notes)
@@ -75,7 +85,8 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
         runs.append(run_from_epoch_columns(path, epoch[a:b], {c: v[a:b] for c, v in cols.items()},
                                            importer="keras_csv", framework="keras", train_loss=train_loss,
                                            val_loss=val_loss, notes=seg_notes, name=name,
-                                           extra_meta={"penalty_in_validation": None, "rows": [a + 1, b]}))
+                                           extra_meta={"penalty_in_validation": None, "rows": [a + 1, b],
+                                                       **_checkpoint_meta(ckpts)}))
     return runs[0] if len(runs) == 1 else runs
 
 

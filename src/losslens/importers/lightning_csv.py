@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..record import Run, Steps
-from ._common import LogFormatError, build_epochs, finish_run, read_csv, read_text
+from ._common import LogFormatError, build_epochs, finish_run, lightning_checkpoints, read_csv, read_text
 from .roles import assign_roles, is_val_name
 
 __all__ = ["read", "sniff"]
@@ -307,10 +307,13 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
     # steps known only for epochs with a training value (n_steps > 0 with a NaN loss would mean divergence)
     n_steps = {e: int(round(bounds(e)[1] - bounds(e)[0])) for e in train} if has_step else None
     epochs = build_epochs(indices, train=train, val=val, positions=positions, metrics=metrics, n_steps=n_steps)
+    spe = L if has_step and math.isfinite(L) else None
+    extra: dict[str, Any] = {"steps_per_epoch": spe, **_monitor_from_hparams(path, notes)}
+    ckpts = lightning_checkpoints(path, spe)
+    if ckpts is not None and spe:
+        extra.update(checkpoints_on_disk=sorted(ckpts), checkpoint_names={str(k): v for k, v in ckpts.items()})
     return finish_run(path, epochs=epochs, steps=steps, importer="lightning_csv", framework="lightning",
-                      reported_loss_kind=kind, roles=roles.to_dict(), notes=notes,
-                      extra_meta={"steps_per_epoch": L if has_step and math.isfinite(L) else None,
-                                  **_monitor_from_hparams(path, notes)})
+                      reported_loss_kind=kind, roles=roles.to_dict(), notes=notes, extra_meta=extra)
 
 
 def _monitor_from_hparams(path: Any, notes: list[str]) -> dict[str, Any]:
