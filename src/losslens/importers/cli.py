@@ -123,9 +123,9 @@ def _slug(name: str, used: set[str], out_dir: str | None = None) -> str:
 @click.option("--log-format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Log format (default: detected from the content).")
 @click.option("--format", "out_format", type=click.Choice(OUTPUT_FORMATS + FORMATS), default="text",
-              show_default=True, metavar="[text|json|markdown]", help="What to print: the terminal reports, one JSON document, or Markdown (for "
-                                      "$GITHUB_STEP_SUMMARY). A log format here is read as --log-format "
-                                      "(deprecated).")
+              show_default=True, metavar="[text|json|markdown]",
+              help="What to print: the terminal reports, one JSON document, or Markdown (for $GITHUB_STEP_SUMMARY). "
+                   "A log format here is read as --log-format (deprecated).")
 @fail_on_option
 @click.option("--train-loss", default=None, metavar="NAME", help="Metric to use as the training loss.")
 @click.option("--val-loss", default=None, metavar="NAME", help="Metric to use as the validation loss.")
