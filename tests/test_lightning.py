@@ -311,3 +311,50 @@ def test_noise_aware_early_stopping_stops_an_overfitting_fit_and_restores_the_be
     with torch.no_grad():
         restored = float(nn.functional.cross_entropy(module(X[400:]), y[400:]))
     assert restored == pytest.approx(v[stop.decision.best_epoch], rel=1e-4)
+
+
+def test_the_measurements_reach_every_lightning_logger_and_are_read_back(tmp_path):
+    """self.log through the module (issue 15, write-back): a CSVLogger's metrics.csv carries C, T and V per epoch
+    under the Keras callback's names, and `losslens diagnose` reads them back as measurements."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from losslens.importers import load_log
+    from losslens.record import LOGGED_NAMES
+
+    class Logged(Module):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+    Xtr, ytr, Xva, yva = digits()
+    L.seed_everything(0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True)
+    cb = LossLens(nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), run="logged", store=None,
+                  probe_size=256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        L.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=CSVLogger(str(tmp_path)),
+                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                  callbacks=[cb]).fit(Logged(), loader)
+    metrics = tmp_path / "lightning_logs" / "version_0" / "metrics.csv"
+    header = metrics.read_text().splitlines()[0].split(",")
+    for kind in ("eval_clean", "train_mode", "validation"):
+        assert LOGGED_NAMES[kind] in header
+    run = load_log(metrics)
+    assert [e.index for e in run.epochs] == [0, 1, 2]
+    for imp, rec in zip(run.epochs, cb.run.epochs):
+        for kind in ("eval_clean", "train_mode", "validation"):
+            assert imp.measurements[kind].mean == pytest.approx(rec.measurements[kind].mean, rel=1e-6)
+            assert imp.measurements[kind].source == "imported"
+    assert run.meta["probe_set"] == "measured by the losslens callback"
+    # and off when asked
+    cb2 = LossLens(nn.CrossEntropyLoss(), train_data=(Xtr, ytr), run="quiet", store=None, probe_size=64,
+                   log_metrics=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=CSVLogger(str(tmp_path / "q")),
+                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                  callbacks=[cb2]).fit(Logged(), loader)
+    q = next((tmp_path / "q").rglob("metrics.csv"), None)
+    assert q is None or "eval_train_loss" not in q.read_text()

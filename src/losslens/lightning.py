@@ -32,6 +32,7 @@ This module imports lightning and torch; the core of losslens does not.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable
 
@@ -42,6 +43,7 @@ try:
 except ImportError:  # the standalone package
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
+from .record import LOGGED_NAMES
 from .recording.deprecations import deprecated_report, renamed_data_args
 from .recording.stopping import NoiseAwareStopper, StopDecision
 from .store import Store
@@ -70,6 +72,11 @@ class LossLens(pl.Callback):
         Name of the run.
     store : str, os.PathLike, Store or None
         SQLite store (rank 0 alone writes it under DDP); None keeps the run in memory.
+    log_metrics : bool
+        Log the end-of-epoch measurements through ``pl_module.log`` (default True), so that every logger of the
+        Trainer receives them: ``eval_train_loss`` (C), ``train_mode_loss`` (T), ``eval_augmented_loss`` (A),
+        ``losslens_val_loss`` (V), loss per sample (:data:`LOGGED_NAMES`; the names of the Keras callback).
+        ``losslens diagnose`` reads them back from a ``metrics.csv`` as measurements.
     **lens_kwargs
         Any other keyword of :class:`losslens.torch.LossLens` (``experiment``,
         ``probe_size``, ``probe_budget``, ``probe_seed``, ``penalty``, ``unpack``,
@@ -112,6 +119,7 @@ class LossLens(pl.Callback):
         if "model" in lens_kwargs:
             raise TypeError("model: not an argument of LossLens; the LightningModule being fitted is recorded")
         self.loss_fn = loss_fn
+        self.log_metrics = bool(lens_kwargs.pop("log_metrics", True))
         self._data = dict(train_data=train_data, val_data=val_data, train_augmented=train_augmented)
         self._resume: dict[str, Any] | None = None
         self._kwargs = dict(run=run, store=store, **lens_kwargs)
@@ -161,7 +169,14 @@ class LossLens(pl.Callback):
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.lens is None or trainer.sanity_checking:
             return
-        self.lens.end_epoch()
+        ep = self.lens.end_epoch()
+        if self.log_metrics and ep is not None:
+            # through the module's log, so every logger of the Trainer (CSV, TensorBoard, MLflow, W&B, ...) gets
+            # them, under the names the Keras callback puts in its logs
+            values = {name: float(m.mean) for kind, name in LOGGED_NAMES.items()
+                      if (m := ep.measurements.get(kind)) is not None and math.isfinite(m.mean)}
+            if values:
+                pl_module.log_dict(values, on_step=False, on_epoch=True, rank_zero_only=True)
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.lens is not None and self.lens.run.status != "finished":

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .meta import RunInfo
 
 __all__ = [
+    "LOGGED_NAMES",
     "record_measurement_error",
     "Measurement",
     "Epoch",
@@ -62,6 +63,11 @@ VALIDATION = "validation"
 END_OF_EPOCH_ESTIMATE = "end_of_epoch_estimate"
 
 MEASUREMENT_KINDS = (TRAIN_MODE, END_OF_EPOCH_ESTIMATE, EVAL_AUGMENTED, EVAL_CLEAN, VALIDATION)
+
+#: The names under which the callbacks put their end-of-epoch measurements into the framework's logs (Keras
+#: ``logs``, Lightning ``self.log``), so its loggers write them; the log importers read them back as measurements.
+LOGGED_NAMES = {EVAL_CLEAN: "eval_train_loss", TRAIN_MODE: "train_mode_loss", EVAL_AUGMENTED: "eval_augmented_loss",
+                VALIDATION: "losslens_val_loss"}
 
 #: Human-readable description of each measurement kind (used by every report).
 MEASUREMENT_LABELS = {

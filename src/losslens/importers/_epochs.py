@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Steps
+from ..record import LOGGED_NAMES, VALIDATION, Epoch, Measurement, Steps
 from ._common import LogFormatError, build_epochs, finish_run
 from .roles import assign_roles
 
@@ -69,7 +69,7 @@ def run_from_epoch_columns(path: Any, epoch: np.ndarray, columns: Mapping[str, n
     epochs = build_epochs(idx, train={int(e): float(v) for e, v in zip(idx, tr)},
                           val={int(e): float(v) for e, v in zip(idx, va)}, metrics=metrics)
     extra_meta = dict(extra_meta or {})
-    if _read_losslens_columns(epochs, notes):
+    if read_losslens_columns(epochs, notes):
         extra_meta.update(framework_adapter="losslens.keras.LossLens", probe_set="measured by the losslens callback",
                           how_to_measure="the losslens callback measured C (and T) each epoch; their standard "
                                          "errors need the store: LossLens(store='losslens.db'), then `losslens "
@@ -79,11 +79,11 @@ def run_from_epoch_columns(path: Any, epoch: np.ndarray, columns: Mapping[str, n
                       extra_meta=extra_meta, name=name)
 
 
-#: Columns the losslens Keras callback adds to ``logs`` (so a ``CSVLogger`` writes them), and what they are.
-LOSSLENS_COLUMNS = {"eval_train_loss": EVAL_CLEAN, "train_mode_loss": TRAIN_MODE, "losslens_val_loss": VALIDATION}
+#: Columns the losslens callbacks add to the framework's logs (so its CSV logger writes them), and what they are.
+LOSSLENS_COLUMNS = {name: kind for kind, name in LOGGED_NAMES.items()}
 
 
-def _read_losslens_columns(epochs: list[Epoch], notes: list[str]) -> bool:
+def read_losslens_columns(epochs: list[Epoch], notes: list[str]) -> bool:
     """Read the losslens callback's own columns back as the measurements they are (C, T, the data part of V and
     of R, and Ω), not as metrics of the training loop. True when the log has them."""
     if not any("eval_train_loss" in e.metrics for e in epochs):
@@ -99,7 +99,7 @@ def _read_losslens_columns(epochs: list[Epoch], notes: list[str]) -> bool:
         if data is not None and math.isfinite(data):
             e.train_loss = float(data)
             e.penalty = float(penalty) if penalty is not None and math.isfinite(penalty) else 0.0
-    notes.append("columns written by the losslens Keras callback read as its measurements: eval_train_loss = C, "
-                 "train_mode_loss = T, losslens_val_loss = V (data part), data_loss = R, penalty_loss = Ω; a log "
-                 "keeps their means only, so they have no standard errors")
+    notes.append("columns written by the losslens callback read as its measurements: eval_train_loss = C, "
+                 "train_mode_loss = T, eval_augmented_loss = A, losslens_val_loss = V (data part), and from Keras "
+                 "data_loss = R, penalty_loss = Ω; a log keeps their means only, so they have no standard errors")
     return True

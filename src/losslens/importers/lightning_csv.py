@@ -26,6 +26,7 @@ import numpy as np
 
 from ..record import Run, Steps
 from ._common import LogFormatError, build_epochs, finish_run, lightning_checkpoints, read_csv, read_text
+from ._epochs import read_losslens_columns
 from .roles import assign_roles, is_val_name
 
 __all__ = ["read", "sniff"]
@@ -307,8 +308,13 @@ def read(path: Any, train_loss: str | None = None, val_loss: str | None = None, 
     # steps known only for epochs with a training value (n_steps > 0 with a NaN loss would mean divergence)
     n_steps = {e: int(round(bounds(e)[1] - bounds(e)[0])) for e in train} if has_step else None
     epochs = build_epochs(indices, train=train, val=val, positions=positions, metrics=metrics, n_steps=n_steps)
+    own = read_losslens_columns(epochs, notes)   # the losslens callback's self.log values: C, T, A, V
     spe = L if has_step and math.isfinite(L) else None
     extra: dict[str, Any] = {"steps_per_epoch": spe, **_monitor_from_hparams(path, notes)}
+    if own:
+        extra.update(probe_set="measured by the losslens callback",
+                     how_to_measure="the losslens callback measured these each epoch; their standard errors need "
+                                    "its store: LossLens(..., store='losslens.db'), then `losslens report RUN`")
     ckpts = lightning_checkpoints(path, spe)
     if ckpts is not None and spe:
         extra.update(checkpoints_on_disk=sorted(ckpts), checkpoint_names={str(k): v for k, v in ckpts.items()})

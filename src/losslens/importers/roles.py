@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..record import LOGGED_NAMES
 from ._common import LogFormatError
 
 __all__ = ["Roles", "assign_roles", "TRAIN_LOSS_NAMES", "VAL_LOSS_NAMES", "VAL_PREFIXES", "is_lr", "is_accuracy"]
@@ -173,7 +174,10 @@ def assign_roles(names: Iterable[str], path: Any, train_loss: str | None = None,
     for want, flag in ((train_loss, "--train-loss"), (val_loss, "--val-loss")):
         if want is not None and want not in names:
             raise LogFormatError(path, f"{flag} {want!r} is not in the log; available: {', '.join(names)}")
-    losses = [n for n in names if "loss" in _low(n) and _low(n) not in SUMMARY_NAMES and not is_test_name(n)]
+    # the losslens callbacks' own columns are its measurements, never the training loop's losses
+    own = set(LOGGED_NAMES.values()) | {"data_loss", "penalty_loss"}
+    losses = [n for n in names if "loss" in _low(n) and _low(n) not in SUMMARY_NAMES and not is_test_name(n)
+              and n.split("/")[-1] not in own]
     val_c = [n for n in losses if is_val_name(n)]
     train_c = [n for n in losses if not is_val_name(n)]
     tr = train_loss

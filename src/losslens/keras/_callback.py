@@ -12,7 +12,7 @@ import numpy as np
 from keras import ops
 
 from ..meta import FrameworkInfo, LossInfo, ProbeInfo, RunInfo, SplitInfo
-from ..record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
+from ..record import EVAL_CLEAN, LOGGED_NAMES, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
 from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, input_duplicates
 from ..recording.deprecations import deprecated_report, renamed_data_args
 from ..recording.probe import baseline_loss
@@ -586,13 +586,13 @@ class LossLens(keras.callbacks.Callback):
                    measurements=ms, metrics=metrics, seconds=self._t_train, probe_seconds=probe_s)
         self._rec.commit(ep, steps)
         if logs is not None and EVAL_CLEAN in ms:
-            logs["eval_train_loss"] = ms[EVAL_CLEAN].mean
+            logs[LOGGED_NAMES[EVAL_CLEAN]] = ms[EVAL_CLEAN].mean
             if TRAIN_MODE in ms:
-                logs["train_mode_loss"] = ms[TRAIN_MODE].mean
+                logs[LOGGED_NAMES[TRAIN_MODE]] = ms[TRAIN_MODE].mean
             logs["data_loss"] = r
             logs["penalty_loss"] = omega
             if VALIDATION in ms:
-                logs["losslens_val_loss"] = ms[VALIDATION].mean
+                logs[LOGGED_NAMES[VALIDATION]] = ms[VALIDATION].mean
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._rec is None or self.run is None:
