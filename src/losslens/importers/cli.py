@@ -24,7 +24,7 @@ import click
 from ..record import END_OF_EPOCH_ESTIMATE, EVAL_CLEAN, VALIDATION, Run
 from ..report.cli import EXIT_FINDINGS, OUTPUT_FORMATS, fail_on_option, failing
 from . import FORMATS, LogFormatError, SkippedLogWarning, load_log
-from ._common import MAX_STEPS_PER_EPOCH
+from ._common import check_steps_per_epoch
 from ._common import measure_hint as _measure_hint
 
 __all__ = ["diagnose", "measure_hint", "overview_rows"]
@@ -47,9 +47,9 @@ TIMING_METHOD_WORDS = {
 def run_kinds(run: Run) -> list[str]:
     """The measured end-of-epoch quantities of ``run``, by their symbols (C, T, A, V)."""
     from ..record import MEASUREMENT_KINDS
+    from ..report._model import SYMBOLS
 
-    symbols = {"eval_clean": "C", "train_mode": "T", "eval_augmented": "A", "validation": "V"}
-    return [symbols[k] for k in MEASUREMENT_KINDS if k in symbols and run.has(k)]
+    return [SYMBOLS[k] for k in MEASUREMENT_KINDS if k != END_OF_EPOCH_ESTIMATE and run.has(k)]
 
 
 def _num(x: Any) -> float | None:
@@ -160,10 +160,10 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, out_format: str, fail_on: 
     def say(message: str) -> None:  # with --format json/markdown stdout holds that document alone
         click.echo(message, err=not text)
 
-    spe = steps_per_epoch
-    if spe is not None and not (math.isfinite(spe) and 1 <= spe <= MAX_STEPS_PER_EPOCH):
-        raise click.BadParameter(f"expected a number of optimizer steps per epoch from 1 to "
-                                 f"{MAX_STEPS_PER_EPOCH:.0e}, got {spe!r}", param_hint="'--steps-per-epoch'")
+    try:  # the importers' one bound, before any file is read
+        check_steps_per_epoch("--steps-per-epoch", steps_per_epoch)
+    except LogFormatError as exc:
+        raise click.BadParameter(exc.reason, param_hint="'--steps-per-epoch'") from None
     try:
         check_output_folder(out_dir)  # before the work, not after printing every report
     except OutputPathError as exc:

@@ -265,11 +265,7 @@ def overview_spec(runs: list[Run], names: list[str] | None = None) -> dict[str, 
         name = (names or [])[k] if names and k < len(names) else run.name
         color = RUN_COLORS[k % len(RUN_COLORS)]
         group = f"run-{k}"
-        pts = [(e.position, m.mean, m.sem) for e in run.epochs
-               if (m := e.measurements.get(VALIDATION)) is not None and math.isfinite(m.mean)
-               and math.isfinite(e.position)]
-        if pts:
-            px, py, ps = (np.array(c, dtype=np.float64) for c in zip(*pts))
+        for px, py, ps in measurement_series(run, VALIDATION).values():
             band = np.isfinite(ps)
             if band.any():
                 lo, hi = np.where(band, py - 2 * ps, py), np.where(band, py + 2 * ps, py)
