@@ -220,7 +220,7 @@ class EarlyStopping(pl.Callback):
     monitor : str
     min_delta : float
     patience : int
-        Upper bound in epochs without a material improvement (and without a falling trend).
+        Epochs without a new best value (lower by more than ``min_delta``) and without a falling trend before stopping.
     mode : {"min", "max"}
     restore_best_weights : bool
     lens : LossLens, optional

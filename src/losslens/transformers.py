@@ -251,7 +251,8 @@ class EarlyStoppingCallback(TrainerCallback):
     Parameters
     ----------
     early_stopping_patience : int
-        Upper bound in evaluations without a material improvement (and without a falling trend).
+        Evaluations without a new best value (lower by more than ``min_delta``) and without a falling trend
+        before stopping.
     early_stopping_threshold : float
         Smallest change that counts as an improvement (``min_delta``).
     lens : LossLens, optional

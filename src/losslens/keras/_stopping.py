@@ -26,7 +26,8 @@ class EarlyStopping(keras.callbacks.Callback):
     min_delta : float
         Smallest change that counts as an improvement.
     patience : int
-        Upper bound: epochs without a material improvement (and without a falling trend) before stopping.
+        Epochs without a new best value (lower by more than ``min_delta``, as Keras counts) and without a
+        falling trend before stopping.
     mode : {"auto", "min", "max"}
         ``"auto"``: ``"max"`` for accuracies and AUCs, else ``"min"`` (Keras's rule).
     restore_best_weights : bool

@@ -578,8 +578,9 @@ class LossLens:
         """Noise-aware early stopping on the validation losses recorded so far (call after :meth:`end_epoch`).
 
         :class:`losslens.recording.stopping.NoiseAwareStopper` on the per-sample validation losses (paired against
-        the best epoch): ``patience`` bounds the epochs without a material improvement, ``min_delta`` (loss per
-        sample) the smallest one. :attr:`stop_decision` has the epoch to restore (``best_epoch``) and the reason.
+        the best epoch): ``patience`` epochs without a new best value (lower by more than ``min_delta``, loss per
+        sample) and without a falling trend stop training, as does a validation loss worse than the best beyond
+        noise for three epochs. :attr:`stop_decision` has the epoch to restore (``best_epoch``) and the reason.
 
         Raises
         ------
