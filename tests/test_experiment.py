@@ -278,15 +278,33 @@ def test_changed_split_is_flagged(pool):
     assert pair["found"] == truth > 0
     clean = {f.code for f in experiment_verdicts(pool[:3])}
     assert not clean & {"experiment.split_changed", "experiment.split_overlap", "experiment.split_unknown"}
+
     c = compare(pool[:2], [moved])
     assert "compare.split_differs" in [f.code for f in c.findings]
     bare = Run("imported", epochs=pool[0].epochs)
     assert "experiment.split_unknown" in {f.code for f in experiment_verdicts([pool[0], bare])}
 
 
+def test_runs_with_an_older_content_hash_are_not_compared(pool):
+    """Fingerprints of an older content-hash version differ for the same samples: such a run is listed as not
+    checkable, never reported as a changed or overlapping split."""
+    import copy
+
+    old = copy.deepcopy(pool[1])
+    old.meta.pop("content_hash")
+    old.meta["val_fingerprint"] = "sha256:" + "0" * 64          # what the older hash gave for the same samples
+    found = {f.code: f for f in experiment_verdicts([pool[0], old, pool[2]])}
+    assert "experiment.split_changed" not in found and "experiment.split_overlap" not in found
+    unknown = found["experiment.split_unknown"]
+    assert unknown.data["older_content_hash"] == [unknown.data["runs"][0]] and "older losslens" in unknown.message
+    assert pool[0].meta["content_hash"] == 2
+
+
+
 # -- store, report, CLI --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
+
 def store_path(tmp_path_factory, pool, dropout_runs):
     path = tmp_path_factory.mktemp("exp") / "losslens.db"
     with Store(path) as st:

@@ -65,7 +65,7 @@ def test_meta_round_trip_and_malformed_fields_are_named():
     X, y = _data(100)
     meta = split_fingerprints(train=(X[:70], y[:70]), val=(X[70:], y[70:]), probe=(X[:20], y[:20]))
     assert set(meta) == {"train_fingerprint", "val_fingerprint", "probe_content_fingerprint", "train_hashes",
-                         "val_hashes", "train_hashes_rate", "val_hashes_rate"}
+                         "val_hashes", "train_hashes_rate", "val_hashes_rate", "content_hash"}
     v, rate = stored_hashes(meta, "val")
     assert rate == 1.0 and np.array_equal(v, fingerprint_samples((X[70:], y[70:]))["hashes"])
     assert np.array_equal(decode_hashes(encode_hashes(v[::-1])), v)
@@ -130,3 +130,35 @@ def test_auto_fingerprints_never_raise_and_handle_bfloat16():
     assert out["train_fingerprint"] == fingerprint_samples((bf.float().numpy(), y))["fingerprint"]
     weird = auto_fingerprints(train=(np.zeros((3, 2)), np.zeros(4)), val=np.array([[np.datetime64("2020-01-01")]]))
     assert set(weird["fingerprint_skipped"]) == {"train", "val"} and "train_fingerprint" not in weird
+
+
+def test_wide_rows_hash_by_content_and_width_and_streaming_equals_the_concatenation():
+    """Rows of WIDE_ROW_BYTES or more take the BLAKE2b path: equal rows hash equal, any changed byte or a different
+    width changes the hash, and the fingerprint's part-by-part hashing gives the digest of the parts side by side."""
+    import hashlib
+
+    from losslens.recording import fingerprint as fpm
+    from losslens.recording.hashing import WIDE_ROW_BYTES, row_hashes
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, (40, WIDE_ROW_BYTES), dtype=np.uint8)
+    rows[7] = rows[3]
+    changed = rows.copy()
+    changed[5, 100] ^= 1
+    h, hc = row_hashes(rows), row_hashes(changed)
+    assert (h[7] == h[3]).all() and len({tuple(r) for r in h}) == 39
+    assert (hc[5] != h[5]).any() and (np.delete(hc, 5, 0) == np.delete(h, 5, 0)).all()
+    padded = np.concatenate([rows, np.zeros((40, 8), np.uint8)], axis=1)
+    assert not (row_hashes(padded)[:, 0] == h[:, 0]).any()
+    narrow = rows[:, :WIDE_ROW_BYTES - 8]                 # the column-wise path, one lane still distinct
+    assert len(set(row_hashes(narrow)[:, 0].tolist())) == 39
+
+    X = rng.normal(size=(30, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 30)
+    tags = b"|".join(fpm._kind_tag(a) for a in (X, y))
+    tag = np.broadcast_to(np.frombuffer(hashlib.sha256(tags).digest()[:8], np.uint8), (30, 8))
+    side_by_side = np.concatenate([tag, X.astype(np.float64).reshape(30, -1).view(np.uint8),
+                                   y.astype(np.int64).reshape(30, -1).view(np.uint8)], axis=1)
+    assert side_by_side.shape[1] >= WIDE_ROW_BYTES
+    assert (fpm.sample_hashes((X, y)) == row_hashes(side_by_side)[:, 0]).all()
+    assert (fpm.sample_hashes((torch.from_numpy(X), torch.from_numpy(y))) == fpm.sample_hashes((X, y))).all()

@@ -565,3 +565,20 @@ def test_resume_continues_the_stored_run_from_initial_epoch(tmp_path):
     assert run.epochs[2].train_loss != first.run.epochs[2].train_loss          # trained again from epoch 4's weights
     assert run.meta["probe_fingerprint"] == first.run.meta["probe_fingerprint"]
     assert resumed.probe_indices.tolist() == first.probe_indices.tolist()
+
+
+@pytest.mark.parametrize("shape, expected", [((4,), 2048), ((32, 32, 3), 16)])
+def test_default_eval_batch_follows_the_fit_batch_and_the_input_size(shape, expected):
+    """The eval-mode batch is the fit batch size, or more samples while their inputs fit in 32 KiB (as in
+    losslens.torch), and the validation pass still reproduces Keras's val_loss."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, *shape)).astype("float32")
+    y = rng.normal(size=(96, 1)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(shape), L.Flatten(), L.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    lens = LossLens(store=None)
+    h = model.fit(x[:64], y[:64], batch_size=16, epochs=1, validation_data=(x[64:], y[64:]), callbacks=[lens],
+                  verbose=0)
+    assert lens.eval_batch_size == expected
+    assert lens.run.epochs[0].get(VALIDATION).mean == pytest.approx(h.history["val_loss"][0], rel=1e-5)

@@ -1045,3 +1045,31 @@ def test_state_dict_resumes_the_stored_run_in_a_new_process(digits, tmp_path):
         assert a.train_loss == b.train_loss
         for kind in ("validation", "eval_clean", "train_mode"):
             np.testing.assert_array_equal(a.get(kind).values, b.get(kind).values)
+
+
+@pytest.mark.parametrize("shape, batch, expected", [((3, 32, 32), 16, 16), ((40,), 16, 204), ((3, 32, 32), 300, 300)])
+def test_default_eval_batch_follows_the_training_batch_and_the_input_size(shape, batch, expected):
+    """On CPU the eval-mode batch is the training batch size, or more samples while their inputs fit in 32 KiB (a CNN
+    on 32x32x3 images evaluates in its training batches, an MLP on 40 features in batches of 204); the values do
+    not depend on it beyond float rounding."""
+    from losslens.recording.probe import default_eval_batch_size
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(600, *shape, generator=g)
+    y = torch.randint(0, 3, (600,), generator=g)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), 3))
+    lens = LossLens(net, nn.CrossEntropyLoss(), train_data=(X[:400], y[:400]), val_data=(X[400:], y[400:]),
+                    store=None)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for i in range(0, 400, batch):
+        loss = F.cross_entropy(net(X[i:i + batch]), y[i:i + batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lens.step(loss, batch_size=len(y[i:i + batch]))
+    lens.end_epoch()
+    assert lens._fw.eval_bs == expected == default_eval_batch_size(batch, X[0].numel() * 4)
+    with torch.no_grad():
+        exact = F.cross_entropy(net(X[400:]), y[400:], reduction="none").numpy()
+    np.testing.assert_allclose(lens.run.epochs[0].get("validation").values, exact, rtol=1e-5, atol=1e-6)
+    assert default_eval_batch_size(64, 1) == 2048 and default_eval_batch_size(4096, 10 ** 9) == 4096

@@ -82,15 +82,24 @@ def split_findings(runs: Sequence[Run], labels: Sequence[str] | None = None) -> 
     if len(runs) < 2:
         return out
     have = [i for i, r in enumerate(runs) if r.meta.get("val_fingerprint")]
-    lacking = [labels[i] for i in range(len(runs)) if i not in have]
-    if lacking:
+    # fingerprints of different content-hash versions are not comparable: the newest version's runs are checked
+    newest = max((fp.content_hash_version(runs[i].meta) for i in have), default=fp.CONTENT_HASH_VERSION)
+    older = [labels[i] for i in have if fp.content_hash_version(runs[i].meta) != newest]
+    have = [i for i in have if fp.content_hash_version(runs[i].meta) == newest]
+    lacking = [labels[i] for i in range(len(runs)) if i not in have and labels[i] not in older]
+    if lacking or older:
+        why = []
+        if lacking:
+            why.append(f"Runs {', '.join(lacking)} carry no validation-set fingerprint, so losslens cannot tell "
+                       "whether they validated on the same samples as the others.")
+        if older:
+            why.append(f"Runs {', '.join(older)} were recorded by an older losslens whose sample hashes differ "
+                       "from the others', so their split is not compared with the others'.")
         out.append(Finding(
-            "experiment.split_unknown", "info", "The split of some runs cannot be checked",
-            f"Runs {', '.join(lacking)} carry no validation-set fingerprint, so losslens cannot tell whether they "
-            "validated on the same samples as the others.",
+            "experiment.split_unknown", "info", "The split of some runs cannot be checked", " ".join(why),
             "Record runs with losslens.recording.fingerprint.split_fingerprints(train, val) merged into the "
-            "run's metadata (the adapters do this when given the data sets).",
-            data={"runs": lacking}))
+            "run's metadata (the adapters do this when given the data sets), with this version of losslens.",
+            data={"runs": lacking + older, "older_content_hash": older}))
     groups: dict[str, list[str]] = {}
     for i in have:
         groups.setdefault(str(runs[i].info.split.val_fingerprint), []).append(labels[i])

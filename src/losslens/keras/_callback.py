@@ -15,12 +15,13 @@ from ..meta import FrameworkInfo, LossInfo, ProbeInfo, RunInfo, SplitInfo
 from ..record import EVAL_CLEAN, LOGGED_NAMES, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
 from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, input_duplicates
 from ..recording.deprecations import deprecated_report, renamed_data_args
-from ..recording.probe import baseline_loss
+from ..recording.probe import baseline_loss, default_eval_batch_size
 from ..recording.recorder import per_sample_check
 from ._data import (
     _as_numpy,
     _fit_locals,
     _indexable,
+    _input_bytes,
     _loss_kind,
     _loss_name,
     _n_samples,
@@ -87,7 +88,9 @@ class LossLens(keras.callbacks.Callback):
         Batch size of the train-mode probe pass ``T``; None: the ``fit`` batch
         size (default 32), because batch-norm batch statistics depend on it.
     eval_batch_size : int or None
-        Batch size of the eval-mode passes (``C``, ``V``); None: max(batch_size, 256).
+        Batch size of the eval-mode passes (``C``, ``V``); None: the training batch size, or more samples while
+        their inputs fit in 32 KiB, at most 2048 (:func:`losslens.recording.probe.default_eval_batch_size`, as in
+        :mod:`losslens.torch`).
     loss_fn : callable or None
         ``loss_fn(y_true, y_pred) -> per-sample losses, shape (batch,)``; None:
         derived from ``model.loss`` with :func:`per_sample_loss`.
@@ -235,7 +238,8 @@ class LossLens(keras.callbacks.Callback):
         self._vx = _as_numpy(vx) if vx is not None else None
         self._vy = _as_numpy(vy) if vy is not None else None
         self.batch_size = int(train_bs or 32)
-        self.eval_batch_size = int(self._eval_bs_arg or max(self.batch_size, 256))
+        self.eval_batch_size = int(self._eval_bs_arg or default_eval_batch_size(
+            self.batch_size, _input_bytes(self._train_full[0]) / max(1, n_train)))
         # probe subset: a seeded permutation's prefix, so every smaller probe is part of a larger one
         self._plan = ProbePlan(self.probe_size, self.probe_budget, self.probe_seed, n_train, self.val_size or None)
         self._px = self._py = None

@@ -134,6 +134,11 @@ def _n_samples(x: Any) -> int:
     return int(leaves[0].shape[0])
 
 
+def _input_bytes(x: Any) -> int:
+    """Bytes of every array in a (possibly nested) input structure (0 for leaves without ``nbytes``)."""
+    return int(sum(int(getattr(a, "nbytes", 0) or 0) for a in keras.tree.flatten(x)))
+
+
 def _take(x: Any, idx: np.ndarray) -> Any:
     """Rows ``idx`` of every array in a (possibly nested) structure, as NumPy."""
     def one(a: Any) -> Any:

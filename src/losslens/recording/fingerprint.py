@@ -7,7 +7,8 @@ split between runs silently moves training data into validation).
 Per sample, the **content** is hashed: the sample's array(s) are normalised
 (C-contiguous, little-endian, integers as int64, floats as float64, booleans as
 uint8; the shape and dtype kind are hashed too, so ``[1, 2]`` and ``[[1], [2]]``
-differ) and the first 8 bytes of their SHA-256 digest become a ``uint64``.
+differ) and hashed with :func:`losslens.recording.hashing.row_hashes` (its first
+64-bit lane; strings and object arrays: the first 8 bytes of a SHA-256).
 For an ``(X, y)`` pair both parts are hashed together, so the same input with
 a different label is a different sample. Strings (ids, file paths) are hashed
 as UTF-8.
@@ -41,7 +42,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .hashing import row_hashes
+from .hashing import WIDE_ROW_BYTES, row_hashes
 
 __all__ = [
     "sample_hashes",
@@ -56,6 +57,8 @@ __all__ = [
     "overlap",
     "MAX_STORED_HASHES",
     "FINGERPRINT_META_KEYS",
+    "CONTENT_HASH_VERSION",
+    "content_hash_version",
 ]
 
 #: Largest data set (bytes of in-memory arrays) :func:`auto_fingerprints` hashes
@@ -78,7 +81,12 @@ FINGERPRINT_META_KEYS = {
     "val_hashes": "base64 of the sorted uint64 (little-endian) content hashes of the validation set (maybe sampled)",
     "train_hashes_rate": "fraction of the uint64 hash space kept in train_hashes (1.0: every sample)",
     "val_hashes_rate": "fraction of the uint64 hash space kept in val_hashes (1.0: every sample)",
+    "content_hash": "version of the per-sample content hash (CONTENT_HASH_VERSION); absent: version 1",
 }
+
+#: Version of the per-sample content hash. 2: rows of 512 bytes or more hashed with BLAKE2b
+#: (:data:`losslens.recording.hashing.WIDE_ROW_BYTES`). Fingerprints of different versions are not comparable.
+CONTENT_HASH_VERSION = 2
 
 _U64_MAX = float(2 ** 64)
 
@@ -133,23 +141,36 @@ _CHUNK_ROWS = 65_536
 
 def _numeric_row_hashes(arrays: list[np.ndarray], targets: list[np.dtype], tags: bytes, n: int) -> np.ndarray:
     """Vectorized path: canonical bytes of every part side by side, hashed with
-    :func:`losslens.recording.hashing.row_hashes`.
+    :func:`losslens.recording.hashing.row_hashes` (first lane).
 
     The parts' kinds and shapes (``tags``) enter through a constant first word, so equal bytes of different
-    dtypes or shapes do not collide.
+    dtypes or shapes do not collide. Wide rows (``row_hashes``'s BLAKE2b path) are hashed part by part, without
+    copying the parts side by side: the digest is the same.
     """
     tag_word = np.frombuffer(hashlib.sha256(tags).digest()[:8], dtype=np.uint8)
     out = np.empty(n, dtype=np.uint64)
     for start in range(0, n, _CHUNK_ROWS):
         stop = min(n, start + _CHUNK_ROWS)
-        cols = [np.broadcast_to(tag_word, (stop - start, 8))]
+        cols = []
         for a, dt in zip(arrays, targets):
             r = np.ascontiguousarray(a[start:stop], dtype=dt).reshape(stop - start, -1)
             if dt.kind in "fc":
                 r = r + 0.0  # -0.0 -> +0.0, so the two zeros hash alike
                 r[np.isnan(r)] = np.nan  # one NaN bit pattern
             cols.append(r.view(np.uint8))
-        out[start:stop] = row_hashes(np.concatenate(cols, axis=1))[:, 0]
+        width = 8 + sum(c.shape[1] for c in cols)
+        if width >= WIDE_ROW_BYTES:
+            person, tag = width.to_bytes(8, "little"), tag_word.tobytes()
+            digests = []
+            for i in range(stop - start):
+                h = hashlib.blake2b(tag, digest_size=16, person=person)
+                for c in cols:
+                    h.update(c[i])
+                digests.append(h.digest())
+            out[start:stop] = np.frombuffer(b"".join(digests), dtype="<u8")[0::2]
+        else:
+            out[start:stop] = row_hashes(np.concatenate([np.broadcast_to(tag_word, (stop - start, 8))] + cols,
+                                                        axis=1))[:, 0]
     return out
 
 
@@ -340,7 +361,15 @@ def split_fingerprints(train: Any = None, val: Any = None, probe: Any = None,
         out[f"{name}_hashes_rate"] = rate
     if probe is not None:
         out["probe_content_fingerprint"] = fingerprint_samples(probe)["fingerprint"]
+    if out:
+        out["content_hash"] = CONTENT_HASH_VERSION
     return out
+
+
+def content_hash_version(meta: dict[str, Any]) -> int:
+    """The content-hash version of a run's stored fingerprints (1 for runs recorded before versions were stored)."""
+    v = meta.get("content_hash", 1)
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 1
 
 
 def stored_hashes(meta: dict[str, Any], which: str) -> tuple[np.ndarray, float] | None:

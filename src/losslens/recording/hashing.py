@@ -15,15 +15,27 @@ splittable pseudorandom number generators", OOPSLA), φ = 0x9E3779B97F4A7C15 and
 M an odd constant; arithmetic is modulo 2⁶⁴. The width enters the seed, so rows
 of different lengths differ even when their padded words agree. It is not a
 cryptographic hash: equal hashes are candidates, and the duplicate search
-confirms every pair by comparing contents. Measured here: about 0.03 µs per byte
-of data on one core, against ~3 µs per row for one BLAKE2b call per row.
+confirms every pair by comparing contents.
+
+Rows of :data:`WIDE_ROW_BYTES` or more (images, long feature vectors) are hashed
+instead with one BLAKE2b call per row (``hashlib.blake2b``, 16-byte digest, the
+width as its personalization): the per-row call costs about 1 µs, the bytes
+about 0.0015 µs each, against about 0.004 µs per byte column-wise. Measured here
+on one core: 20 000 rows of 12 KiB (32×32×3 float32 images) in 0.36 s instead
+of 1.04 s; rows of 64 bytes stay about 4× faster column-wise.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
-__all__ = ["row_hashes"]
+__all__ = ["row_hashes", "WIDE_ROW_BYTES"]
+
+#: Row width (bytes) from which :func:`row_hashes` uses one BLAKE2b call per row (module docstring: the crossover
+#: of the two costs measured here is about 370 bytes).
+WIDE_ROW_BYTES = 512
 
 _PHI = np.uint64(0x9E3779B97F4A7C15)
 _M = np.uint64(0xD6E8FEB86659FD93)
@@ -58,6 +70,11 @@ def row_hashes(rows: np.ndarray) -> np.ndarray:
         return np.empty((0, 2), np.uint64)
     b = a.reshape(n, -1).view(np.uint8) if a.dtype != np.uint8 else a.reshape(n, -1)
     width = b.shape[1]
+    if width >= WIDE_ROW_BYTES:
+        b = np.ascontiguousarray(b)
+        person = width.to_bytes(8, "little")
+        digests = b"".join(hashlib.blake2b(row, digest_size=16, person=person).digest() for row in b)
+        return np.frombuffer(digests, dtype="<u8").astype(np.uint64).reshape(n, 2)
     pad = (-width) % 8
     if pad:
         b = np.concatenate([b, np.zeros((n, pad), np.uint8)], axis=1)

@@ -109,9 +109,9 @@ class LossLens:
         an output object, with ``unpack=lambda b: ({k: v for k, v in b.items()
         if k != "labels"}, b["labels"])``.
     eval_batch_size : int, optional
-        Batch size of the eval-mode passes; None: 2048 on CPU (fewer when a
-        batch of inputs would exceed 64 MiB), 8192 on CUDA, halved on CUDA
-        out-of-memory errors.
+        Batch size of the eval-mode passes; None: on CPU the training batch size, or more samples while their
+        inputs fit in 32 KiB, at most 2048 (:func:`losslens.recording.probe.default_eval_batch_size`: larger
+        batches cost more per sample on CPU); 8192 on CUDA, halved on CUDA out-of-memory errors.
     train_batch_size : int, optional
         Batch size of the train-mode probe pass (batch-norm batch statistics depend on it); default: the most
         common ``batch_size`` given to :meth:`step` (without one, training-set size / steps per epoch).
@@ -514,6 +514,7 @@ class LossLens:
         b_train = self._train_batch_size(n_steps)
         if meta.get("batch_size") != b_train:
             meta["batch_size"] = b_train
+        self._fw.train_bs = b_train
         if self._dist:
             return measure_distributed(self, epoch_seconds, b_train)
         out: dict[str, Measurement] = {}

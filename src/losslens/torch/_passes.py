@@ -14,17 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..recording.probe import default_eval_batch_size
 from ..recording.recorder import per_sample_check
 from ._data import Source, batch_len, input_bytes, loss_name, per_sample_loss_fn, slice_batch, to_device
 from ._guard import Protect
 
-__all__ = ["Passes", "CPU_EVAL_BATCH", "CPU_EVAL_BYTES", "CUDA_EVAL_BATCH"]
+__all__ = ["Passes", "CUDA_EVAL_BATCH"]
 
-#: Default eval-mode batch size on CPU (samples), further bounded so a batch of inputs
-#: stays under :data:`CPU_EVAL_BYTES`. On CUDA the eval batch starts at
-#: :data:`CUDA_EVAL_BATCH` and is halved on out-of-memory errors.
-CPU_EVAL_BATCH = 2048
-CPU_EVAL_BYTES = 64 * 2 ** 20
+#: On CUDA the eval batch starts here (samples) and is halved on out-of-memory errors. On CPU it is
+#: :func:`losslens.recording.probe.default_eval_batch_size` of the training batch size.
 CUDA_EVAL_BATCH = 8192
 
 
@@ -55,6 +53,7 @@ class Passes:
         self.model, self.loss_fn, self.unpack, self.forward = model, loss_fn, unpack, forward
         self.per_sample, self.method = per_sample_loss_fn(loss_fn)
         self.eval_bs = eval_batch_size
+        self.train_bs = 32          # the training batch size, set by the recorder before the first pass
         self.check: dict[str, Any] | None = None
         self.train_flags: list[bool] | None = None
         self._warned_fallback = False
@@ -79,11 +78,12 @@ class Passes:
         return Protect(self.model, self.cuda_devices(), seed)
 
     def default_eval_batch_size(self, sample: Any) -> int:
-        """8192 on CUDA; on CPU 2048, fewer when a batch of inputs would exceed 64 MiB (at least 64)."""
+        """8192 on CUDA; on CPU :func:`losslens.recording.probe.default_eval_batch_size` of the training batch size
+        and the bytes of one sample's inputs."""
         if self.device.type == "cuda":
             return CUDA_EVAL_BATCH
-        per = max(1, input_bytes(sample) // max(1, batch_len(sample) or 1))
-        return int(max(64, min(CPU_EVAL_BATCH, CPU_EVAL_BYTES // per)))
+        per = input_bytes(sample) / max(1, batch_len(sample) or 1)
+        return default_eval_batch_size(self.train_bs, per)
 
     def _losses_of(self, inputs: Any, target: Any) -> torch.Tensor:
         """Per-sample losses of one batch (float32 on the device), split on CUDA out-of-memory."""
