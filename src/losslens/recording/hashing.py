@@ -73,7 +73,8 @@ def row_hashes(rows: np.ndarray) -> np.ndarray:
     if width >= WIDE_ROW_BYTES:
         b = np.ascontiguousarray(b)
         person = width.to_bytes(8, "little")
-        digests = b"".join(hashlib.blake2b(memoryview(row), digest_size=16, person=person).digest() for row in b)
+        digests = b"".join(hashlib.blake2b(b[i].data, digest_size=16, person=person).digest()
+                           for i in range(n))
         return np.frombuffer(digests, dtype="<u8").astype(np.uint64).reshape(n, 2)
     pad = (-width) % 8
     if pad:
