@@ -42,7 +42,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .hashing import WIDE_ROW_BYTES, row_hashes
+from .hashing import WIDE_ROW_BYTES, row_hashes, wide_row_hashes
 
 __all__ = [
     "sample_hashes",
@@ -144,33 +144,24 @@ def _numeric_row_hashes(arrays: list[np.ndarray], targets: list[np.dtype], tags:
     :func:`losslens.recording.hashing.row_hashes` (first lane).
 
     The parts' kinds and shapes (``tags``) enter through a constant first word, so equal bytes of different
-    dtypes or shapes do not collide. Wide rows (``row_hashes``'s BLAKE2b path) are hashed part by part, without
-    copying the parts side by side: the digest is the same.
+    dtypes or shapes do not collide. Wide rows take ``row_hashes``'s BLAKE2b path part by part
+    (:func:`~losslens.recording.hashing.wide_row_hashes`), without copying the parts side by side.
     """
     tag_word = np.frombuffer(hashlib.sha256(tags).digest()[:8], dtype=np.uint8)
     out = np.empty(n, dtype=np.uint64)
     for start in range(0, n, _CHUNK_ROWS):
         stop = min(n, start + _CHUNK_ROWS)
-        cols = []
+        cols = [np.broadcast_to(tag_word, (stop - start, 8))]
         for a, dt in zip(arrays, targets):
             r = np.ascontiguousarray(a[start:stop], dtype=dt).reshape(stop - start, -1)
             if dt.kind in "fc":
                 r = r + 0.0  # -0.0 -> +0.0, so the two zeros hash alike
                 r[np.isnan(r)] = np.nan  # one NaN bit pattern
             cols.append(r.view(np.uint8))
-        width = 8 + sum(c.shape[1] for c in cols)
-        if width >= WIDE_ROW_BYTES:
-            person, tag = width.to_bytes(8, "little"), tag_word.tobytes()
-            digests = []
-            for i in range(stop - start):
-                h = hashlib.blake2b(tag, digest_size=16, person=person)
-                for c in cols:
-                    h.update(c[i])
-                digests.append(h.digest())
-            out[start:stop] = np.frombuffer(b"".join(digests), dtype="<u8")[0::2]
+        if sum(c.shape[1] for c in cols) >= WIDE_ROW_BYTES:
+            out[start:stop] = wide_row_hashes(cols)[:, 0]
         else:
-            out[start:stop] = row_hashes(np.concatenate([np.broadcast_to(tag_word, (stop - start, 8))] + cols,
-                                                        axis=1))[:, 0]
+            out[start:stop] = row_hashes(np.concatenate(cols, axis=1))[:, 0]
     return out
 
 
