@@ -582,3 +582,35 @@ def test_default_eval_batch_follows_the_fit_batch_and_the_input_size(shape, expe
                   verbose=0)
     assert lens.eval_batch_size == expected
     assert lens.run.epochs[0].get(VALIDATION).mean == pytest.approx(h.history["val_loss"][0], rel=1e-5)
+
+
+def test_logs_carry_the_decomposition_and_the_verdict_for_keras_callbacks(tmp_path):
+    """Write-back (issue 15): Keras's CSVLogger, listed after the losslens callback, writes every term with its
+    standard error and the verdict's index; the values are the recorded run's. ``log_metrics=False`` keeps the
+    logs as Keras made them."""
+    from losslens.diagnose import VERDICT_CODES, diagnose
+    from losslens.diagnose.gap import decompose_epoch
+
+    x, y = _data(160)
+    model = _model(dropout=0.2, bn=False, reg=keras.regularizers.l2(0.01))
+    log = tmp_path / "log.csv"
+    lens = LossLens(store=None)
+    model.fit(x, y, batch_size=16, epochs=3, validation_split=0.25, verbose=0,
+              callbacks=[lens, keras.callbacks.CSVLogger(str(log))])
+    with open(log) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for row, ep in zip(rows, lens.run.epochs):
+        d = decompose_epoch(ep)
+        for term, name in (("penalty", "gap_penalty"), ("timing", "gap_timing"), ("train_mode", "gap_train_mode"),
+                           ("generalization_gap", "generalization_gap")):
+            assert float(row[name]) == pytest.approx(d.terms[term].value, rel=1e-5, abs=1e-7)
+            assert float(row[name + "_se"]) == pytest.approx(d.terms[term].se, rel=1e-5, abs=1e-9)
+        assert float(row["losslens_val_loss_se"]) == pytest.approx(ep.get(VALIDATION).sem, rel=1e-5)
+    assert VERDICT_CODES[int(float(rows[-1]["verdict_code"]))] == diagnose(lens.run).verdict.code
+    # off
+    quiet = LossLens(store=None, log_metrics=False)
+    h = _model(dropout=0.2, bn=False).fit(x, y, batch_size=16, epochs=1, validation_split=0.25, verbose=0,
+                                          callbacks=[quiet])
+    assert set(h.history) == {"loss", "val_loss"}
+    assert quiet.live is None

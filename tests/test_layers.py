@@ -20,9 +20,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("record", ("losslens", "losslens.record", "losslens.store", "losslens.findings")),
     ("importers", ("losslens.importers",)),
     ("recording", ("losslens.recording",)),
-    ("adapters", ("losslens.torch", "losslens.keras", "losslens.lightning", "losslens.transformers")),
     ("audit", ("losslens.audit",)),
     ("diagnose", ("losslens.diagnose",)),
+    # Above the diagnosis (not below it, as DESIGN.md first drew them): the sinks write the decomposition and the
+    # headline verdict into TensorBoard, MLflow, W&B and the frameworks' logs live, at each epoch end (issue 15).
+    ("adapters", ("losslens.torch", "losslens.keras", "losslens.lightning", "losslens.transformers",
+                  "losslens.fastai", "losslens.sinks")),
     ("experiment", ("losslens.experiment",)),
     ("report", ("losslens.report",)),
     ("cli", ("losslens.cli", "losslens.demo")),

@@ -348,6 +348,26 @@ def test_the_measurements_reach_every_lightning_logger_and_are_read_back(tmp_pat
             assert imp.measurements[kind].mean == pytest.approx(rec.measurements[kind].mean, rel=1e-6)
             assert imp.measurements[kind].source == "imported"
     assert run.meta["probe_set"] == "measured by the losslens callback"
+    # the decomposition terms with their standard errors and the verdict reach the loggers too, per epoch
+    import csv
+
+    from losslens.diagnose import VERDICT_CODES, diagnose
+    from losslens.diagnose.gap import decompose_epoch
+
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("gap_timing")]
+    assert len(rows) == 3
+    for row, rec in zip(rows, cb.run.epochs):
+        d = decompose_epoch(rec)
+        for term, name in (("timing", "gap_timing"), ("train_mode", "gap_train_mode"),
+                           ("generalization_gap", "generalization_gap")):
+            assert float(row[name]) == pytest.approx(d.terms[term].value, rel=1e-5, abs=1e-7)
+            assert float(row[name + "_se"]) == pytest.approx(d.terms[term].se, rel=1e-5)
+        assert float(row["eval_train_loss_se"]) == pytest.approx(rec.measurements["eval_clean"].sem, rel=1e-5)
+    assert VERDICT_CODES[int(float(rows[-1]["verdict_code"]))] == diagnose(cb.run).verdict.code
+    # the new columns are never taken for the training loop's loss
+    assert run.meta["roles"]["train_loss"] == "train_loss"
+    assert not any(v.split("/")[-1].startswith(("gap_", "generalization")) or str(v).endswith("_se")
+                   for v in run.meta["roles"].values() if isinstance(v, str))
     # and off when asked
     cb2 = LossLens(nn.CrossEntropyLoss(), train_data=(Xtr, ytr), run="quiet", store=None, probe_size=64,
                    log_metrics=False)

@@ -303,3 +303,42 @@ def test_noise_aware_early_stopping_callback_stops_the_trainer(tmp_path):
     assert stop.decision.stop and len(v) < 60
     assert stop.decision.best_epoch == int(np.argmin(v))
     assert trainer.state.epoch < 60                              # the Trainer stopped early
+
+
+def test_report_to_integrations_receive_the_decomposition_and_the_verdict(tmp_path):
+    """Write-back (issue 15): after each evaluation the callback logs through the Trainer, so the TensorBoard
+    integration (``report_to="tensorboard"``) writes the measurements, every term with its standard error and the
+    verdict's index, and ``state.log_history`` keeps them; the values are the recorded run's."""
+    pytest.importorskip("tbparse")
+    from tbparse import SummaryReader
+
+    from losslens.diagnose import VERDICT_CODES, diagnose
+    from losslens.diagnose.gap import decompose_epoch
+
+    train_ds, val_ds = Tokens(160, 1), Tokens(64, 2)
+    lens = LossLens(train_data=train_ds, val_data=val_ds, run="bert", store=None, probe_size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = args(str(tmp_path / "out"), num_train_epochs=2)
+        a.report_to = ["tensorboard"]   # writes under output_dir/runs/
+        trainer = Trainer(model=tiny_bert(), args=a, train_dataset=train_ds, eval_dataset=val_ds, callbacks=[lens])
+        trainer.train()
+    run = lens.run
+    logged = [h for h in trainer.state.log_history if "gap_timing" in h]
+    assert len(logged) == len(run.epochs) == 2
+    scalars = SummaryReader(str(tmp_path / "out"), pivot=False).scalars
+    for h, ep in zip(logged, run.epochs):
+        d = decompose_epoch(ep)
+        assert h["eval_train_loss"] == pytest.approx(ep.measurements["eval_clean"].mean, rel=1e-9)
+        assert h["generalization_gap"] == pytest.approx(d.terms["generalization_gap"].value, rel=1e-9)
+        assert h["gap_timing_se"] == pytest.approx(d.terms["timing"].se, rel=1e-9)
+        at = scalars[(scalars.step == h["step"]) & scalars.tag.str.endswith("generalization_gap")]
+        assert at["value"].iloc[0] == pytest.approx(d.terms["generalization_gap"].value, rel=1e-5)
+    assert VERDICT_CODES[int(logged[-1]["verdict_code"])] == diagnose(run).verdict.code
+    # trainer_state.json keeps them, and reading it back takes them for measurements, never for losses
+    from losslens.importers import load_log
+
+    trainer.state.save_to_json(str(tmp_path / "trainer_state.json"))
+    back = load_log(tmp_path / "trainer_state.json")
+    assert back.meta["roles"]["train_loss"] == "loss" and back.meta["roles"]["val_loss"] == "eval_loss"
+    assert len(back.epochs) == 2

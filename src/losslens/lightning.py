@@ -32,7 +32,6 @@ This module imports lightning and torch; the core of losslens does not.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable
 
@@ -43,7 +42,6 @@ try:
 except ImportError:  # the standalone package
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
-from .record import LOGGED_NAMES
 from .recording.deprecations import deprecated_report, renamed_data_args
 from .recording.stopping import NoiseAwareStopper, StopDecision
 from .store import Store
@@ -75,8 +73,11 @@ class LossLens(pl.Callback):
     log_metrics : bool
         Log the end-of-epoch measurements through ``pl_module.log`` (default True), so that every logger of the
         Trainer receives them: ``eval_train_loss`` (C), ``train_mode_loss`` (T), ``eval_augmented_loss`` (A),
-        ``losslens_val_loss`` (V), loss per sample (:data:`LOGGED_NAMES`; the names of the Keras callback).
-        ``losslens diagnose`` reads them back from a ``metrics.csv`` as measurements.
+        ``losslens_val_loss`` (V), loss per sample (:data:`LOGGED_NAMES`; the names of the Keras callback), each
+        with its standard error (``_se``), each decomposition term with its standard error (``gap_timing``,
+        ``generalization_gap``, ...) and the headline verdict's index ``verdict_code``
+        (:mod:`losslens.diagnose.live`). ``losslens diagnose`` reads the measurements back from a
+        ``metrics.csv``. ``sinks=`` (:mod:`losslens.sinks`) writes the same values to trackers outside Lightning.
     **lens_kwargs
         Any other keyword of :class:`losslens.torch.LossLens` (``experiment``,
         ``probe_size``, ``probe_budget``, ``probe_seed``, ``penalty``, ``unpack``,
@@ -146,6 +147,7 @@ class LossLens(pl.Callback):
             resume = dict(self._resume, epochs=int(trainer.current_epoch))  # the epoch training restarts at
         self.lens = lens = TorchLossLens(pl_module, self.loss_fn, **self._data, optimizer=optimizer, meta=meta,
                                          resume=resume, **kwargs)
+        lens._live_wanted = self.log_metrics
         if trainer.optimizers and lens.run.meta.get("optimizer") is None:
             opt = trainer.optimizers[0]
             lens.run.meta["optimizer"] = type(opt).__name__
@@ -170,13 +172,11 @@ class LossLens(pl.Callback):
         if self.lens is None or trainer.sanity_checking:
             return
         ep = self.lens.end_epoch()
-        if self.log_metrics and ep is not None:
+        if self.log_metrics and ep is not None and self.lens.live is not None:
             # through the module's log, so every logger of the Trainer (CSV, TensorBoard, MLflow, W&B, ...) gets
-            # them, under the names the Keras callback puts in its logs
-            values = {name: float(m.mean) for kind, name in LOGGED_NAMES.items()
-                      if (m := ep.measurements.get(kind)) is not None and math.isfinite(m.mean)}
-            if values:
-                pl_module.log_dict(values, on_step=False, on_epoch=True, rank_zero_only=True)
+            # them, under the names the Keras callback puts in its logs (losslens.diagnose.live)
+            if self.lens.live.values:
+                pl_module.log_dict(self.lens.live.values, on_step=False, on_epoch=True, rank_zero_only=True)
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.lens is not None and self.lens.run.status != "finished":

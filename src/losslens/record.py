@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LOGGED_NAMES",
+    "LOGGED_TERM_NAMES",
+    "LOSSLENS_LOG_NAMES",
     "record_measurement_error",
     "Measurement",
     "Epoch",
@@ -68,6 +70,16 @@ MEASUREMENT_KINDS = (TRAIN_MODE, END_OF_EPOCH_ESTIMATE, EVAL_AUGMENTED, EVAL_CLE
 #: ``logs``, Lightning ``self.log``), so its loggers write them; the log importers read them back as measurements.
 LOGGED_NAMES = {EVAL_CLEAN: "eval_train_loss", TRAIN_MODE: "train_mode_loss", EVAL_AUGMENTED: "eval_augmented_loss",
                 VALIDATION: "losslens_val_loss"}
+
+#: Decomposition term -> the name under which the adapters and sinks log it (:mod:`losslens.diagnose.live`).
+LOGGED_TERM_NAMES = {"penalty": "gap_penalty", "timing": "gap_timing", "train_mode": "gap_train_mode",
+                     "augmentation": "gap_augmentation", "generalization_gap": "generalization_gap"}
+
+#: Every name losslens itself puts into a framework's logs (measurements, terms, their ``_se``, ``verdict_code``,
+#: ``data_loss``, ``penalty_loss``): a log importer never takes one of them for the training loop's own loss.
+LOSSLENS_LOG_NAMES = frozenset(
+    [n for n in (*LOGGED_NAMES.values(), *LOGGED_TERM_NAMES.values()) for n in (n, n + "_se")]
+    + ["verdict_code", "data_loss", "penalty_loss"])
 
 #: Human-readable description of each measurement kind (used by every report).
 MEASUREMENT_LABELS = {

@@ -73,6 +73,26 @@ def _read_state(folder: str) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and isinstance(state.get("run_id"), int) else None
 
 
+def _calling_trainer() -> Any:
+    """The ``transformers.Trainer`` whose training loop called the current callback event, or None.
+
+    Callbacks are not given the Trainer; its ``log`` is the one way to reach every ``report_to`` integration
+    (they run before user callbacks in ``on_log``, so adding to another event's ``logs`` comes too late).
+    """
+    import sys
+
+    from transformers import Trainer
+
+    frame: Any = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return None
+        if isinstance(frame.f_locals.get("self"), Trainer):
+            return frame.f_locals["self"]
+        frame = frame.f_back
+    return None
+
+
 def logits_forward(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
     """``model(**inputs).logits`` (a dict batch) or ``model(inputs).logits``: the Trainer's model call."""
     out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
@@ -100,8 +120,14 @@ class LossLens(TrainerCallback):
         Name of the run.
     store : str, os.PathLike, Store or None
         SQLite store (rank 0 alone writes it under torchrun); None keeps the run in memory.
+    log_metrics : bool
+        After each evaluation, log the measurements, each decomposition term with its standard error and the
+        headline verdict's index (the names of :mod:`losslens.diagnose.live`) through the Trainer's ``log``
+        (default True), so every ``report_to`` integration (TensorBoard, MLflow, W&B, ...) receives them and
+        ``trainer_state.json`` keeps them. The Trainer is found on the call stack at ``on_train_begin``; a loop
+        that is not a ``transformers.Trainer`` gets them in ``state.log_history`` only.
     **lens_kwargs
-        Any other keyword of :class:`losslens.torch.LossLens` (``experiment``,
+        Any other keyword of :class:`losslens.torch.LossLens` (``experiment``, ``sinks``,
         ``probe_size``, ``probe_seed``, ``eval_batch_size``, ``meta``, ...).
         ``forward`` defaults to :func:`logits_forward`; ``train_augmented``
         (augmented inputs) is accepted as in the torch adapter.
@@ -135,6 +161,8 @@ class LossLens(TrainerCallback):
         if "model" in lens_kwargs:
             raise TypeError("model: not an argument of LossLens; the Trainer's model is recorded")
         self.loss_fn = loss_fn
+        self.log_metrics = bool(lens_kwargs.pop("log_metrics", True))
+        self._trainer: Any = None
         self._probe, self._val = train_data, val_data
         self._kwargs = dict(run=run, store=store, **lens_kwargs)
         self.lens: TorchLossLens | None = None
@@ -181,6 +209,8 @@ class LossLens(TrainerCallback):
             kw["resume"] = _read_state(_checkpoint_dir(args, state.global_step))
         self.lens = TorchLossLens(model, loss_fn, probe, val, optimizer=kwargs.get("optimizer"), seed=args.seed,
                                   meta=meta, **kw)
+        self.lens._live_wanted = self.log_metrics
+        self._trainer = _calling_trainer() if self.log_metrics else None
         self._last_step = state.global_step
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
@@ -205,6 +235,12 @@ class LossLens(TrainerCallback):
         self.lens.end_epoch(mets, position=state.epoch, step_positions=np.asarray(self._positions),
                             step_spans=np.asarray(self._spans))
         self._positions, self._spans = [], []
+        live = self.lens.live
+        if self.log_metrics and live is not None and live.values:
+            if self._trainer is not None:
+                self._trainer.log(dict(live.values))   # every report_to integration, and state.log_history
+            else:
+                state.log_history.append({**live.values, "epoch": state.epoch, "step": state.global_step})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Write the recorder's state into the checkpoint folder the Trainer just saved (rank 0)."""

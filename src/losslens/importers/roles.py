@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..record import LOGGED_NAMES
+from ..record import LOSSLENS_LOG_NAMES
 from ._common import LogFormatError
 
 __all__ = ["Roles", "assign_roles", "TRAIN_LOSS_NAMES", "VAL_LOSS_NAMES", "VAL_PREFIXES", "is_lr", "is_accuracy"]
@@ -175,7 +175,7 @@ def assign_roles(names: Iterable[str], path: Any, train_loss: str | None = None,
         if want is not None and want not in names:
             raise LogFormatError(path, f"{flag} {want!r} is not in the log; available: {', '.join(names)}")
     # the losslens callbacks' own columns are its measurements, never the training loop's losses
-    own = set(LOGGED_NAMES.values()) | {"data_loss", "penalty_loss"}
+    own = LOSSLENS_LOG_NAMES
     losses = [n for n in names if "loss" in _low(n) and _low(n) not in SUMMARY_NAMES and not is_test_name(n)
               and n.split("/")[-1] not in own]
     val_c = [n for n in losses if is_val_name(n)]

@@ -11,12 +11,14 @@ import keras
 import numpy as np
 from keras import ops
 
+from ..diagnose.live import LiveValues
 from ..meta import FrameworkInfo, LossInfo, ProbeInfo, RunInfo, SplitInfo
-from ..record import EVAL_CLEAN, LOGGED_NAMES, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
+from ..record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
 from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, input_duplicates
 from ..recording.deprecations import deprecated_report, renamed_data_args
 from ..recording.probe import baseline_loss, default_eval_batch_size
 from ..recording.recorder import per_sample_check
+from ..sinks import as_sinks, write_live
 from ._data import (
     _as_numpy,
     _fit_locals,
@@ -115,6 +117,14 @@ class LossLens(keras.callbacks.Callback):
         :meth:`state_dict` of the callback of an earlier process (saved beside the model checkpoint): with
         ``fit(..., initial_epoch=k)`` the stored run continues at epoch ``k`` (later stored epochs are dropped
         and recorded again) instead of a new run starting at epoch 0.
+    sinks : object or list, optional
+        Trackers that receive each epoch's measurements, decomposition terms and headline verdict
+        (:mod:`losslens.sinks`): a TensorBoard ``SummaryWriter``, an MLflow run, a W&B run or a sink object.
+    log_metrics : bool
+        Put the same values into the epoch's ``logs`` (default True), so Keras's own callbacks (``CSVLogger``,
+        ``TensorBoard``, ``EarlyStopping``, W&B's and MLflow's Keras callbacks) receive them: the measurements
+        under :data:`losslens.record.LOGGED_NAMES`, ``data_loss`` and ``penalty_loss``, each term and standard
+        error under the names of :mod:`losslens.diagnose.live`, and ``verdict_code``. False: none of them.
 
     Attributes
     ----------
@@ -188,9 +198,15 @@ class LossLens(keras.callbacks.Callback):
         seed: int | None = None,
         check_duplicates: bool = True,
         resume: dict[str, Any] | None = None,
+        sinks: Any = None,
+        log_metrics: bool = True,
         **deprecated: Any,
     ) -> None:
         super().__init__()
+        self._sinks = as_sinks(sinks)
+        self.log_metrics = bool(log_metrics)
+        #: The values of the last epoch end (:class:`losslens.diagnose.live.LiveValues`) when sinks or logs get them.
+        self.live: LiveValues | None = None
         train_data, val_data = renamed_data_args("LossLens", deprecated, train_data=train_data, val_data=val_data)
         probe_size = check_common_args(probe_size=probe_size, probe_budget=probe_budget, probe_seed=probe_seed,
                                        eval_batch_size=eval_batch_size)
@@ -589,14 +605,14 @@ class LossLens(keras.callbacks.Callback):
         ep = Epoch(index=int(epoch), train_loss=r, penalty=omega, n_steps=len(steps), n_samples=n_samples,
                    measurements=ms, metrics=metrics, seconds=self._t_train, probe_seconds=probe_s)
         self._rec.commit(ep, steps)
-        if logs is not None and EVAL_CLEAN in ms:
-            logs[LOGGED_NAMES[EVAL_CLEAN]] = ms[EVAL_CLEAN].mean
-            if TRAIN_MODE in ms:
-                logs[LOGGED_NAMES[TRAIN_MODE]] = ms[TRAIN_MODE].mean
-            logs["data_loss"] = r
-            logs["penalty_loss"] = omega
-            if VALIDATION in ms:
-                logs[LOGGED_NAMES[VALIDATION]] = ms[VALIDATION].mean
+        to_logs = self.log_metrics and logs is not None
+        self.live = write_live(self.run, self._sinks, always=to_logs)
+        if to_logs and logs is not None:
+            if EVAL_CLEAN in ms:
+                logs["data_loss"] = r
+                logs["penalty_loss"] = omega
+            if self.live is not None:
+                logs.update(self.live.values)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._rec is None or self.run is None:

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..diagnose.live import LiveValues
 from ..meta import FrameworkInfo, LossInfo, ProbeInfo, RunInfo, SplitInfo
 from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
 from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, epoch_means, input_duplicates
 from ..recording.deprecations import deprecated_report, renamed_data_args
 from ..recording.probe import baseline_loss
 from ..recording.stopping import NoiseAwareStopper
+from ..sinks import as_sinks, write_live
 from ..store import Store
 from ._data import (
     LOSS_KINDS,
@@ -140,6 +142,11 @@ class LossLens:
         ``torch.distributed`` process group is initialised with world size > 1;
         False: never (each rank records alone); True: require an initialised
         process group (``RuntimeError`` otherwise).
+    sinks : object or list, optional
+        Trackers that receive each epoch's measurements, decomposition terms (with standard errors) and the
+        headline verdict right after the epoch is committed (:mod:`losslens.sinks`): a TensorBoard
+        ``SummaryWriter``, an MLflow run (or the ``mlflow`` module: its active run), a W&B run, or a sink object.
+        Written by rank 0 only; a failing sink warns and is dropped, training goes on.
 
     Raises
     ------
@@ -212,6 +219,7 @@ class LossLens:
         check_duplicates: bool = True,
         resume: dict[str, Any] | None = None,
         distributed: bool | None = None,
+        sinks: Any = None,
         **deprecated: Any,
     ) -> None:
         train_data, val_data, train_augmented = renamed_data_args(
@@ -221,6 +229,11 @@ class LossLens:
                                       common=check_common_args(probe_size=probe_size, probe_budget=probe_budget,
                                                                probe_seed=probe_seed,
                                                                eval_batch_size=eval_batch_size, meta=meta))
+        self._sinks = as_sinks(sinks)
+        #: The values written to the sinks at the last epoch end (:class:`losslens.diagnose.live.LiveValues`),
+        #: also computed without sinks when an adapter asks for them (``_live_wanted``) to put in its logs.
+        self.live: LiveValues | None = None
+        self._live_wanted = False
         if distributed not in (None, True, False):
             raise ValueError(f"distributed: expected None, True or False, got {distributed!r}")
         dist_ok = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -494,7 +507,10 @@ class LossLens:
                       seconds=seconds, probe_seconds=time.perf_counter() - t_probe)
         self.discard_steps()
         self._epoch += 1
-        return self._rec.commit(epoch, steps)
+        self._rec.commit(epoch, steps)
+        if self._rank == 0 and (self._sinks or self._live_wanted):
+            self.live = write_live(self.run, self._sinks, always=self._live_wanted)
+        return epoch
 
     # ---------------------------------------------------------------------------------------
     def _train_batch_size(self, n_steps: int) -> int:
