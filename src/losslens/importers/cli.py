@@ -90,7 +90,10 @@ def overview_rows(runs: list[tuple[Run, Any]]) -> list[dict[str, Any]]:
 
 
 #: Names in ``--out`` that belong to the overview, never to a run's folder.
-RESERVED = frozenset({"overview.html", "overview.json", "report.html", "report.json"})
+RESERVED = frozenset({"overview.html", "overview.json", "report.html", "report.json", "plotly.min.js"})
+
+#: The one copy of plotly.js that the pages of a multi-run ``--out`` load (instead of 4.8 MB inlined in each).
+PLOTLY_FILE = "plotly.min.js"
 
 
 def _slug(name: str, used: set[str], out_dir: str | None = None) -> str:
@@ -118,8 +121,39 @@ def _slug(name: str, used: set[str], out_dir: str | None = None) -> str:
     return s
 
 
+def _diagnose_one(job: tuple[Run, str, str | None]) -> Any:
+    """Diagnose one imported run and write its report.html/report.json in ``target`` (a process pool's task)."""
+    from ..diagnose import diagnose as run_diagnosis
+    from ..report import Report
+
+    imported, target, plotly_src = job
+    diag = run_diagnosis(imported)
+    rep = Report(diag)
+    try:
+        os.makedirs(target, exist_ok=True)
+        rep.save_html(os.path.join(target, "report.html"), plotly_src=plotly_src)
+        rep.save_json(os.path.join(target, "report.json"))
+    except OSError as exc:
+        return exc
+    return diag
+
+
+def _workers(option: int | None, n_runs: int) -> int:
+    """``--workers``: 1 for a handful of runs (a process costs more than it saves), else one per CPU."""
+    if option is not None:
+        return max(1, option)
+    return 1 if n_runs < 8 else max(1, min(os.cpu_count() or 1, n_runs // 4))
+
+
 @click.command("diagnose")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
+@click.argument("paths", nargs=-1, required=False, type=click.Path(exists=False))
+@click.option("--mlflow", "mlflow_uri", default=None, metavar="URI",
+              help="Read the runs from an MLflow tracking server (http://host:port, sqlite:///mlflow.db, ...).")
+@click.option("--experiment", default=None, metavar="NAME", help="With --mlflow: the experiment whose runs to read.")
+@click.option("--run-id", "run_ids", multiple=True, metavar="ID",
+              help="With --mlflow: a run to read (repeatable), instead of a whole experiment.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes diagnosing the runs (default: 1 for fewer than 8 runs, else one per CPU core).")
 @click.option("--log-format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Log format (default: detected from the content).")
 @click.option("--format", "out_format", type=click.Choice(OUTPUT_FORMATS + FORMATS), default="text",
@@ -136,17 +170,18 @@ def _slug(name: str, used: set[str], out_dir: str | None = None) -> str:
 @click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.html / report.json (one sub-folder per run when there are several).")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="Do not print the per-run reports.")
-def diagnose(paths: tuple[str, ...], fmt: str | None, out_format: str, fail_on: str | None, train_loss: str | None,
+def diagnose(paths: tuple[str, ...], mlflow_uri: str | None, experiment: str | None, run_ids: tuple[str, ...],
+             workers: int | None, fmt: str | None, out_format: str, fail_on: str | None, train_loss: str | None,
              val_loss: str | None, allow_pickle: bool, steps_per_epoch: float | None, out_dir: str,
              quiet: bool) -> None:
-    """Diagnose existing training logs: TensorBoard, Keras, Lightning, Hugging Face, fastai.
+    """Diagnose existing training logs: TensorBoard, Keras, Lightning, Hugging Face, fastai, MLflow.
 
-    PATHS are log files, run folders or folders of runs. The end-of-epoch
+    PATHS are log files, run folders or folders of runs; or, with --mlflow URI, the runs of an MLflow
+    experiment (--experiment NAME) or the given runs (--run-id). The end-of-epoch
     training loss is estimated from the logged losses (labelled as an
     estimate); what needs probe passes is stated as not measured, with the
     change to the training code that would measure it.
     """
-    from ..diagnose import diagnose as run_diagnosis
     from ..report import Report
     from ..report._env import OutputPathError, check_output_folder, render, write_page
     from ..report._model import fmt as fmt_num
@@ -168,8 +203,25 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, out_format: str, fail_on: 
         check_output_folder(out_dir)  # before the work, not after printing every report
     except OutputPathError as exc:
         raise click.ClickException(f"--out: {exc}") from None
+    if not paths and mlflow_uri is None:
+        raise click.UsageError("give log PATHS, or --mlflow URI with --experiment NAME or --run-id ID")
+    if mlflow_uri is None and (experiment or run_ids):
+        raise click.UsageError("--experiment and --run-id read from an MLflow server: give --mlflow URI")
     runs: list[Run] = []
     failures: list[str] = []
+    if mlflow_uri is not None:
+        from .mlflow_runs import load_mlflow
+
+        try:
+            runs.extend(load_mlflow(mlflow_uri, experiment=experiment, run_ids=list(run_ids) or None,
+                                    train_loss=train_loss, val_loss=val_loss, steps_per_epoch=steps_per_epoch,
+                                    errors=failures))
+        except LogFormatError as exc:
+            failures.append(str(exc))
+            click.echo(f"error: {exc}", err=True)
+        for f in failures:
+            if not str(f).startswith(mlflow_uri):
+                click.echo(f"error: {f}", err=True)
     for p in paths:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -200,18 +252,31 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, out_format: str, fail_on: 
     reports: list[Any] = []
     used: set[str] = set()
     links = []
-    for imported in runs:
-        diag = run_diagnosis(imported)
+    targets = [os.path.join(out_dir, _slug(r.name, used, out_dir)) if multi else out_dir for r in runs]
+    plotly_src = None
+    if multi:   # many pages, one copy of plotly.js beside them (4.8 MB each otherwise)
+        from ..report import interactive
+
+        try:
+            write_page(os.path.join(out_dir, PLOTLY_FILE), interactive.plotly_js())
+        except OutputPathError as exc:
+            raise click.ClickException(f"--out: {exc}") from None
+        plotly_src = "../" + PLOTLY_FILE
+    jobs = [(r, t, plotly_src) for r, t in zip(runs, targets)]
+    n_workers = _workers(workers, len(jobs))
+    if n_workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=n_workers) as pool:   # results in the runs' order: deterministic
+            results = list(pool.map(_diagnose_one, jobs, chunksize=max(1, len(jobs) // (8 * n_workers))))
+    else:
+        results = [_diagnose_one(j) for j in jobs]
+    for diag, target in zip(results, targets):
+        if isinstance(diag, OSError):
+            raise click.ClickException(f"--out: {diag}") from None
         run = diag.run   # the run with the diagnosis's end-of-epoch estimates
         diagnosed.append((run, diag))
         rep = Report(diag)
-        target = os.path.join(out_dir, _slug(run.name, used, out_dir)) if multi else out_dir
-        try:
-            os.makedirs(target, exist_ok=True)
-            rep.save_html(os.path.join(target, "report.html"))
-            rep.save_json(os.path.join(target, "report.json"))
-        except OSError as exc:
-            raise click.ClickException(f"--out: {exc}") from None
         links.append(os.path.relpath(os.path.join(target, "report.html"), out_dir))
         reports.append(rep)
         if text and not quiet:
@@ -243,7 +308,7 @@ def diagnose(paths: tuple[str, ...], fmt: str | None, out_format: str, fail_on: 
                                                                         [str(r["run"]) for r in rows])))
             write_page(os.path.join(out_dir, "overview.html"),
                        render("overview.html.j2", rows=list(zip(rows, links)), figure=figure,
-                              plotly_js=Markup(interactive.plotly_js())))
+                              plotly_js="", plotly_src=PLOTLY_FILE))
         except OutputPathError as exc:
             raise click.ClickException(f"--out: {exc}") from None
         if text:

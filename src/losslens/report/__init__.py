@@ -140,13 +140,17 @@ class Report:
         """Jupyter shows the report inline (the same self-contained page as :meth:`to_html`)."""
         return self.to_html()
 
-    def to_html(self) -> str:
-        """The report as one self-contained HTML document (no external resources, figures inline)."""
+    def to_html(self, plotly_src: str | None = None) -> str:
+        """The report as one self-contained HTML document (no external resources, figures inline).
+
+        ``plotly_src``: a URL (relative to the page) of plotly.js to load instead of inlining it (4.8 MB); the
+        page is then no longer self-contained. ``losslens diagnose`` uses it for many runs in one folder.
+        """
         from .html import render_html
 
-        return render_html(self)
+        return render_html(self, plotly_src=plotly_src)
 
-    def save_html(self, path: str | os.PathLike[str]) -> Path:
+    def save_html(self, path: str | os.PathLike[str], plotly_src: str | None = None) -> Path:
         """Write :meth:`to_html` to ``path`` (UTF-8) and return the path.
 
         Raises
@@ -154,7 +158,7 @@ class Report:
         OutputPathError
             If ``path`` is a folder, or its folder is missing or not writable (the message names it).
         """
-        return write_page(path, self.to_html())
+        return write_page(path, self.to_html(plotly_src=plotly_src))
 
     # -- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

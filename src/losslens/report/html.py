@@ -165,7 +165,11 @@ def _context(report: "Report") -> dict[str, Any]:
     }
 
 
-def render_html(report: "Report", refresh: float | None = None) -> str:
+def render_html(report: "Report", refresh: float | None = None, plotly_src: str | None = None) -> str:
     """The report as one self-contained HTML document (str); with ``refresh`` (seconds) the page reloads itself
-    that often (``losslens watch``)."""
-    return render("run.html.j2", refresh=refresh, **_context(report))
+    that often (``losslens watch``); with ``plotly_src`` (a relative URL) the page loads plotly.js from that file
+    instead of inlining its 4.8 MB (many reports in one folder share one copy)."""
+    ctx = _context(report)
+    if plotly_src is not None:
+        ctx["plotly_js"] = ""
+    return render("run.html.j2", refresh=refresh, plotly_src=plotly_src, **ctx)
