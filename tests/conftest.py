@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# TensorFlow is installed for Keras's TensorFlow backend (tests/test_keras_backends.py); Hugging Face transformers
+# must not load its TensorFlow models beside it (transformers 4.41 refuses Keras 3 there).
+os.environ.setdefault("USE_TF", "0")
 # Small models train faster on one thread; two threads on a 2-core CI machine shared with a
 # second process oversubscribe it (measured: 30x slower for one LSTM fit under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")

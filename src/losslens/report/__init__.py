@@ -90,6 +90,8 @@ class Report:
         """
         if not isinstance(run, Run) and isinstance(getattr(run, "run", None), Run):
             run = run.run
+        elif not isinstance(run, Run) and isinstance(getattr(getattr(run, "lens", None), "run", None), Run):
+            run = run.lens.run   # the fastai callback (fastai's Callback.run is its on/off flag)
         if not isinstance(run, Run):
             raise TypeError(f"Report.from_run(run=...) expects a losslens.record.Run or a recorder holding one, got "
                             f"{type(run).__name__}")

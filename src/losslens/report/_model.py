@@ -130,6 +130,13 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
     if isinstance(skipped, Mapping) and skipped:
         facts.append(("passes skipped", "; ".join(f"{k}: {v}" for k, v in skipped.items())))
     facts.append(("epochs", f"{len(run.epochs)} recorded, {len(run.steps)} step losses"))
+    # what the framework's backend could not give (Keras on JAX: losses and penalty per epoch, not per step)
+    if run.meta.get("keras_backend"):
+        facts.append(("Keras backend", str(run.meta["keras_backend"])))
+    for key, label in (("step_losses", "step losses"), ("penalty_measured", "penalty measured"),
+                       ("fastai_train_loss_note", "fastai train_loss")):
+        if isinstance(run.meta.get(key), str):
+            facts.append((label, run.meta[key]))
     return facts
 
 
