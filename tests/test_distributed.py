@@ -169,3 +169,93 @@ def test_distributed_true_without_a_process_group_is_an_error():
         LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), store=None, distributed="yes")
     lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), store=None)  # no process group: one process
     assert lens.run.info.framework.world_size is None
+
+
+FSDP_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from sklearn.datasets import load_digits
+    from losslens.torch import LossLens
+
+    def work(rank, world, port, out):
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(port)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        torch.set_num_threads(1)
+        X, y = load_digits(return_X_y=True)
+        X = torch.tensor(X / 16.0, dtype=torch.float32)
+        y = torch.tensor(y, dtype=torch.long)
+        Xtr, ytr, Xva, yva = X[:1000], y[:1000], X[1000:1037], y[1000:1037]   # 37 validation samples: odd
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+        mesh = init_device_mesh("cpu", (world,))
+        fully_shard(model[0], mesh=mesh)
+        fully_shard(model[4], mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        # uneven shards: 101 probe samples, eval batches of 8 (rank 0 runs 7, rank 1 runs 6) and train-mode
+        # batches of 20 (5 batches: rank 0 runs 3, rank 1 runs 2); without padding the forwards would hang
+        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), run="fsdp",
+                        store=os.path.join(out, "runs.db"), probe_size=101, eval_batch_size=8,
+                        train_batch_size=20)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(rank)
+        for epoch in range(2):
+            for _ in range(10):
+                i = torch.randint(0, 1000, (25,), generator=g)
+                model.train()
+                loss = nn.functional.cross_entropy(model(Xtr[i]), ytr[i])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                lens.step(loss, batch_size=25)
+            ep = lens.end_epoch()
+            full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+            if rank == 0:
+                torch.save(full, os.path.join(out, f"weights_epoch{epoch}.pt"))
+            np.savez(os.path.join(out, f"rank{rank}_epoch{epoch}.npz"),
+                     **{k: m.values for k, m in ep.measurements.items()})
+        lens.finish()
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        torch.multiprocessing.spawn(work, args=(2, int(sys.argv[2]), sys.argv[1]), nprocs=2, join=True)
+    """
+)
+
+
+def test_fsdp2_two_processes_with_uneven_shards_equal_one_process(tmp_path):
+    """FSDP2 (``fully_shard``) gathers parameters in every forward: with uneven shards the ranks pad their passes
+    with discarded forwards, nothing hangs, and C, T and V per sample equal one process's on the gathered
+    weights."""
+    pytest.importorskip("torch.distributed.fsdp")
+    script = tmp_path / "fsdp_worker.py"
+    script.write_text(FSDP_WORKER)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(free_port())], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    Xtr, ytr, Xva, yva = digits()
+    Xva, yva = Xva[:37], yva[:37]
+    for epoch in range(2):
+        model = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+        model.load_state_dict(torch.load(tmp_path / f"weights_epoch{epoch}.pt"))
+        ref = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None,
+                       probe_size=101, eval_batch_size=8, train_batch_size=20)
+        for _ in range(epoch + 1):   # the T pass of epoch e is seeded by e
+            model.train()
+            ref.step(torch.tensor(0.0), batch_size=25)
+            want = ref.end_epoch()
+        r0 = np.load(tmp_path / f"rank0_epoch{epoch}.npz")
+        r1 = np.load(tmp_path / f"rank1_epoch{epoch}.npz")
+        for k in ("eval_clean", "validation", "train_mode"):
+            np.testing.assert_allclose(r0[k], want.get(k).values, rtol=1e-5, atol=1e-6, err_msg=k)
+            np.testing.assert_array_equal(r0[k], r1[k])
+        assert r0["validation"].shape == (37,) and r0["train_mode"].shape == (101,)
+    with Store(tmp_path / "runs.db") as store:
+        (run,) = store.list_runs()
+        assert len(store.load_run(run["id"]).epochs) == 2

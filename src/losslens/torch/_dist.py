@@ -44,7 +44,21 @@ from ..recording.probe import baseline_loss
 if TYPE_CHECKING:
     from ._lens import LossLens
 
-__all__ = ["gather_steps", "measure_distributed", "broadcast_decision"]
+__all__ = ["gather_steps", "measure_distributed", "broadcast_decision", "is_sharded"]
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True when ``model`` (or a submodule) is sharded by FSDP2 (``torch.distributed.fsdp.fully_shard``) or wrapped
+    by FSDP1: its forward runs collectives, so every rank must run as many forward passes as the others."""
+    kinds: list[type] = []
+    for path, name in (("torch.distributed.fsdp", "FSDPModule"), ("torch.distributed._composable.fsdp", "FSDPModule"),
+                       ("torch.distributed.fsdp", "FullyShardedDataParallel")):
+        try:
+            mod = __import__(path, fromlist=[name])
+            kinds.append(getattr(mod, name))
+        except (ImportError, AttributeError):
+            continue
+    return bool(kinds) and any(isinstance(m, tuple(kinds)) for m in model.modules())
 
 
 def gather_steps(losses: np.ndarray, pens: np.ndarray, bs: np.ndarray, seconds: float, sized: bool,
@@ -84,12 +98,15 @@ def measure_distributed(lens: "LossLens", epoch_seconds: float, b_train: int) ->
         prot.sync_buffers(0)
         if lens._val is not None:
             pos = np.arange(len(lens._val))[r::w]
-            local[VALIDATION] = (pos, lens._eval_pass(lens._val, pos, collect_targets=False)[0])
+            # pad: the largest shard (rank 0's) in forward passes, for a sharded model (FSDP)
+            local[VALIDATION] = (pos, lens._eval_pass(lens._val, pos, collect_targets=False,
+                                                      pad=(len(range(0, len(lens._val), w)), 0))[0])
         if lens._probes_on:
             idx = lens._probe_indices(epoch_seconds, b_train, prot)
             pos = np.arange(len(idx))[r::w]
             want_t = meta.get("baseline_loss") is None
-            clean, targets = lens._eval_pass(lens._probe, idx[pos], collect_targets=want_t)
+            clean, targets = lens._eval_pass(lens._probe, idx[pos], collect_targets=want_t,
+                                             pad=(len(range(0, len(idx), w)), int(idx[0])))
             local[EVAL_CLEAN] = (pos, clean)
             if want_t and targets is not None:
                 local["targets"] = (pos, targets.detach().cpu().numpy())

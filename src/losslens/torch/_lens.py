@@ -38,7 +38,7 @@ from ._data import (
     train_mode_layers,
     weight_decay_of,
 )
-from ._dist import broadcast_decision, gather_steps, measure_distributed
+from ._dist import broadcast_decision, gather_steps, is_sharded, measure_distributed
 from ._guard import Protect
 from ._passes import Passes
 
@@ -250,6 +250,8 @@ class LossLens:
         self.loss_fn = loss_fn
         self._fw = Passes(model, loss_fn, unpack or default_unpack, forward or default_forward,
                           int(eval_batch_size) if eval_batch_size is not None else None)
+        # FSDP (fully_shard) gathers parameters inside every forward: the ranks' passes must match in number
+        self._fw.pad_forwards = self._dist and is_sharded(model)
         self._probe = Source(train_data, "train_data") if train_data is not None else None
         self._train = Source(train_augmented, "train_augmented") if train_augmented is not None else None
         self._val = Source(val_data, "val_data") if val_data is not None else None
@@ -557,8 +559,9 @@ class LossLens:
         if self._fw.check is not None and self.run.meta.get("per_sample_loss_check") is None:
             self.run.meta["per_sample_loss_check"] = self._fw.check
 
-    def _eval_pass(self, src: Source | None, indices: np.ndarray, collect_targets: bool) -> tuple[np.ndarray, Any]:
-        return self._fw.eval(src, indices, collect_targets)
+    def _eval_pass(self, src: Source | None, indices: np.ndarray, collect_targets: bool,
+                   pad: tuple[int, int] | None = None) -> tuple[np.ndarray, Any]:
+        return self._fw.eval(src, indices, collect_targets, pad if self._fw.pad_forwards else None)
 
     def _train_mode_pass(self, indices: np.ndarray, b_train: int, prot: Protect,
                          shard: tuple[int, int] | None = None) -> tuple[Any, ...]:

@@ -56,6 +56,8 @@ class Passes:
         self.train_bs = 32          # the training batch size, set by the recorder before the first pass
         self.check: dict[str, Any] | None = None
         self.train_flags: list[bool] | None = None
+        #: Under torch.distributed with a sharded model (FSDP): every rank runs the same number of forward passes.
+        self.pad_forwards = False
         self._warned_fallback = False
 
     @property
@@ -122,14 +124,21 @@ class Passes:
         self.check = per_sample_check(float(vals.double().mean()), ref, what=loss_name(self.loss_fn),
                                       method=self.method)
 
-    def eval(self, src: Source | None, indices: np.ndarray, collect_targets: bool) -> tuple[np.ndarray, Any]:
-        """Eval mode, large batches; per-sample losses (float32, in ``indices`` order) and the targets if asked."""
+    def eval(self, src: Source | None, indices: np.ndarray, collect_targets: bool,
+             pad: tuple[int, int] | None = None) -> tuple[np.ndarray, Any]:
+        """Eval mode, large batches; per-sample losses (float32, in ``indices`` order) and the targets if asked.
+
+        ``pad=(samples, index)``: run as many forward passes as ``samples`` samples need (the largest shard of the
+        ranks), the missing ones on sample ``index`` with their outputs discarded: a sharded model
+        (FSDP) gathers its parameters in every forward, so every rank must run the same number.
+        """
         assert src is not None
         self.model.eval()
         device = self.device
         parts: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
         i = 0
+        batches = 0
         while i < len(indices):
             if self.eval_bs is None:
                 self.eval_bs = self.default_eval_batch_size(self.unpack(src.batch(indices[:1]))[0])
@@ -140,9 +149,34 @@ class Passes:
             if collect_targets and isinstance(target, torch.Tensor):
                 targets.append(target.detach())
             i += len(chunk)
+            batches += 1
+        if pad is not None and pad[0] > 0:
+            filler = np.array([pad[1]])
+            if self.eval_bs is None:
+                self.eval_bs = self.default_eval_batch_size(self.unpack(src.batch(filler))[0])
+            self._pad_forwards(src, filler, -(-pad[0] // self.eval_bs) - batches, [None])
         vals = torch.cat(parts).cpu().numpy().astype(np.float32) if parts else np.zeros(0, np.float32)
         tg = torch.cat(targets).cpu() if collect_targets and targets else None
         return vals, tg
+
+    def _pad_forwards(self, src: Source, filler: np.ndarray, count: int, modes: list[Any],
+                      prot: Protect | None = None) -> None:
+        """``count`` forward passes on the samples ``filler``, one per mode (train flags, or None for eval mode),
+        outputs discarded: the collectives of a sharded model's forward, matched across ranks."""
+        if count <= 0 or not len(filler):
+            return
+        inputs, _ = self.unpack(src.batch(filler))
+        inputs = to_device(inputs, self.device)
+        for _ in range(count):
+            for flags in modes:
+                if flags is None:
+                    self.model.eval()
+                else:
+                    assert prot is not None
+                    prot.apply_train_flags(flags)
+                self.forward(self.model, inputs)
+                if flags is not None and prot is not None:
+                    prot.restore_buffers()
 
     def train_mode(self, src: Source, indices: np.ndarray, b_train: int, prot: Protect, run_t: bool, run_a: bool,
                    shard: tuple[int, int] | None = None) -> tuple[Any, ...]:
@@ -181,6 +215,10 @@ class Passes:
             if run_a:
                 self.model.eval()
                 a_parts.append(self.per_sample(self.forward(self.model, inputs), target))
+        if shard is not None and self.pad_forwards:   # every rank runs as many batches as rank 0 (FSDP)
+            filler = indices[:min(n, b_train)]
+            modes: list[Any] = ([self.train_flags] if run_t else []) + ([None] if run_a else [])
+            self._pad_forwards(src, filler, -(-len(starts) // shard[1]) - len(numbered), modes, prot)
         self.model.eval()
         prot.restore_buffers()
         t_vals = torch.cat(t_parts).cpu().numpy().astype(np.float32) if t_parts else None
