@@ -265,9 +265,12 @@ def diagnose(paths: tuple[str, ...], mlflow_uri: str | None, experiment: str | N
     jobs = [(r, t, plotly_src) for r, t in zip(runs, targets)]
     n_workers = _workers(workers, len(jobs))
     if n_workers > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:   # results in the runs' order: deterministic
+        # spawned, not forked: a fork of a process holding threads (BLAS, OpenMP, the fetch pool) can deadlock
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            # results in the runs' order: deterministic
             results = list(pool.map(_diagnose_one, jobs, chunksize=max(1, len(jobs) // (8 * n_workers))))
     else:
         results = [_diagnose_one(j) for j in jobs]
