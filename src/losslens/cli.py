@@ -43,7 +43,7 @@ _SHORT_HELP = {
     "audit": "Audit a train/validation split: exact and near duplicates, group leaks, label and input shift.",
     "compare": "Compare experiments (or runs) A and B: differences B − A with confidence intervals.",
     "demo": "Train a small dropout network with augmentation on scikit-learn's digits, record it, diagnose it.",
-    "diagnose": "Diagnose existing training logs: TensorBoard, Keras, Lightning, Hugging Face, fastai.",
+    "diagnose": "Diagnose existing training logs: TensorBoard, Keras, Lightning, Hugging Face, fastai, MLflow.",
     "merge": "Copy every run of the SOURCES stores into DEST (created if missing).",
     "report": "Rebuild the report of a stored run.",
     "runs": "List the runs in a store: id, name, experiment, status, epochs, last validation loss.",
