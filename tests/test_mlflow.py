@@ -20,6 +20,7 @@ mlflow = pytest.importorskip("mlflow")
 from click.testing import CliRunner  # noqa: E402
 
 from losslens.cli import main  # noqa: E402
+from test_cli_scripting import _runner  # noqa: E402  (stdout apart from stderr on every click)
 from losslens.importers import LogFormatError  # noqa: E402
 from losslens.importers.mlflow_runs import load_mlflow  # noqa: E402
 
@@ -171,8 +172,8 @@ def test_cli_diagnoses_an_experiment_in_a_process_pool_with_an_overview(experime
         b = json.loads((out2 / name / "report.json").read_text())
         assert a["findings"] == b["findings"] and a["verdict"] == b["verdict"]
     # chosen runs only
-    res = CliRunner().invoke(main, ["diagnose", "--mlflow", uri, "--run-id", ids["improving"], "--out",
-                                    str(tmp_path / "single"), "--format", "json"])
+    res = _runner().invoke(main, ["diagnose", "--mlflow", uri, "--run-id", ids["improving"], "--out",
+                                  str(tmp_path / "single"), "--format", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["verdict"]["code"] == "still_improving"
 
