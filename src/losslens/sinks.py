@@ -70,11 +70,19 @@ class MLflowSink:
     tracking_uri : str, optional
         For a ``run_id`` on another tracking server than the current one (``mlflow.get_tracking_uri()``).
     prefix : str
+
+    Raises
+    ------
+    ImportError
+        Without the mlflow package.
     """
 
     def __init__(self, run_id: str | None = None, tracking_uri: str | None = None, prefix: str = PREFIX) -> None:
-        import mlflow
-        from mlflow.tracking import MlflowClient
+        try:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+        except ImportError as exc:
+            raise ImportError("MLflowSink needs the mlflow package (pip install 'losslens[mlflow]')") from exc
 
         self.run_id, self.prefix = run_id, prefix
         self._mlflow = mlflow
