@@ -212,16 +212,16 @@ def diagnose(paths: tuple[str, ...], mlflow_uri: str | None, experiment: str | N
     if mlflow_uri is not None:
         from .mlflow_runs import load_mlflow
 
+        errors: list[str] = []   # runs that cannot be imported are named, the others go on
         try:
             runs.extend(load_mlflow(mlflow_uri, experiment=experiment, run_ids=list(run_ids) or None,
                                     train_loss=train_loss, val_loss=val_loss, steps_per_epoch=steps_per_epoch,
-                                    errors=failures))
-        except LogFormatError as exc:
-            failures.append(str(exc))
-            click.echo(f"error: {exc}", err=True)
-        for f in failures:
-            if not str(f).startswith(mlflow_uri):
-                click.echo(f"error: {f}", err=True)
+                                    errors=errors))
+        except LogFormatError as exc:   # the server, the experiment or a run id: nothing to import
+            errors.append(str(exc))
+        for f in errors:
+            click.echo(f"error: {f}", err=True)
+        failures.extend(errors)
     for p in paths:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
