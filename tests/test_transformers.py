@@ -342,3 +342,23 @@ def test_report_to_integrations_receive_the_decomposition_and_the_verdict(tmp_pa
     back = load_log(tmp_path / "trainer_state.json")
     assert back.meta["roles"]["train_loss"] == "loss" and back.meta["roles"]["val_loss"] == "eval_loss"
     assert len(back.epochs) == 2
+
+
+def test_an_integration_failing_on_the_logged_measurements_never_stops_training(tmp_path):
+    """A ``report_to``-like callback that raises on losslens's values: one warning, the values go to
+    ``state.log_history`` instead, and the Trainer trains every epoch."""
+    from transformers import TrainerCallback
+
+    class Exploding(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "gap_timing" in logs:
+                raise ValueError("tracker rejected the metric")
+
+    train_ds, val_ds = Tokens(96, 1), Tokens(32, 2)
+    lens = LossLens(train_data=train_ds, val_data=val_ds, run="bert", store=None, probe_size=32)
+    with pytest.warns(RuntimeWarning, match="tracker rejected the metric"):
+        trainer = Trainer(model=tiny_bert(), args=args(str(tmp_path / "out"), num_train_epochs=2),
+                          train_dataset=train_ds, eval_dataset=val_ds, callbacks=[lens, Exploding()])
+        trainer.train()
+    assert len(lens.run.epochs) == 2
+    assert sum("gap_timing" in h for h in trainer.state.log_history) == 2

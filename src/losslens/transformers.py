@@ -238,7 +238,18 @@ class LossLens(TrainerCallback):
         live = self.lens.live
         if self.log_metrics and live is not None and live.values:
             if self._trainer is not None:
-                self._trainer.log(dict(live.values))   # every report_to integration, and state.log_history
+                try:   # every report_to integration, and state.log_history
+                    self._trainer.log(dict(live.values))
+                except Exception as exc:   # an integration failing on our values never stops training
+                    self._trainer = None
+                    import warnings
+
+                    warnings.warn(f"LossLens: logging the measurements through the Trainer failed "
+                                  f"({type(exc).__name__}: {exc}); they go to state.log_history only from now on",
+                                  RuntimeWarning, stacklevel=2)
+                    last = state.log_history[-1] if state.log_history else {}
+                    if not all(last.get(k) == v for k, v in live.values.items()):   # Trainer.log appends first
+                        state.log_history.append({**live.values, "epoch": state.epoch, "step": state.global_step})
             else:
                 state.log_history.append({**live.values, "epoch": state.epoch, "step": state.global_step})
 
