@@ -216,12 +216,44 @@ def transformers_harness(record: bool, store: Any, crash_after: int | None = Non
                    lens.lens.probe_indices if lens and lens.lens else None)
 
 
+def fastai_harness(record: bool, store: Any, crash_after: int | None = None, epochs: int = 3) -> Outcome:
+    import torch
+    from fastai.basics import SGD, CrossEntropyLossFlat, DataLoaders, Learner, set_seed
+    from fastai.callback.core import Callback
+    from torch import nn
+
+    from losslens.fastai import LossLens
+
+    Xtr, ytr, Xva, yva = (torch.tensor(a) for a in _digits())
+    set_seed(0)
+    dls = DataLoaders.from_dsets(torch.utils.data.TensorDataset(Xtr, ytr), torch.utils.data.TensorDataset(Xva, yva),
+                                 bs=50, device="cpu")
+    model = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+    lens = LossLens(run="conf", store=store, probe_size=250) if record else None
+
+    class Stop(Callback):
+        def before_epoch(self):
+            if crash_after is not None and self.learn.epoch == crash_after:
+                raise Crash(self.learn.epoch)
+
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=SGD, lr=0.1,
+                    cbs=([lens] if lens else []) + [Stop()])
+    try:
+        with learn.no_logging():
+            learn.fit(epochs)
+    except Crash:
+        pass
+    return Outcome(_torch_params(model), _rng_state(), lens.lens.run if lens and lens.lens else None, store,
+                   lens.lens.probe_indices if lens and lens.lens else None, modes_restored=model.training)
+
+
 HARNESSES: dict[str, tuple[str, Callable[..., Outcome]]] = {
     # name: (module that must be importable, harness)
     "torch": ("torch", torch_harness),
     "keras": ("keras", keras_harness),
     "lightning": ("lightning", lightning_harness),
     "transformers": ("transformers", transformers_harness),
+    "fastai": ("fastai", fastai_harness),
 }
 
 
