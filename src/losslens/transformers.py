@@ -240,6 +240,7 @@ class LossLens(TrainerCallback):
             if self._trainer is not None:
                 try:   # every report_to integration, and state.log_history
                     self._trainer.log(dict(live.values))
+                    return
                 except Exception as exc:   # an integration failing on our values never stops training
                     self._trainer = None
                     import warnings
@@ -247,10 +248,8 @@ class LossLens(TrainerCallback):
                     warnings.warn(f"LossLens: logging the measurements through the Trainer failed "
                                   f"({type(exc).__name__}: {exc}); they go to state.log_history only from now on",
                                   RuntimeWarning, stacklevel=2)
-                    last = state.log_history[-1] if state.log_history else {}
-                    if not all(last.get(k) == v for k, v in live.values.items()):   # Trainer.log appends first
-                        state.log_history.append({**live.values, "epoch": state.epoch, "step": state.global_step})
-            else:
+            last = state.log_history[-1] if state.log_history else {}
+            if not all(last.get(k) == v for k, v in live.values.items()):   # a failed Trainer.log appended first
                 state.log_history.append({**live.values, "epoch": state.epoch, "step": state.global_step})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -169,7 +169,4 @@ def render_html(report: "Report", refresh: float | None = None, plotly_src: str 
     """The report as one self-contained HTML document (str); with ``refresh`` (seconds) the page reloads itself
     that often (``losslens watch``); with ``plotly_src`` (a relative URL) the page loads plotly.js from that file
     instead of inlining its 4.8 MB (many reports in one folder share one copy)."""
-    ctx = _context(report)
-    if plotly_src is not None:
-        ctx["plotly_js"] = ""
-    return render("run.html.j2", refresh=refresh, plotly_src=plotly_src, **ctx)
+    return render("run.html.j2", refresh=refresh, plotly_src=plotly_src, **_context(report))
