@@ -343,3 +343,28 @@ def test_a_damaged_store_still_shows_what_is_readable(tmp_path):
     assert res.exit_code == 0, res.output
     assert "still readable" in res.output
     assert "recording.damaged_log" in (tmp_path / "r.json").read_text()
+
+
+def test_a_version_2_store_gains_weights_and_reads_read_only(tmp_path):
+    """Schema 3 adds the per-sample weights (token counts); a version-2 file opened read-only still reads, one
+    opened for writing is migrated, and weighted measurements keep their weights through the store."""
+    path = tmp_path / "v2.db"
+    with Store(path) as st:
+        old = st.save_run(Run("old", epochs=[Epoch(0, 1.0, measurements={
+            VALIDATION: Measurement.from_values(VALIDATION, [1.0, 2.0])})]))
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE measurements DROP COLUMN weights")   # as version 2 wrote it
+    con.execute("UPDATE losslens_info SET value='2' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    with Store(path, read_only=True) as st:
+        m = st.load_run(old).epochs[0].measurements[VALIDATION]
+    assert m.mean == pytest.approx(1.5) and m.weights is None
+    with Store(path) as st:
+        ep = Epoch(0, 1.0, measurements={VALIDATION: Measurement.from_values(VALIDATION, [1.0, 3.0, 2.0],
+                                                                             weights=[1, 3, 0])})
+        rid = st.save_run(Run("lm", epochs=[ep]))
+    with Store(path, read_only=True) as st:
+        m = st.load_run(rid).epochs[0].measurements[VALIDATION]
+    assert m.mean == pytest.approx((1.0 + 9.0) / 4)
+    assert m.weights is not None and m.weights.tolist() == [1.0, 3.0, 0.0]

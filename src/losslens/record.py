@@ -155,6 +155,11 @@ class Measurement:
     source : str
         ``"measured"`` (by an adapter), ``"imported"`` (read from a log) or
         ``"estimated"`` (inferred, e.g. from the within-epoch trend).
+    weights : numpy.ndarray or None
+        Weight of each sample in ``mean``, shape ``(n,)``, float32: for language models the number of tokens
+        the loss counts in the sample (labels other than ``-100``), so that ``mean`` is the loss per token as the
+        Hugging Face models compute it, and ``values`` are each sample's mean over its own tokens. None: every
+        sample weighs 1.
     """
 
     kind: str
@@ -163,9 +168,10 @@ class Measurement:
     n: int = 0
     values: np.ndarray | None = None
     source: str = "measured"
+    weights: np.ndarray | None = None
 
     @classmethod
-    def from_values(cls, kind: str, values: Any, source: str = "measured") -> "Measurement":
+    def from_values(cls, kind: str, values: Any, source: str = "measured", weights: Any = None) -> "Measurement":
         """Build a measurement from per-sample losses.
 
         Parameters
@@ -176,11 +182,17 @@ class Measurement:
             Per-sample losses; stored as float32, the mean and standard error
             are accumulated in float64. Non-finite values are kept, and make the
             mean non-finite (divergence is recorded, never hidden).
+        weights : array-like, shape (n,), optional
+            Non-negative weight of each sample (token counts). ``mean`` is then the weighted mean
+            ``Σ w·v / Σ w`` and ``sem`` the linearised standard error of that ratio estimator,
+            ``sqrt(n/(n-1) · Σ w²(v − mean)²) / Σ w`` (Cochran, *Sampling Techniques*, 3rd ed., 1977, §6.4).
+            A sample of weight 0 (no counted token) does not enter the mean, whatever its value.
 
         Raises
         ------
         ValueError
-            If ``kind`` is unknown or ``values`` is not one-dimensional.
+            If ``kind`` is unknown, ``values`` is not one-dimensional, or ``weights`` is not a non-negative
+            array of the same shape.
         """
         if kind not in MEASUREMENT_KINDS:
             raise ValueError(f"unknown measurement kind {kind!r}; expected one of {MEASUREMENT_KINDS}")
@@ -188,11 +200,42 @@ class Measurement:
         if v.ndim != 1:
             raise ValueError(f"per-sample losses for {kind!r} must be 1-D, got shape {v.shape}")
         n = int(v.size)
-        v64 = v.astype(np.float64)
+        w = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float32)
+            if w.shape != v.shape or not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError(f"weights for {kind!r}: expected {n} finite non-negative numbers, "
+                                 f"got shape {w.shape}")
+        m = cls(kind=kind, mean=math.nan, n=n, values=v, source=source, weights=w)
+        lin = m.linearized()
+        assert lin is not None
         with np.errstate(invalid="ignore", over="ignore"):
-            mean = float(v64.mean()) if n else math.nan
-            sem = float(v64.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-        return cls(kind=kind, mean=mean, sem=sem, n=n, values=v, source=source)
+            m.mean = float(lin.mean()) if n else math.nan
+            m.sem = float(lin.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        return m
+
+    def linearized(self) -> np.ndarray | None:
+        """Per-sample values whose plain mean, standard error, paired differences and per-sample slopes are those
+        of the (weighted) mean: float64, shape ``(n,)``, or None without per-sample values.
+
+        Without weights these are ``values``. With weights they are ``r + w_i (v_i − r) / w̄`` with ``r`` the
+        weighted mean and ``w̄`` the mean weight: the linearisation (influence values) of the ratio estimator
+        (Cochran 1977, §6.4), so every paired statistic computed on plain per-sample losses holds for
+        token-weighted ones unchanged.
+        """
+        if self.values is None:
+            return None
+        v = self.values.astype(np.float64)
+        if self.weights is None:
+            return v
+        w = self.weights.astype(np.float64)
+        wbar = float(w.mean()) if w.size else 0.0
+        if wbar <= 0:
+            return np.full(v.shape, math.nan)
+        vz = np.where(w > 0, v, 0.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            r = float((w * vz).sum() / w.sum())
+            return r + w * (vz - r) / wbar
 
 
 @dataclass
@@ -448,6 +491,8 @@ class Run:
                 d = {"mean": num(m.mean), "sem": num(m.sem), "n": m.n, "source": m.source}
                 if per_sample and m.values is not None:
                     d["values"] = [num(float(v)) for v in m.values]
+                    if m.weights is not None:
+                        d["weights"] = [float(w) for w in m.weights]
                 ms[k] = d
             epochs.append(
                 {
@@ -514,6 +559,13 @@ def to_jsonable(x: Any, fallback: Any = None) -> Any:
 
 
 _jsonable = to_jsonable  # the name used inside the package
+
+
+def loss_unit(run: "Run") -> str:
+    """``"loss per token"`` for a run measured with token-weighted per-sample losses (language models, see
+    :attr:`Measurement.weights`), else ``"loss per sample"``: the unit every mean of the run is in."""
+    weighted = any(m.weights is not None for e in run.epochs for m in e.measurements.values())
+    return "loss per token" if weighted or run.info.loss.per_sample_method == "token-weighted" else "loss per sample"
 
 
 def record_measurement_error(run: "Run", epoch: int, exc: BaseException) -> None:

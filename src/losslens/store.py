@@ -38,7 +38,8 @@ __all__ = ["Store", "StoreError", "SCHEMA_VERSION"]
 #: a version-1 store when it is opened.
 F = TypeVar("F", bound=Callable[..., Any])
 
-SCHEMA_VERSION = 2
+#: Version 3: ``measurements.weights``, the per-sample weights (token counts) of weighted measurements.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS losslens_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     n INTEGER NOT NULL,
     source TEXT NOT NULL,
     per_sample BLOB,
+    weights BLOB,
     PRIMARY KEY (run_id, epoch, kind)
 );
 CREATE TABLE IF NOT EXISTS steps (
@@ -245,6 +247,8 @@ class Store:
         if version < 2:
             self._conn.execute("UPDATE measurements SET kind='end_of_epoch_estimate' "
                                "WHERE kind='train_mode' AND source='estimated'")
+        if version < 3 and self._weights_col() == "NULL":
+            self._conn.execute("ALTER TABLE measurements ADD COLUMN weights BLOB")
         self._conn.execute("UPDATE losslens_info SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _tx(self) -> "_Transaction":
@@ -309,10 +313,11 @@ class Store:
         c.execute("DELETE FROM measurements WHERE run_id=? AND epoch=?", (run_id, epoch.index))
         for m in epoch.measurements.values():
             blob = None if m.values is None else np.asarray(m.values, dtype="<f4").tobytes()
+            wblob = None if m.weights is None else np.asarray(m.weights, dtype="<f4").tobytes()
             c.execute(
-                "INSERT INTO measurements(run_id, epoch, kind, mean, sem, n, source, per_sample)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (run_id, epoch.index, m.kind, m.mean, m.sem, int(m.n), m.source, blob),
+                "INSERT INTO measurements(run_id, epoch, kind, mean, sem, n, source, per_sample, weights)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (run_id, epoch.index, m.kind, m.mean, m.sem, int(m.n), m.source, blob, wblob),
             )
         if steps is not None and len(steps):
             c.execute("DELETE FROM steps WHERE run_id=? AND epoch=?", (run_id, epoch.index))
@@ -493,8 +498,8 @@ class Store:
             return out
 
         measurements: dict[int, dict[str, Measurement]] = {}
-        for row in rows("measurements", "SELECT epoch, kind, mean, sem, n, source, per_sample FROM measurements "
-                                         "WHERE run_id=? ORDER BY epoch"):
+        for row in rows("measurements", f"SELECT epoch, kind, mean, sem, n, source, per_sample, {self._weights_col()} "
+                                         "FROM measurements WHERE run_id=? ORDER BY epoch"):
             try:
                 m = self._measurement(row)
                 measurements.setdefault(int(row[0]), {})[m.kind] = m
@@ -519,13 +524,21 @@ class Store:
         return Run(name=name, epochs=epochs, steps=Steps.concat(parts), meta=meta, id=run_id, status=status,
                    experiment=experiment)
 
+    def _weights_col(self) -> str:
+        """``weights``, or ``NULL`` in a store older than schema 3 opened read-only (not migrated)."""
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(measurements)")}
+        return "weights" if "weights" in cols else "NULL"
+
     @staticmethod
     def _measurement(row: tuple) -> Measurement:
-        _, kind, mean, sem, n, source, blob = row
+        _, kind, mean, sem, n, source, blob, wblob = row
         values = None if blob is None else np.frombuffer(blob, dtype="<f4").astype(np.float32)
+        weights = None if wblob is None else np.frombuffer(wblob, dtype="<f4").astype(np.float32)
+        if weights is not None and (values is None or weights.shape != values.shape):
+            raise ValueError(f"the weights of measurement {kind!r} do not match its per-sample losses")
         if kind == "train_mode" and source == "estimated":   # schema 1, opened read-only (not migrated)
             kind = "end_of_epoch_estimate"
-        return Measurement(kind, _real(mean), _real(sem), int(n), values, source)
+        return Measurement(kind, _real(mean), _real(sem), int(n), values, source, weights)
 
     @staticmethod
     def _epoch(row: tuple, measurements: dict[int, dict[str, Measurement]]) -> Epoch:
@@ -541,7 +554,8 @@ class Store:
         ).fetchone()
         measurements: dict[int, dict[str, Measurement]] = {}
         for row in self._conn.execute(
-            "SELECT epoch, kind, mean, sem, n, source, per_sample FROM measurements WHERE run_id=? ORDER BY epoch",
+            f"SELECT epoch, kind, mean, sem, n, source, per_sample, {self._weights_col()} FROM measurements "
+            "WHERE run_id=? ORDER BY epoch",
             (run_id,),
         ):
             m = self._measurement(row)

@@ -31,8 +31,9 @@ def epoch_diff_se(a: Measurement, b: Measurement, sigma: float) -> float:
     otherwise from the two standard errors when known; plus the model's
     epoch-to-epoch scatter for two epochs (``2σ²``), in quadrature.
     """
-    if a.values is not None and b.values is not None and a.values.size == b.values.size and a.values.size > 1:
-        d = a.values.astype(np.float64) - b.values.astype(np.float64)
+    la, lb = a.linearized(), b.linearized()
+    if la is not None and lb is not None and la.size == lb.size and la.size > 1:
+        d = la - lb
         d = d[np.isfinite(d)]
         sampling = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else 0.0
     elif math.isfinite(a.sem) and math.isfinite(b.sem):
@@ -70,9 +71,9 @@ def trend(positions: np.ndarray, ms: list[Measurement], sigma: float) -> tuple[f
     sxx = float((xc ** 2).sum())
     slope = float((xc * (y - y.mean())).sum() / sxx)
     parts = [sigma / math.sqrt(sxx)]
-    vals = [m.values for m in ms]
+    vals = [m.linearized() for m in ms]   # token-weighted measurements: their linearisation
     if all(v is not None for v in vals) and len({v.size for v in vals}) == 1 and vals[0].size > 1:
-        mat = np.vstack([v.astype(np.float64) for v in vals])  # (k, n)
+        mat = np.vstack(vals)  # (k, n)
         ok = np.all(np.isfinite(mat), axis=0)
         mat = mat[:, ok]
         if mat.shape[1] > 1:

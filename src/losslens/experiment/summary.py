@@ -113,8 +113,9 @@ def summarize_run(run: Run, at: str = "last", label: str | None = None) -> RunSu
         if g is not None:
             s.gap, s.gap_se = float(g.value), float(g.se)
         s.samples.update(_per_sample_parts(run, next(e for e in run.epochs if e.index == d.epoch)))
-    if best is not None and best[1].values is not None:
-        s.samples["best_val"] = [(1.0, _set_key(run, "val", best[1].values.size), best[1].values.astype(np.float64))]
+    best_lin = best[1].linearized() if best is not None else None
+    if best is not None and best_lin is not None:
+        s.samples["best_val"] = [(1.0, _set_key(run, "val", best_lin.size), best_lin)]
     diag = diagnose(run)
     s.codes = diag.codes()
     s.regime = next((c for c in s.codes if c.startswith("regime.")), None)
@@ -135,20 +136,21 @@ def _per_sample_parts(run: Run, e: Any) -> dict[str, list[tuple[float, str, np.n
     out: dict[str, list[tuple[float, str, np.ndarray]]] = {}
     c, v = e.get(EVAL_CLEAN), e.get(VALIDATION)
     a, t = e.get(EVAL_AUGMENTED), e.get(TRAIN_MODE)
-    if c is None or c.values is None:
+    cv = c.linearized() if c is not None else None   # token-weighted losses: their linearisation
+    if cv is None:
         return out
-    f64 = np.float64
-    cv = c.values.astype(f64)
-    av = a.values.astype(f64) if a is not None and a.values is not None and a.values.size == cv.size else cv
-    tv = t.values.astype(f64) if t is not None and t.values is not None and t.values.size == cv.size else av
+    al = a.linearized() if a is not None else None
+    tl = t.linearized() if t is not None else None
+    av = al if al is not None and al.size == cv.size else cv
+    tv = tl if tl is not None and tl.size == cv.size else av
     pk = _set_key(run, "probe", cv.size)
     out["timing"] = [(-1.0, pk, tv)]
     if tv is not av:
         out["train_mode"] = [(1.0, pk, tv - av)]
     if av is not cv:
         out["augmentation"] = [(1.0, pk, av - cv)]
-    if v is not None and v.values is not None:
-        vk = _set_key(run, "val", v.values.size)
-        vv = v.values.astype(f64)
+    vv = v.linearized() if v is not None else None
+    if vv is not None:
+        vk = _set_key(run, "val", vv.size)
         out["generalization_gap"] = [(-1.0, pk, cv), (1.0, vk, vv)]
     return out

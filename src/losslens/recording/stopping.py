@@ -266,7 +266,7 @@ class NoiseAwareStopper:
         for e in run.epochs[len(self.epochs):]:
             if monitor == "validation":
                 m = e.measurements.get("validation")
-                self.update(e.index, m.mean if m is not None else math.nan, m.values if m is not None else None)
+                self.update(e.index, m.mean if m is not None else math.nan, m.linearized() if m is not None else None)
             else:
                 self.update(e.index, float(e.metrics.get(monitor, math.nan)))
         d = self.decision
