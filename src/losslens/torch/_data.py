@@ -11,9 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..record import Measurement
+
 __all__ = ["default_unpack", "default_forward", "per_sample_loss_fn", "Source", "batch_len", "loss_name",
            "check_torch_args", "train_mode_layers", "weight_decay_of",
-           "LOSS_KINDS", "TARGET_KEYS", "stack_cpu", "to_device", "slice_batch", "input_bytes"]
+           "LOSS_KINDS", "TARGET_KEYS", "as_measurement", "stack_cpu", "to_device", "slice_batch", "input_bytes"]
 
 #: Keys tried, in order, for the target of a dict item by :func:`default_unpack`.
 TARGET_KEYS = ("labels", "label", "target", "y")
@@ -226,14 +228,26 @@ def per_sample_loss_fn(loss_fn: Callable[..., torch.Tensor]) -> tuple[Callable[[
     non-batch dimensions (so an MSE per sample is the mean over its outputs, as
     ``reduction="mean"`` computes it).
 
+    A loss with a ``per_sample_tokens(outputs, target) -> (losses, tokens)`` method (the token losses of
+    :mod:`losslens.transformers`) gives ``fn`` returning shape ``(batch, 2)``: each sample's loss and its weight
+    (counted tokens), method ``"token-weighted"``; :func:`as_measurement` splits the two.
+
     Returns
     -------
     fn : callable
         ``fn(outputs, target)`` -> float tensor of shape ``(batch,)``.
     method : str
-        ``"reduction=none"`` or ``"per-sample calls"``.
+        ``"reduction=none"``, ``"per-sample calls"`` or ``"token-weighted"``.
     """
     base: Any
+    weighted = getattr(loss_fn, "per_sample_tokens", None)
+    if callable(weighted):
+        def tokens_fn(out: Any, target: Any) -> torch.Tensor:
+            losses, tokens = weighted(out, target)
+            return torch.stack([losses.float(), tokens.float()], dim=1)
+
+        tokens_fn.method = "token-weighted"  # type: ignore[attr-defined]
+        return tokens_fn, "token-weighted"
     if isinstance(loss_fn, nn.modules.loss._Loss) and hasattr(loss_fn, "reduction"):
         unreduced = copy.copy(loss_fn)
         unreduced.reduction = "none"
@@ -264,6 +278,14 @@ def per_sample_loss_fn(loss_fn: Callable[..., torch.Tensor]) -> tuple[Callable[[
 
     fn.method = method  # type: ignore[attr-defined]
     return fn, method
+
+
+def as_measurement(kind: str, arr: np.ndarray) -> Measurement:
+    """A :class:`~losslens.record.Measurement` from the passes' output: per-sample losses, shape ``(n,)``, or
+    losses and weights, shape ``(n, 2)`` (a ``"token-weighted"`` loss)."""
+    if arr.ndim == 2 and arr.shape[1] == 2:
+        return Measurement.from_values(kind, arr[:, 0], weights=arr[:, 1])
+    return Measurement.from_values(kind, arr)
 
 
 def stack_cpu(items: Sequence[Any]) -> np.ndarray:

@@ -40,6 +40,7 @@ import torch
 from ..record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Measurement
 from ..recording import merge_rank_steps
 from ..recording.probe import baseline_loss
+from ._data import as_measurement
 
 if TYPE_CHECKING:
     from ._lens import LossLens
@@ -97,6 +98,7 @@ def measure_distributed(lens: "LossLens", epoch_seconds: float, b_train: int) ->
     with lens._protected() as prot:
         prot.sync_buffers(0)
         if lens._val is not None:
+            prot.reseed(0, lens.eval_seed)
             pos = np.arange(len(lens._val))[r::w]
             # pad: the largest shard (rank 0's) in forward passes, for a sharded model (FSDP)
             local[VALIDATION] = (pos, lens._eval_pass(lens._val, pos, collect_targets=False,
@@ -104,6 +106,7 @@ def measure_distributed(lens: "LossLens", epoch_seconds: float, b_train: int) ->
         if lens._probes_on:
             idx = lens._probe_indices(epoch_seconds, b_train, prot)
             pos = np.arange(len(idx))[r::w]
+            prot.reseed(1, lens.eval_seed)
             want_t = meta.get("baseline_loss") is None
             clean, targets = lens._eval_pass(lens._probe, idx[pos], collect_targets=want_t,
                                              pad=(len(range(0, len(idx), w)), int(idx[0])))
@@ -142,5 +145,5 @@ def measure_distributed(lens: "LossLens", epoch_seconds: float, b_train: int) ->
         if kind == "targets":
             meta["baseline_loss"] = baseline_loss(lens._loss_kind, full)
         else:
-            out[kind] = Measurement.from_values(kind, full)
+            out[kind] = as_measurement(kind, full)
     return out

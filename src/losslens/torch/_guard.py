@@ -26,11 +26,11 @@ class Protect:
         self.seed = seed
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def reseed(self, k: int = 0) -> None:
+    def reseed(self, k: int = 0, seed: int | None = None) -> None:
         """Seed torch's CPU generator, the CUDA generators of ``devices``, numpy's and Python's RNGs
-        with ``seed`` and ``k`` (the probe batch number), so a batch's random draws do not depend on
-        which batches ran before it (on this rank or another)."""
-        s = (self.seed * 1_000_003 + k) % 2 ** 63
+        with ``seed`` (default: this context's) and ``k`` (the probe batch number), so a batch's random draws
+        do not depend on which batches ran before it (on this rank or another)."""
+        s = ((self.seed if seed is None else seed) * 1_000_003 + k) % 2 ** 63
         torch.random.default_generator.manual_seed(s)
         for d in self.devices:
             with torch.cuda.device(d):

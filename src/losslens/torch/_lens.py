@@ -30,6 +30,7 @@ from ..store import Store
 from ._data import (
     LOSS_KINDS,
     Source,
+    as_measurement,
     check_torch_args,
     default_forward,
     default_unpack,
@@ -354,6 +355,12 @@ class LossLens:
             return None
         return input_duplicates([p.tensors[0].detach().cpu().numpy()], [v.tensors[0].detach().cpu().numpy()])
 
+    @property
+    def eval_seed(self) -> int:
+        """Seed of the eval-mode passes, the same at every epoch: a collator that draws at random (a masked-LM
+        collator's masks) draws the same for ``C`` and ``V`` at every epoch, so epochs compare paired."""
+        return self._probe_seed * 100_003 - 1
+
     def _protected(self) -> Protect:
         return self._fw.protected(self._probe_seed * 100_003 + self._epoch)
 
@@ -435,7 +442,7 @@ class LossLens:
 
     # ---------------------------------------------------------------------------------------
     def end_epoch(self, metrics: dict[str, Any] | None = None, *, position: float | None = None,
-                  step_positions: Any = None, step_spans: Any = None) -> Epoch:
+                  step_positions: Any = None, step_spans: Any = None, val_loss: float | None = None) -> Epoch:
         """Close the epoch: read the step losses, run the probe and validation passes, commit.
 
         Parameters
@@ -451,6 +458,11 @@ class LossLens:
             Positions (fractional epochs) and spans (optimizer steps) of the values
             given to :meth:`step`, when they are logged windows rather than single
             steps (default: evenly spaced single steps within the epoch).
+        val_loss : float, optional
+            The validation loss the training loop computed itself (loss per sample), recorded as the epoch's
+            validation measurement (source ``"imported"``, no per-sample values) when the recorder has no
+            ``val_data``; ignored otherwise. Adapters for loops whose loss the recorder cannot recompute per sample
+            (a preference loss) use it.
 
         Returns
         -------
@@ -502,6 +514,8 @@ class LossLens:
                 raise
             measurements = {}
             self._rec.measurement_failed(e, exc)
+        if self._val is None and val_loss is not None and VALIDATION not in measurements:
+            measurements[VALIDATION] = Measurement(VALIDATION, float(val_loss), source="imported")
         epoch = Epoch(index=e, train_loss=r, penalty=omega, n_steps=n_steps,
                       n_samples=int(bs.sum()) if sized else 0,
                       position=float(e + 1) if position is None else float(position),
@@ -538,20 +552,22 @@ class LossLens:
         out: dict[str, Measurement] = {}
         with self._protected() as prot:
             if self._val is not None:
+                prot.reseed(0, self.eval_seed)
                 vals, _ = self._eval_pass(self._val, np.arange(len(self._val)), collect_targets=False)
-                out[VALIDATION] = Measurement.from_values(VALIDATION, vals)
+                out[VALIDATION] = as_measurement(VALIDATION, vals)
             if self._probes_on:
                 idx = self._probe_indices(epoch_seconds, b_train, prot)
+                prot.reseed(1, self.eval_seed)
                 clean, targets = self._eval_pass(self._probe, idx, collect_targets=meta["baseline_loss"] is None)
                 if targets is not None and meta["baseline_loss"] is None:
                     meta["baseline_loss"] = baseline_loss(self._loss_kind, targets.detach().cpu().numpy())
-                out[EVAL_CLEAN] = Measurement.from_values(EVAL_CLEAN, clean)
+                out[EVAL_CLEAN] = as_measurement(EVAL_CLEAN, clean)
                 if self._run_T or self._run_A:
                     t_vals, a_vals = self._train_mode_pass(idx, b_train, prot)
                     if a_vals is not None:
-                        out[EVAL_AUGMENTED] = Measurement.from_values(EVAL_AUGMENTED, a_vals)
+                        out[EVAL_AUGMENTED] = as_measurement(EVAL_AUGMENTED, a_vals)
                     if t_vals is not None:
-                        out[TRAIN_MODE] = Measurement.from_values(TRAIN_MODE, t_vals)
+                        out[TRAIN_MODE] = as_measurement(TRAIN_MODE, t_vals)
         self._note_check()
         return out
 

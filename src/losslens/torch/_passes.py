@@ -121,8 +121,9 @@ class Passes:
             self.check = {"consistent": None, "error": str(exc)}
             return
         # None for a non-finite batch: judged on the next finite one
-        self.check = per_sample_check(float(vals.double().mean()), ref, what=loss_name(self.loss_fn),
-                                      method=self.method)
+        v = vals.double()
+        mean = float((v[:, 0] * v[:, 1]).sum() / v[:, 1].sum()) if v.ndim == 2 else float(v.mean())
+        self.check = per_sample_check(mean, ref, what=loss_name(self.loss_fn), method=self.method)
 
     def eval(self, src: Source | None, indices: np.ndarray, collect_targets: bool,
              pad: tuple[int, int] | None = None) -> tuple[np.ndarray, Any]:
@@ -147,7 +148,8 @@ class Passes:
             inputs, target = to_device(inputs, device), to_device(target, device)
             parts.append(self._losses_of(inputs, target))
             if collect_targets and isinstance(target, torch.Tensor):
-                targets.append(target.detach())
+                # token labels (batch, tokens) differ in length between batches: kept as one flat list
+                targets.append(target.detach().reshape(-1) if self.method == "token-weighted" else target.detach())
             i += len(chunk)
             batches += 1
         if pad is not None and pad[0] > 0:
