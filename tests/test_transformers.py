@@ -119,15 +119,15 @@ def test_windows_at_their_real_positions_and_probes_at_each_evaluation(hf_runs):
     np.testing.assert_allclose(run.epochs[-1].get("eval_clean").values, c, rtol=1e-5, atol=1e-6)
 
 
-def test_regression_model_needs_a_loss_fn(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification, TrainerControl, TrainerState
+def test_a_model_without_a_known_head_needs_a_loss_fn(tmp_path):
+    from transformers import BertConfig, BertModel, TrainerControl, TrainerState
 
     cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=32, num_labels=1)
     lens = LossLens(train_data=Tokens(8, 0), store=None)
-    with pytest.raises(ValueError, match="loss_fn"):
-        lens.on_train_begin(args(str(tmp_path)), TrainerState(), TrainerControl(),
-                            model=BertForSequenceClassification(cfg))
+    with pytest.raises(ValueError, match="loss_fn: .*BertModel"):
+        lens.on_train_begin(args(str(tmp_path)), TrainerState(), TrainerControl(), model=BertModel(cfg))
+    assert lens.lens is None
 
 
 TORCHRUN_SCRIPT = COMMON + textwrap.dedent(

@@ -1,38 +1,4 @@
-"""Hugging Face ``Trainer`` adapter: record a run with the :class:`LossLens` callback.
-
-::
-
-    from losslens.transformers import LossLens
-
-    lens = LossLens(probe=train_ds, val=eval_ds, run="bert-sst2", store="losslens.db")
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, callbacks=[lens])
-    trainer.train()
-    Report.from_run(lens).print()   # from losslens.report import Report
-
-What is recorded (the protocol of :class:`losslens.torch.LossLens`, whose machinery this
-callback drives):
-
-* **loss windows** (``on_log``): the Trainer logs the mean training loss of the
-  last ``logging_steps`` optimizer steps (already averaged over processes by the
-  Trainer). Each window becomes one step row with ``span`` = its number of
-  optimizer steps, its batch size = the samples it covers, and its position at
-  the window's centre in fractional epochs (the Trainer stamps it at its end);
-* **probes** (``on_evaluate``): at every evaluation the eval-mode loss ``C`` on a
-  fixed, seeded subset of the training set (the probe set), the train-mode loss
-  ``T`` (dropout on) on the same samples in batches of the per-device training
-  batch size, and the validation loss ``V``, all per sample, under the torch
-  adapter's protection (no gradient, forked and restored RNGs, module flags and
-  buffers restored). Each evaluation closes one record "epoch": its ``index`` counts
-  evaluations, its ``position`` is the Trainer's fractional epoch
-  (``eval_strategy="epoch"`` gives the usual epochs); ``R`` is the
-  sample-weighted mean of the windows logged since the previous evaluation;
-* under ``torchrun`` (a ``torch.distributed`` process group) the passes are
-  sharded over the ranks and gathered, and rank 0 alone writes the store
-  (docs/distributed.md).
-
-The model's forward is called as ``model(**inputs).logits`` with ``inputs`` the
-collated batch without ``"labels"``. This module imports transformers and torch.
-"""
+"""The Hugging Face ``TrainerCallback`` (:class:`LossLens`) and the noise-aware ``EarlyStoppingCallback``."""
 
 from __future__ import annotations
 
@@ -45,12 +11,13 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .recording.deprecations import deprecated_report, renamed_data_args
-from .recording.stopping import NoiseAwareStopper
-from .store import Store
-from .torch import LossLens as TorchLossLens
+from ..recording.deprecations import deprecated_report, renamed_data_args
+from ..recording.stopping import NoiseAwareStopper
+from ..store import Store
+from ..torch import LossLens as TorchLossLens
+from ._losses import default_loss, model_head
 
-__all__ = ["LossLens", "EarlyStoppingCallback", "logits_forward", "STATE_FILE"]
+__all__ = ["LossLens", "EarlyStoppingCallback", "logits_forward", "trainer_token_scale", "STATE_FILE"]
 
 #: The recorder's state in a Trainer checkpoint folder (``{"run_id", "epochs"}``), read when training resumes.
 STATE_FILE = "losslens_state.json"
@@ -93,6 +60,75 @@ def _calling_trainer() -> Any:
     return None
 
 
+def trainer_token_scale(trainer: Any, head: str | None, probe: Any, unpack: Any = None) -> float:
+    """How much smaller the Trainer's logged training ``loss`` is than the model's per-token loss, from how it
+    counts tokens: 1.0 unless it must be corrected.
+
+    Since transformers 4.46 the Trainer divides the summed token loss of an optimizer step by
+    ``num_items_in_batch``, the number of labels other than ``-100`` in the step's batches (the fix of
+    huggingface/transformers#34242). For a causal language model the loss shifts the labels, so the first label
+    of each row is never predicted; transformers counts it all the same unless it recognises the model's loss as
+    shifting (``Trainer._loss_shifts_labels``, missing for models whose ``loss_type`` is unset, e.g. GPT-2 in
+    transformers 5). Its loss is then the per-token loss times ``Σ predicted / Σ counted``, e.g. 31/32 on rows
+    of 32 tokens. That ratio is measured here on up to 256 training samples (the first of the dataset, so the
+    same on every machine); the callback divides the logged losses by it, so ``R`` is on the scale of ``C`` and
+    ``V``.
+
+    Parameters
+    ----------
+    trainer : transformers.Trainer or None
+    head : str or None
+        :func:`losslens.transformers.model_head` of the model.
+    probe : losslens.torch Source
+        The training samples (``batch(indices)`` gives a collated batch).
+    """
+    if trainer is None or head != "causal_lm" or getattr(trainer, "compute_loss_func", None) is not None:
+        return 1.0
+    if not getattr(trainer, "model_accepts_loss_kwargs", False) or getattr(trainer, "_loss_shifts_labels", False):
+        return 1.0
+    if not (hasattr(trainer, "_get_num_items_in_batch") or hasattr(trainer, "get_batch_samples")):
+        return 1.0   # transformers < 4.46: the loss is the mean of the micro-batches' own per-token means
+    try:
+        batch = probe.batch(np.arange(min(256, len(probe))))
+        if not isinstance(batch, dict) or "labels" not in batch or "shift_labels" in batch:
+            return 1.0
+        labels = batch["labels"]
+        counted, predicted = int(labels.ne(-100).sum()), int(labels[..., 1:].ne(-100).sum())
+    except Exception:   # an unusual batch: no correction rather than a guess
+        return 1.0
+    return predicted / counted if counted and predicted else 1.0
+
+
+def _padding_free(data: Any) -> bool:
+    """Whether ``data`` is a DataLoader whose collator flattens a batch into one row (``padding_free``, as TRL's
+    ``DataCollatorForLanguageModeling`` with packing), possibly inside the Trainer's column-removing wrapper."""
+    coll = getattr(data, "collate_fn", None)
+    coll = getattr(coll, "data_collator", coll)
+    return getattr(coll, "padding_free", False) is True
+
+
+def _has_labels(data: Any) -> bool:
+    """Whether the first collated item of ``data`` (a DataLoader or dataset) is a dict with ``labels`` (or is not a
+    dict at all, in which case the default unpacking decides); a dataset that cannot be read counts as labelled,
+    so the recorder's own check names the problem."""
+    from ..torch._data import Source
+
+    try:
+        batch = Source(data, "train_data").batch(np.arange(min(2, len(data.dataset if hasattr(data, "dataset")
+                                                                        else data))))
+    except Exception:
+        return True
+    return not isinstance(batch, dict) or "labels" in batch or "label" in batch
+
+
+def _with_labels(batch: Any) -> tuple[Any, Any]:
+    """``(batch, batch["labels"])``: an encoder-decoder model is called with its labels, from which it builds the
+    decoder's inputs (``shift_tokens_right``); only its logits are read."""
+    if not isinstance(batch, dict) or "labels" not in batch:
+        raise TypeError("unpack: an encoder-decoder model needs dict batches with 'labels'")
+    return batch, batch["labels"]
+
+
 def logits_forward(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
     """``model(**inputs).logits`` (a dict batch) or ``model(inputs).logits``: the Trainer's model call."""
     out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
@@ -110,12 +146,15 @@ class LossLens(TrainerCallback):
         ``DataLoader`` (its dataset and data collator) at ``on_train_begin``.
         (Formerly ``probe``.)
     val_data : dataset, DataLoader or None
-        The validation set; None: the Trainer's evaluation ``DataLoader`` when it
-        has one at ``on_train_begin``, else no ``V``. (Formerly ``val``.)
+        The validation set; None: the Trainer's evaluation ``DataLoader`` (of its ``eval_dataset``, when that
+        is one dataset; with several, pass the one to measure), else no ``V``. (Formerly ``val``.)
     loss_fn : callable, optional
-        ``loss_fn(logits, labels) -> scalar tensor``. Default:
-        ``torch.nn.CrossEntropyLoss()`` when ``model.config.num_labels > 1``;
-        otherwise it must be given (``ValueError``).
+        ``loss_fn(logits, labels) -> scalar tensor``. Default: the loss the model computes itself
+        (:func:`losslens.transformers.default_loss`): for causal, sequence-to-sequence and masked language
+        models and token classification the token cross-entropy, recorded per sample with each sample's
+        counted tokens as its weight, so every mean is per token as the model's ``loss`` and the Trainer's
+        ``eval_loss``; for sequence classification the loss of ``config.problem_type``. Another head raises
+        ``ValueError`` at ``on_train_begin``, before the first step.
     run : str
         Name of the run.
     store : str, os.PathLike, Store or None
@@ -169,6 +208,7 @@ class LossLens(TrainerCallback):
         self._last_step = 0
         self._positions: list[float] = []
         self._spans: list[float] = []
+        self._scale = 1.0
 
     @property
     def run(self) -> Any:
@@ -180,29 +220,55 @@ class LossLens(TrainerCallback):
             return
         if model is None:
             raise ValueError("LossLens: the Trainer passed no model to on_train_begin")
-        loss_fn = self.loss_fn
-        if loss_fn is None:
-            n_labels = getattr(getattr(model, "config", None), "num_labels", None)
-            if not n_labels or n_labels < 2:
-                raise ValueError("loss_fn: needed unless the model is a classifier with config.num_labels > 1 "
-                                 f"(num_labels={n_labels})")
-            loss_fn = torch.nn.CrossEntropyLoss()
         probe = self._probe if self._probe is not None else kwargs.get("train_dataloader")
+        own_loss = self._probe is None and self.loss_fn is None and "unpack" not in self._kwargs \
+            and not _has_labels(probe)
         val = self._val if self._val is not None else kwargs.get("eval_dataloader")
+        trainer = _calling_trainer()
+        if val is None and trainer is not None and getattr(trainer, "eval_dataset", None) is not None \
+                and not isinstance(trainer.eval_dataset, dict):   # several eval sets: which one is V is the user's
+            try:
+                val = trainer.get_eval_dataloader()
+            except Exception:   # no usable eval set: the run is recorded without V
+                val = None
         if probe is None:
             raise ValueError("train_data: none given and the Trainer has no training DataLoader yet; "
                              "pass train_data=train_dataset to LossLens")
+        if own_loss:
+            # the trainer's batches have no labels: its loss is its own objective (TRL's DPOTrainer, KTO, reward
+            # modelling), not the model's loss on labels, which the probes would measure. Recorded without probes.
+            probe = val = None
+        loss_fn = self.loss_fn if self.loss_fn is not None else default_loss(model)   # ValueError: unknown head
         import transformers
 
         kw = dict(self._kwargs)
         meta = {"framework": "transformers", "transformers_version": transformers.__version__,
                 "reported_loss_kind": "window_mean", "logging_steps": args.logging_steps,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps}
+        if own_loss:
+            name = type(trainer).__name__ if trainer is not None else "the trainer"
+            meta["probes_off_reason"] = (
+                f"{name}'s batches carry no 'labels': it optimises its own objective (a preference loss such as "
+                "DPO's), not the model's loss on labels. R is that objective as logged and V the trainer's eval_loss "
+                "of it; their difference is the generalization gap of the objective plus the within-epoch drift, "
+                "but without per-sample losses it cannot be split into timing, dropout and generalization. Pass "
+                "loss_fn= and train_data= with labels to measure a language-model loss as well.")
         meta.update(kw.pop("meta", None) or {})
         kw.setdefault("forward", logits_forward)
+        head = model_head(model)
+        if head is not None:
+            meta["head"] = head
+        if head == "seq2seq_lm":   # the decoder's inputs are the labels shifted right, built by the model itself
+            kw.setdefault("unpack", _with_labels)
         if "train" in kw:
             kw["train_augmented"] = renamed_data_args("LossLens", {"train": kw.pop("train")},
                                                       train_augmented=kw.get("train_augmented"))[0]
+        if _padding_free(probe):
+            # a padding-free collator (TRL's packing) joins a batch's rows into one: one row per forward keeps
+            # one loss per sample (language models have no batch statistics for the batch size to change)
+            kw.setdefault("eval_batch_size", 1)
+            kw.setdefault("train_batch_size", 1)
+            meta["padding_free"] = True
         # T runs in batches of the per-device training batch size (batch-norm statistics depend on it)
         kw.setdefault("train_batch_size", int(args.per_device_train_batch_size))
         if state.global_step > 0 and "resume" not in kw:   # resumed from a checkpoint: continue its stored run
@@ -210,7 +276,10 @@ class LossLens(TrainerCallback):
         self.lens = TorchLossLens(model, loss_fn, probe, val, optimizer=kwargs.get("optimizer"), seed=args.seed,
                                   meta=meta, **kw)
         self.lens._live_wanted = self.log_metrics
-        self._trainer = _calling_trainer() if self.log_metrics else None
+        self._scale = trainer_token_scale(trainer, head, self.lens._probe)
+        if self._scale != 1.0:
+            self.lens.run.meta["reported_loss_token_scale"] = self._scale
+        self._trainer = trainer if self.log_metrics else None
         self._last_step = state.global_step
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
@@ -225,7 +294,8 @@ class LossLens(TrainerCallback):
         self._spans.append(float(span))
         # samples this process saw in the window; summed over ranks by the Lens under DDP
         samples = int(span * args.per_device_train_batch_size * args.gradient_accumulation_steps)
-        self.lens.step(float(logs["loss"]), batch_size=max(1, samples))
+        # the Trainer's count of tokens includes each row's unpredicted first label: rescaled to the model's
+        self.lens.step(float(logs["loss"]) / self._scale, batch_size=max(1, samples))
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     **kwargs: Any) -> None:
@@ -233,7 +303,7 @@ class LossLens(TrainerCallback):
             return  # before training, or no new window since the last evaluation
         mets = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.lens.end_epoch(mets, position=state.epoch, step_positions=np.asarray(self._positions),
-                            step_spans=np.asarray(self._spans))
+                            step_spans=np.asarray(self._spans), val_loss=mets.get("eval_loss"))
         self._positions, self._spans = [], []
         live = self.lens.live
         if self.log_metrics and live is not None and live.values:
