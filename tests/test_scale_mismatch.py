@@ -5,7 +5,6 @@ logs as they are, nor on noise curves (false-alarm rate measured)."""
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from pathlib import Path
 
@@ -98,3 +97,45 @@ def test_false_alarm_rate_on_noise_curves_is_below_one_percent():
         ratio = np.linspace(start, end, epochs) * np.exp(0.05 * rng.normal(size=epochs))
         alarms += scale_mismatch(_curve_run(val * ratio, val * np.exp(0.02 * rng.normal(size=epochs)))) is not None
     assert alarms / n < 0.01, alarms
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_a_recorded_run_whose_step_loss_is_summed_over_accumulation_steps_is_named(k):
+    """A real recorded run (a small torch MLP, four micro-batches per optimizer step) whose step loss is given as the
+    sum over the micro-batches, k = 4 times the mean: compared with the train-mode loss the recorder measures on the
+    probe set, the factor is named and the gap is not split. Given as the mean (k = 1), nothing is said."""
+    torch = pytest.importorskip("torch")
+    from losslens.torch import LossLens
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2304, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g) + 0.3 * torch.randn(2304, 1, generator=g)
+    train = torch.utils.data.TensorDataset(x[:2048], y[:2048])
+    val = torch.utils.data.TensorDataset(x[2048:], y[2048:])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss_fn = torch.nn.MSELoss()
+    lens = LossLens(model, loss_fn, train, val, store=None, probe_size=128)
+    loader = torch.utils.data.DataLoader(train, batch_size=16, shuffle=True, generator=g)
+    for _ in range(8):
+        micro = []
+        for i, (xb, yb) in enumerate(loader):
+            loss = loss_fn(model(xb), yb) / 4
+            loss.backward()
+            micro.append(loss.detach())
+            if i % 4 == 3:
+                opt.step()
+                opt.zero_grad()
+                step_mean = torch.stack(micro).sum()           # the accumulated step's mean loss
+                lens.step(step_mean * k, batch_size=64)         # k = 4: the sum of the micro-batches' means
+                micro = []
+        lens.end_epoch()
+    run = lens.finish()
+    f = diagnose(run).get("gap.scale_mismatch")
+    if k == 1:
+        assert f is None and scale_mismatch(run, "eval_clean") is None
+    else:
+        assert f is not None and f.data["reference"] == "eval_clean"   # no dropout: no T
+        assert f.data["ratio"] == pytest.approx(k, rel=0.25)            # R also holds the within-epoch drift
+        assert "eval-mode loss measured on the probe set" in f.message

@@ -71,3 +71,26 @@ def test_a_small_step_below_the_material_threshold_is_not_reported():
 def test_one_epoch_or_too_few_points_gives_nothing():
     assert staircase_findings(_run(epochs=1, per_epoch=100, drop=0.1, noise=0.01, seed=0)) == []
     assert staircase_findings(_run(epochs=3, per_epoch=5, drop=0.1, noise=0.01, seed=0)) == []
+
+
+def test_with_probes_the_memorization_is_measured_against_validation():
+    """A recorded run: per-sample eval-mode losses of the probe set (seen training samples) and of the validation
+    set at each epoch, the seen samples' loss falling by 0.1 per epoch more than the unseen ones'. The finding gives
+    the generalization gap at the first and last epoch with paired standard errors, and its growth."""
+    rng = np.random.default_rng(3)
+    run = _run(epochs=3, per_epoch=60, drop=0.1, noise=0.02, seed=2, val=[0.9, 0.92, 0.95])
+    base_c, base_v = rng.gamma(4, 0.2, 400), rng.gamma(4, 0.2, 300)
+    for e in run.epochs:
+        c = base_c * (1 - 0.1 * e.index) + 0.01 * rng.standard_normal(400)
+        v = base_v + 0.02 * e.index + 0.01 * rng.standard_normal(300)
+        e.measurements["eval_clean"] = Measurement.from_values("eval_clean", c)
+        e.measurements["validation"] = Measurement.from_values("validation", v)
+    (f,) = staircase_findings(run)
+    mem = f.data["memorization"]
+    exp = [float(run.epochs[k].get("validation").mean - run.epochs[k].get("eval_clean").mean) for k in (0, 2)]
+    assert mem["gap_first"] == pytest.approx(exp[0]) and mem["gap_last"] == pytest.approx(exp[1])
+    assert mem["growth"] == pytest.approx(exp[1] - exp[0]) and mem["growth"] > 3 * mem["growth_se"] > 0
+    assert "Measured on the probe set" in f.message and "that growth is the memorization" in f.message
+    run_without = _run(epochs=3, per_epoch=60, drop=0.1, noise=0.02, seed=2, val=[0.9, 0.92, 0.95])
+    (g,) = staircase_findings(run_without)
+    assert g.data["memorization"] is None and "Measured on the probe set" not in g.message

@@ -31,7 +31,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..findings import Z_NOISE, Evidence, Finding, where
-from ..record import END_OF_EPOCH_ESTIMATE, EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run
+from ..record import (
+    END_OF_EPOCH_ESTIMATE,
+    EVAL_AUGMENTED,
+    EVAL_CLEAN,
+    TRAIN_MODE,
+    VALIDATION,
+    Epoch,
+    Measurement,
+    Run,
+    loss_unit,
+)
 
 __all__ = ["Term", "EpochDecomposition", "decompose", "decompose_epoch", "paired_difference", "TERM_LABELS",
            "scale_mismatch",
@@ -141,9 +151,9 @@ def paired_difference(a: Measurement, b: Measurement) -> tuple[float, float]:
     diff, se : float
     """
     diff = a.mean - b.mean
-    if a.values is not None and b.values is not None and a.values.size == b.values.size and a.values.size > 1:
-        d = a.values.astype(np.float64) - b.values.astype(np.float64)
-        return diff, _sem(d)
+    la, lb = a.linearized(), b.linearized()   # the values, or for token-weighted losses their linearisation
+    if la is not None and lb is not None and la.size == lb.size and la.size > 1:
+        return diff, _sem(la - lb)
     return diff, math.hypot(a.sem, b.sem) if math.isfinite(a.sem) and math.isfinite(b.sem) else math.nan
 
 
@@ -264,8 +274,12 @@ SCALE_MIN_EPOCHS = 4
 SCALE_V_MOVE_MIN = 0.1
 
 
-def scale_mismatch(run: Run) -> dict[str, float] | None:
+def scale_mismatch(run: Run, reference: str = VALIDATION) -> dict[str, float] | None:
     """The training loss a constant multiple (>= 2) of the validation loss: two losses not on one scale.
+
+    ``reference``: the measurement the reported training loss is compared with: the validation loss for logs; for
+    recorded runs the train-mode (or eval-mode) loss on the probe set, which a correctly logged training loss
+    follows closely.
 
     huggingface/transformers#34242 and #37766: under gradient accumulation the logged training loss was summed over
     the accumulated steps, k times the evaluation loss. A sum instead of a mean, or a training objective much
@@ -278,8 +292,8 @@ def scale_mismatch(run: Run) -> dict[str, float] | None:
     dict or None
         ``{"ratio": median R/V, "spread": IQR/median, "epochs": n, "k": nearest integer}``, or None.
     """
-    pairs = [(e.train_loss, e.get(VALIDATION).mean) for e in run.epochs  # type: ignore[union-attr]
-             if e.get(VALIDATION) is not None]
+    pairs = [(e.train_loss, e.get(reference).mean) for e in run.epochs  # type: ignore[union-attr]
+             if e.get(reference) is not None]
     arr = np.array([(r, v) for r, v in pairs if math.isfinite(r) and math.isfinite(v) and r > 0 and v > 0])
     if len(arr) < SCALE_MIN_EPOCHS:
         return None
@@ -321,21 +335,26 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
             "it. The regime is judged on each curve's own shape.",
             "Log the same loss on both splits (e.g. the validation loss with the training criterion) to compare "
             "them.", [], (), {"quantities": differ})]
-    scale = None if run.has(EVAL_CLEAN) else scale_mismatch(run)   # probes measure on the validation's scale
+    ref = (TRAIN_MODE if run.has(TRAIN_MODE) else EVAL_CLEAN) if run.has(EVAL_CLEAN) else VALIDATION
+    scale = scale_mismatch(run, ref)
     if scale is not None:
         k = int(scale["k"])
+        ref_name = {VALIDATION: "validation loss", TRAIN_MODE: "train-mode loss measured on the probe set",
+                    EVAL_CLEAN: "eval-mode loss measured on the probe set"}[ref]
         return [Finding(
             "gap.scale_mismatch", "warning", "The training and validation losses are not on the same scale",
-            f"The reported training loss is {scale['ratio']:.3g} times the validation loss, at a nearly constant "
+            f"The reported training loss is {scale['ratio']:.3g} times the {ref_name}, at a nearly constant "
             f"ratio (interquartile range {scale['spread']:.0%} of it) over {int(scale['epochs'])} epochs. "
             f"A constant factor this large (about {k}) is what a training loss summed over {k} "
             "gradient-accumulation steps or over a batch, instead of averaged, looks like (transformers#34242), "
             "or a training objective much harder than validation's (mixup, cutmix). Their difference is not a "
             "generalization gap, so losslens does not split it; each curve's shape is still judged.",
-            f"Check how the training loss is logged (divide by the accumulation steps: about {k}); or record the run "
-            "with a losslens adapter, which measures the training loss on the validation loss's scale.",
-            [Evidence("median reported training loss / validation loss", scale["ratio"], math.nan)], (),
-            dict(scale))]
+            f"Check how the training loss is logged (divide by the accumulation steps: about {k})"
+            + ("; or record the run with a losslens adapter, which measures the training loss on the validation "
+               "loss's scale." if ref == VALIDATION else
+               ": the loss given to the recorder must be the mean per sample (per token for language models)."),
+            [Evidence(f"median reported training loss / {ref_name}", scale["ratio"], math.nan)], (),
+            {**scale, "reference": ref})]
     dec = decomposition if decomposition is not None else decompose(run)
     dec = [d for d in dec if all(math.isfinite(t.value) for t in d.terms.values())]
     if not dec:
@@ -354,22 +373,25 @@ def gap_findings(run: Run, decomposition: list[EpochDecomposition] | None = None
         else:
             what = ("without probe passes the parts of this difference (timing, dropout/batch norm, augmentation, "
                     "generalization) are not measured.")
+        off = run.meta.get("probes_off_reason")
+        rec = ("Record the run with a losslens adapter (e.g. `lens = LossLens(model, loss_fn, train_data=train_ds, "
+               "val_data=val_ds)` and `lens.step(loss, batch_size=len(y))` / `lens.end_epoch()`) to measure them.")
+        if isinstance(off, str) and off:   # an adapter recorded without probes, and said why
+            what += f" {off}"
+            rec = "Nothing to change for the recording; read the difference as the whole gap of the objective."
         findings.append(Finding(
             "gap.not_measured", "info",
             "The gap between training and validation loss cannot be fully split" if timing is not None else
             "The gap between training and validation loss cannot be split",
             f"At {where(run, d.epoch)} the reported training loss is {d.reported:.4g} and the validation loss "
-            f"{d.validation:.4g} (difference {diff:+.4g}); {what}",
-            "Record the run with a losslens adapter (e.g. `lens = LossLens(model, loss_fn, train_data=train_ds, "
-            "val_data=val_ds)` and `lens.step(loss, batch_size=len(y))` / `lens.end_epoch()`) to measure them.",
-            ev, (d.epoch,)))
+            f"{d.validation:.4g} (difference {diff:+.4g}); {what}", rec, ev, (d.epoch,)))
         findings += _imported_val_below(run, dec)
         return findings
     parts = "; ".join(f"{'− ' if t.sign < 0 else ''}{n}: {_fmt(t.value, t.se)}" for n, t in d.terms.items())
     findings.append(Finding(
         "gap.decomposition", "info",
         f"Reported training loss − validation loss = {diff:+.4g} at epoch {d.epoch}, split into measured parts",
-        f"{parts} (loss per sample; terms sum to {d.total:+.4g}).", "", ev, (d.epoch,),
+        f"{parts} ({loss_unit(run)}; terms sum to {d.total:+.4g}).", "", ev, (d.epoch,),
         {"epoch": d.epoch, **{f"term_{n}": t.value for n, t in d.terms.items()}}))
     below = [x for x in dec if _val_below(x)]
     if below:

@@ -25,9 +25,10 @@ import math
 import numpy as np
 
 from ..findings import Evidence, Finding
-from ..record import VALIDATION, Run
+from ..record import EVAL_CLEAN, VALIDATION, Run
+from .gap import decompose_epoch
 
-__all__ = ["staircase_findings", "boundary_jumps", "Z_STAIRCASE", "MIN_REL_STEP", "WINDOW"]
+__all__ = ["staircase_findings", "boundary_jumps", "measured_memorization", "Z_STAIRCASE", "MIN_REL_STEP", "WINDOW"]
 
 #: Pooled drop needed, in standard errors (one-sided; the scatter of logged windows is not quite independent,
 #: so more than the 2 used elsewhere).
@@ -105,6 +106,35 @@ def _validation_change(run: Run, boundaries: list[float]) -> float | None:
     return after[-1] - before[-1]
 
 
+def measured_memorization(run: Run) -> dict[str, float] | None:
+    """Where probes exist: the validation loss minus the eval-mode loss of seen training samples (the
+    generalization gap of the decomposition, paired standard error) at the first and the last evaluation that
+    has both; None without them.
+
+    Returns
+    -------
+    dict or None
+        ``first_epoch``, ``gap_first``, ``gap_first_se``, ``last_epoch``, ``gap_last``, ``gap_last_se`` (loss per
+        sample or per token, as the run's measurements), ``growth`` (``gap_last − gap_first``) and ``growth_se``
+        (the two errors in quadrature).
+    """
+    gaps = []
+    for e in run.epochs:
+        if e.get(EVAL_CLEAN) is None:
+            continue
+        d = decompose_epoch(e)
+        g = d.generalization_gap if d is not None else None
+        if g is not None and math.isfinite(g.value):
+            gaps.append((e.index, g))
+    if not gaps:
+        return None
+    (i0, g0), (i1, g1) = gaps[0], gaps[-1]
+    growth_se = math.hypot(g0.se, g1.se) if i1 != i0 and math.isfinite(g0.se) and math.isfinite(g1.se) else math.nan
+    return {"first_epoch": float(i0), "gap_first": float(g0.value), "gap_first_se": float(g0.se),
+            "last_epoch": float(i1), "gap_last": float(g1.value), "gap_last_se": float(g1.se),
+            "growth": float(g1.value - g0.value) if i1 != i0 else math.nan, "growth_se": growth_se}
+
+
 def staircase_findings(run: Run) -> list[Finding]:
     """``data.epoch_staircase`` (info) when the step losses drop at the epoch boundaries beyond noise; else none.
 
@@ -133,6 +163,13 @@ def staircase_findings(run: Run) -> list[Finding]:
     else:
         v_txt = (f" Over the same epochs the validation loss changed by {dv:+.3g}: the extra passes still helped "
                  "unseen data.")
+    mem = measured_memorization(run)
+    if mem is not None:
+        v_txt += (f" Measured on the probe set (training samples, eval mode) against the validation set: unseen "
+                  f"samples' loss exceeds seen samples' by {mem['gap_last']:+.3g} ± {mem['gap_last_se']:.2g} at "
+                  f"epoch {int(mem['last_epoch'])}")
+        v_txt += (f", from {mem['gap_first']:+.3g} ± {mem['gap_first_se']:.2g} at epoch {int(mem['first_epoch'])}: "
+                  "that growth is the memorization." if math.isfinite(mem["growth"]) else ".")
     msg = (f"The training loss drops at each new epoch by {mean:+.3g} ± {se:.2g} per boundary on average "
            f"({100 * rel:+.1f} % of its level; {each}), a step no smooth trend explains (a line fitted on each side "
            f"meets the other {abs(mean) / se:.1f} standard errors apart). From the second epoch on every sample has "
@@ -143,4 +180,5 @@ def staircase_findings(run: Run) -> list[Finding]:
                          tuple(int(b) for b in bounds))]
     return [Finding("data.epoch_staircase", "info", "The training loss steps down at every epoch boundary",
                     msg, rec, evidence, tuple(int(b) for b in bounds),
-                    {"jumps": jumps, "mean_jump": mean, "se": se, "rel": rel, "validation_change": dv})]
+                    {"jumps": jumps, "mean_jump": mean, "se": se, "rel": rel, "validation_change": dv,
+                     "memorization": mem})]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..diagnose.timing import epoch_starts
-from ..record import EVAL_CLEAN, VALIDATION, Run, measurement_label, to_jsonable
+from ..record import EVAL_CLEAN, VALIDATION, Run, loss_unit, measurement_label, to_jsonable
 from ._style import (
     _KIND_STYLE,
     DECIMATE_THRESHOLD,
@@ -178,7 +178,7 @@ def loss_curves_spec(run: Run, max_points: int = DECIMATE_THRESHOLD) -> dict[str
         data.append({"type": "scatter", "mode": "lines", "x": [0, max(e.position for e in run.epochs)],
                      "y": [baseline, baseline], "name": SERIES_LABELS["baseline"], "visible": "legendonly",
                      "line": {"color": "black", "dash": "dot", "width": 1}})
-    layout = _layout("time in epochs (epoch e spans [e, e+1]; end-of-epoch passes at e+1)", "loss per sample")
+    layout = _layout("time in epochs (epoch e spans [e, e+1]; end-of-epoch passes at e+1)", loss_unit(run))
     layout["yaxis2"] = {"overlaying": "y", "range": [0, 1.05], "visible": False, "fixedrange": True}
     values = np.concatenate(shown) if shown else np.zeros(0)
     values = values[np.isfinite(values)]

@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..record import MEASUREMENT_KINDS
+from ..record import MEASUREMENT_KINDS, loss_unit
 from ._model import (
     QUANTITY_LABELS,
     SEVERITY_STYLE,
@@ -132,7 +132,7 @@ def _decomposition(report: "Report") -> RenderableType | None:
     d = dec[-1]
     labels = _term_labels()
     table = Table(title=f"Reported training loss − validation loss at epoch {d.epoch} "
-                        f"(R + Ω = {fmt(d.reported)}, V = {fmt(d.validation)}; loss per sample)",
+                        f"(R + Ω = {fmt(d.reported)}, V = {fmt(d.validation)}; {loss_unit(report.run)})",
                   title_justify="left", show_lines=False, expand=False)
     table.add_column("term")
     table.add_column("value ± SE", justify="right")
