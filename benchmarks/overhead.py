@@ -265,8 +265,10 @@ def table(results: list[dict]) -> str:
         seeds = sorted({r["seed"] for r in rs})
         plain = {r["seed"]: r["cpu_seconds"] for r in rs if r["variant"] == "plain"}
         d = next((r for r in rs if r["variant"] == "default"), {})
+        base = (f"plain run median {statistics.median(plain.values()):.1f} s CPU" if plain else
+                "no plain runs in these results: no ratios (merge a run with --variants plain)")
         lines.append(f"\n{w}: {len(seeds)} repetitions; default probe {d.get('probe_size')} samples, eval batch "
-                     f"{d.get('eval_batch_size')}; plain run median {statistics.median(plain.values()):.1f} s CPU")
+                     f"{d.get('eval_batch_size')}; {base}")
         lines.append(f"  {'variant':<14}{'CPU-time ratio':>16}  range")
         for v in WORKLOADS[w][6]:
             ratios = [r["cpu_seconds"] / plain[r["seed"]] for r in rs if r["variant"] == v and r["seed"] in plain]

@@ -407,3 +407,29 @@ def test_a_trl_dpo_run_records_the_preference_loss_without_probes_and_says_why(t
         assert e.train_loss == pytest.approx(np.mean(logged_losses(trainer, lo, lo + 1.0)), rel=1e-6)
     f = diagnose(run).get("gap.not_measured")
     assert f is not None and "preference loss" in f.message
+
+
+def test_several_eval_datasets_go_into_the_same_recorded_epoch(tmp_path):
+    """``eval_dataset={"a": ..., "b": ...}``: the Trainer evaluates each in turn at the same step; both sets'
+    metrics land in that evaluation's epoch (in memory and in the store), V is the set passed as ``val_data``."""
+    from transformers import Trainer, TrainingArguments
+
+    from losslens.store import Store
+
+    train_ds, a, b = Varlen(48, 1), Varlen(24, 2), Varlen(16, 3)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=8,
+                             per_device_eval_batch_size=64, logging_steps=2, eval_strategy="epoch",
+                             save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+                             remove_unused_columns=False)
+    cb = LossLens(val_data=a, run="two-evals", store=tmp_path / "s.db", probe_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Trainer(model=gpt2(), args=args, train_dataset=train_ds, eval_dataset={"a": a, "b": b}, data_collator=pad,
+                callbacks=[cb]).train()
+    with Store(tmp_path / "s.db") as st:
+        stored = st.load_run("two-evals")
+    for run in (cb.lens.run, stored):
+        assert len(run.epochs) == 2
+        for e in run.epochs:
+            assert {"eval_a_loss", "eval_b_loss"} <= set(e.metrics)
+            assert e.get("validation").mean == pytest.approx(e.metrics["eval_a_loss"], rel=0.1)

@@ -336,6 +336,24 @@ class Recorder:
             self.flush(final=False)
         return epoch
 
+    def add_metrics(self, metrics: dict[str, float]) -> None:
+        """Add ``metrics`` to the last committed epoch (numbers evaluated at the same point after it was closed, such
+        as a second evaluation set's) and rewrite that epoch in the store; a failed write is warned about, never
+        raised (the numbers stay in memory)."""
+        if not self.run.epochs or not metrics:
+            return
+        epoch = self.run.epochs[-1]
+        epoch.metrics.update(metrics)
+        if self.store is None or any(e is epoch for e, _ in self.pending):   # written with the pending epoch
+            return
+        try:
+            self.store.append_epoch(self.run.id, epoch, None)
+        except Exception as exc:   # the store is only a copy: never stop training for it
+            import warnings
+
+            warnings.warn(f"losslens: could not write the metrics of epoch {epoch.index} to the store ({exc}); "
+                          "they are in memory", RuntimeWarning, stacklevel=2)
+
     def measurement_failed(self, epoch: int, exc: BaseException) -> None:
         """Note that an epoch's probe/validation passes failed (recorded, warned once, training goes on)."""
         record_measurement_error(self.run, epoch, exc)

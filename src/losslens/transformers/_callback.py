@@ -107,6 +107,14 @@ def _padding_free(data: Any) -> bool:
     return getattr(coll, "padding_free", False) is True
 
 
+def _with_collator(data: Any, collate: Any) -> Any:
+    """A map-style dataset as a DataLoader with the Trainer's ``data_collator`` (read by the recorder's sources);
+    DataLoaders and None as they are."""
+    if data is None or isinstance(data, torch.utils.data.DataLoader) or not hasattr(data, "__getitem__"):
+        return data
+    return torch.utils.data.DataLoader(data, batch_size=1, collate_fn=collate)
+
+
 def _has_labels(data: Any) -> bool:
     """Whether the first collated item of ``data`` (a DataLoader or dataset) is a dict with ``labels`` (or is not a
     dict at all, in which case the default unpacking decides); a dataset that cannot be read counts as labelled,
@@ -142,8 +150,8 @@ class LossLens(TrainerCallback):
     ----------
     train_data : dataset, DataLoader or None
         The training set with clean inputs (map-style; items are dicts with a
-        ``"labels"`` entry, as the Trainer's). None: the Trainer's training
-        ``DataLoader`` (its dataset and data collator) at ``on_train_begin``.
+        ``"labels"`` entry, as the Trainer's), collated by the Trainer's ``data_collator``. None: the Trainer's
+        training ``DataLoader`` (its dataset and data collator) at ``on_train_begin``.
         (Formerly ``probe``.)
     val_data : dataset, DataLoader or None
         The validation set; None: the Trainer's evaluation ``DataLoader`` (of its ``eval_dataset``, when that
@@ -209,6 +217,7 @@ class LossLens(TrainerCallback):
         self._positions: list[float] = []
         self._spans: list[float] = []
         self._scale = 1.0
+        self._eval_step = -1
 
     @property
     def run(self) -> Any:
@@ -225,6 +234,9 @@ class LossLens(TrainerCallback):
             and not _has_labels(probe)
         val = self._val if self._val is not None else kwargs.get("eval_dataloader")
         trainer = _calling_trainer()
+        if trainer is not None and getattr(trainer, "data_collator", None) is not None:
+            # datasets given without a collator are collated as the Trainer collates (padding, masking)
+            probe, val = (_with_collator(d, trainer.data_collator) for d in (probe, val))
         if val is None and trainer is not None and getattr(trainer, "eval_dataset", None) is not None \
                 and not isinstance(trainer.eval_dataset, dict):   # several eval sets: which one is V is the user's
             try:
@@ -299,9 +311,16 @@ class LossLens(TrainerCallback):
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     **kwargs: Any) -> None:
-        if self.lens is None or not self._spans:
-            return  # before training, or no new window since the last evaluation
+        if self.lens is None:
+            return  # before training
         mets = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not self._spans:
+            # no new window since the last evaluation: another of several eval datasets (eval_<name>_loss) at the
+            # same step goes into the same recorded epoch
+            if state.global_step == self._eval_step:
+                self.lens._rec.add_metrics({k: float(v) for k, v in mets.items()})
+            return
+        self._eval_step = state.global_step
         self.lens.end_epoch(mets, position=state.epoch, step_positions=np.asarray(self._positions),
                             step_spans=np.asarray(self._spans), val_loss=mets.get("eval_loss"))
         self._positions, self._spans = [], []
