@@ -344,8 +344,8 @@ class Recorder:
             return
         epoch = self.run.epochs[-1]
         epoch.metrics.update(metrics)
-        if self.store is None or any(e is epoch for e, _ in self.pending):   # written with the pending epoch
-            return
+        if self.store is None or self.run.id is None or any(e is epoch for e, _ in self.pending):
+            return   # no store, or written with the pending epoch
         try:
             self.store.append_epoch(self.run.id, epoch, None)
         except Exception as exc:   # the store is only a copy: never stop training for it
