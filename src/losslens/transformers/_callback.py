@@ -250,7 +250,12 @@ class LossLens(TrainerCallback):
             # the trainer's batches have no labels: its loss is its own objective (TRL's DPOTrainer, KTO, reward
             # modelling), not the model's loss on labels, which the probes would measure. Recorded without probes.
             probe = val = None
-        loss_fn = self.loss_fn if self.loss_fn is not None else default_loss(model)   # ValueError: unknown head
+        if self.loss_fn is not None:
+            loss_fn = self.loss_fn
+        elif own_loss:   # never called: no probe or validation pass runs; a model of any head records
+            loss_fn = torch.nn.functional.cross_entropy
+        else:
+            loss_fn = default_loss(model)   # ValueError, before the first step, for a head it does not know
         import transformers
 
         kw = dict(self._kwargs)
