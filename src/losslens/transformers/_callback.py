@@ -116,17 +116,17 @@ def _with_collator(data: Any, collate: Any) -> Any:
 
 
 def _has_labels(data: Any) -> bool:
-    """Whether the first collated item of ``data`` (a DataLoader or dataset) is a dict with ``labels`` (or is not a
-    dict at all, in which case the default unpacking decides); a dataset that cannot be read counts as labelled,
-    so the recorder's own check names the problem."""
-    from ..torch._data import Source
+    """Whether the first collated items of ``data`` (a DataLoader or dataset) carry a target the default unpacking
+    finds (a dict with one of ``TARGET_KEYS``, or not a dict at all); a dataset that cannot be read counts as
+    labelled, so the recorder's own check names the problem."""
+    from ..torch._data import TARGET_KEYS, Source
 
     try:
-        batch = Source(data, "train_data").batch(np.arange(min(2, len(data.dataset if hasattr(data, "dataset")
-                                                                        else data))))
+        src = Source(data, "train_data")
+        batch = src.batch(np.arange(min(2, len(src))))
     except Exception:
         return True
-    return not isinstance(batch, dict) or "labels" in batch or "label" in batch
+    return not isinstance(batch, dict) or any(k in batch for k in TARGET_KEYS)
 
 
 def _with_labels(batch: Any) -> tuple[Any, Any]:
