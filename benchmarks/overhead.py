@@ -30,7 +30,8 @@ the ``default`` run's probe size and eval batch size. Repetition ``r`` uses seed
 order, initial weights), so its variants train bit-identical weights; the full-pass anchor's exact eval-mode loss
 over the whole training set is then compared with the ``default`` run's probe estimate ``C`` of the same epoch:
 the share of epochs where it lies within 2 standard errors is the coverage (goal >= 95 %). Each repetition's
-``default`` run draws its own probe (``probe_seed=r``; the cost does not depend on it).
+``default`` run draws its own probe (``probe_seed=r``; the cost does not depend on it). The probe is stratified by
+class, as the recorder does for labels it can read (``probe_permutation``); the redrawn probes use the same design.
 
 Run::
 
@@ -64,6 +65,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from losslens.record import EVAL_CLEAN  # noqa: E402
+from losslens.recording.probe import class_strata, probe_permutation  # noqa: E402
 from losslens.torch import LossLens  # noqa: E402
 
 # -- workloads ------------------------------------------------------------------------------------------------
@@ -155,24 +157,24 @@ def eval_pass(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch: int, de
     return torch.cat(parts).numpy() if per_sample else float(total) / len(y)
 
 
-#: Probe redraws per epoch for the redraw coverage (as the issue's measurement: 2 000).
+#: Probe redraws per epoch for the redraw coverage (as the issue's measurement: 2 000; ``--redraws``).
 REDRAWS = 2000
 
 
-def redraw_coverage(losses: np.ndarray, n: int, seed: int) -> float:
-    """Share of ``REDRAWS`` random probes of ``n`` samples (without replacement) whose mean lies within 2 standard
-    errors (their own sample standard deviation / sqrt(n)) of the mean over every sample."""
-    rng = np.random.default_rng(seed)
+def redraw_coverage(losses: np.ndarray, n: int, seed: int, strata: np.ndarray | None, redraws: int) -> float:
+    """Share of ``redraws`` probes of ``n`` samples, drawn with the recorder's design (``probe_permutation`` with
+    seeds other than the run's, stratified by ``strata`` when given), whose mean lies within 2 standard errors
+    (their own sample standard deviation / sqrt(n)) of the mean over every sample."""
     full = float(losses.mean())
     hits = 0
-    for _ in range(REDRAWS):
-        sub = losses[rng.choice(losses.size, n, replace=False)]
+    for k in range(redraws):
+        sub = losses[probe_permutation(10_000 * (seed + 1) + k, losses.size, strata)[:n]]
         hits += abs(float(sub.mean()) - full) <= 2 * float(sub.std(ddof=1)) / math.sqrt(n)
-    return hits / REDRAWS
+    return hits / redraws
 
 
 def run_once(workload: str, variant: str, data, seed: int, epochs: int, subset: int, device: torch.device,
-             store_dir: Path) -> dict:
+             store_dir: Path, redraws: int = REDRAWS) -> dict:
     make_data, make_model, make_opt, batch, val_batch, _, _ = WORKLOADS[workload]
     Xtr, ytr, Xva, yva = data
     c0 = time.process_time()
@@ -191,7 +193,7 @@ def run_once(workload: str, variant: str, data, seed: int, epochs: int, subset: 
     subset_idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(ytr))[:subset]))
     g = torch.Generator().manual_seed(seed)
     exact: list[float] = []
-    redraws: list[float] = []
+    redrawn: list[float] = []
     syncs, excluded = 0, 0.0
     for _ in range(epochs):
         model.train()
@@ -214,7 +216,7 @@ def run_once(workload: str, variant: str, data, seed: int, epochs: int, subset: 
             losses = eval_pass(model, Xtr, ytr, val_batch, device, per_sample=True)
             exact.append(float(losses.mean()))
             c1 = time.process_time()
-            redraws.append(redraw_coverage(losses, subset, seed))
+            redrawn.append(redraw_coverage(losses, subset, seed, class_strata(ytr.numpy()), redraws))
             excluded += time.process_time() - c1     # the benchmark's own statistics are not the anchor's cost
         elif variant == "subset pass":
             eval_pass(model, Xtr[subset_idx], ytr[subset_idx], val_batch, device)
@@ -222,9 +224,9 @@ def run_once(workload: str, variant: str, data, seed: int, epochs: int, subset: 
             lens.end_epoch()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    out: dict = {"workload": workload, "variant": variant, "seed": seed,
+    out: dict = {"workload": workload, "variant": variant, "seed": seed, "redraws": redraws,
                  "cpu_seconds": time.process_time() - c0 - excluded, "exact_train_loss": exact,
-                 "redraw_coverage": redraws}
+                 "redraw_coverage": redrawn}
     if lens is not None:
         run = lens.run
         out["probe_size"] = run.meta.get("probe_size")
@@ -256,6 +258,14 @@ def default_probe_size(workload: str, data, epochs: int, device: torch.device, s
 
 # -- table ----------------------------------------------------------------------------------------------------
 
+def _ci(hits: list[bool]) -> str:
+    """95 % Clopper-Pearson interval of a share (scipy.stats.binomtest), in words."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(sum(hits)), len(hits)).proportion_ci(0.95)
+    return f"95 % interval {100 * ci.low:.0f}-{100 * ci.high:.0f} %"
+
+
 def table(results: list[dict]) -> str:
     lines = []
     cover_all: list[bool] = []
@@ -285,20 +295,23 @@ def table(results: list[dict]) -> str:
                     hits.append(abs(p[0] - x) <= 2 * p[1])
         cover_all += hits
         if hits:
+            draws = sum(1 for r in rs if r["variant"] == "default" and r["seed"] in full)
             lines.append(f"  coverage: exact training loss within 2 SE of the probe's in {sum(hits)} of {len(hits)} "
-                         f"epochs ({100 * np.mean(hits):.0f} %)")
+                         f"epochs ({100 * np.mean(hits):.0f} %, {_ci(hits)}; {draws} probe draws, each fixed for "
+                         "its run)")
         red = [c for r in rs if r["variant"] == "full pass" for c in r.get("redraw_coverage", [])]
+        red_n = next((r.get("redraws", REDRAWS) for r in rs if r["variant"] == "full pass"), REDRAWS)
         redraw_all.extend(red)
         if red:
             lines.append(f"  redrawn probes of the same size: {100 * np.mean(red):.1f} % within 2 SE (per epoch "
-                         f"{100 * min(red):.1f}-{100 * max(red):.1f} %, {REDRAWS} redraws in each of {len(red)} "
+                         f"{100 * min(red):.1f}-{100 * max(red):.1f} %, {red_n} redraws in each of {len(red)} "
                          "epochs)")
         syncs = [r["syncs_per_step"] for r in rs if r.get("syncs_per_step") is not None]
         if syncs:
             lines.append(f"  host-device synchronisations per lens.step: {max(syncs):.3f}")
     if cover_all:
         lines.append(f"\nall workloads: coverage {sum(cover_all)} of {len(cover_all)} epochs "
-                     f"({100 * np.mean(cover_all):.1f} %; goal >= 95 %)"
+                     f"({100 * np.mean(cover_all):.1f} %, {_ci(cover_all)}; goal >= 95 %)"
                      + (f"; redrawn probes {100 * np.mean(redraw_all):.1f} %" if redraw_all else "")
                      + "; goal for 'default': CPU-time ratio <= 1.05")
     return "\n".join(lines)
@@ -313,6 +326,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of each workload's data (smoke tests)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", default=None, help="run only these variants (comma-separated)")
+    ap.add_argument("--redraws", type=int, default=REDRAWS, help="probe redraws per epoch for the redraw coverage")
     ap.add_argument("--json", default=None, help="write every run's numbers here")
     ap.add_argument("--merge", nargs="*", default=None, help="print the table of these --json files and exit")
     a = ap.parse_args(argv)
@@ -332,7 +346,7 @@ def main(argv: list[str]) -> int:
             for rep in range(a.first_rep, a.first_rep + a.reps):
                 k = rep % len(variants)     # the order rotates, so no variant always runs first or last
                 for v in [v for v in variants[k:] + variants[:k] if not a.variants or v in a.variants.split(",")]:
-                    r = run_once(w, v, data, rep, epochs, subset, device, Path(tmp))
+                    r = run_once(w, v, data, rep, epochs, subset, device, Path(tmp), a.redraws)
                     results.append(r)
                     print(f"{w} rep {rep} {v:<12} {r['cpu_seconds']:8.2f} s CPU", flush=True)
                 if a.json:

@@ -291,12 +291,18 @@ def check_per_sample_losses(on: Outcome) -> None:
 
 
 def check_deterministic_probe(on: Outcome, again: Outcome) -> None:
-    """The same seed gives the same probe set (the seeded permutation's sorted prefix) and the same numbers."""
+    """The same seed gives the same probe set (the seeded permutation's sorted prefix, stratified by the class
+    labels of every harness's in-memory training data) and the same numbers."""
     from losslens.recording import probe_permutation
+    from losslens.recording.probe import class_strata
 
     n_train = on.run.meta["train_size"]
     n = on.run.meta["probe_size"]
-    expect = np.sort(probe_permutation(on.run.meta["probe_seed"], n_train)[:n])
+    # tensor data is stratified by its 10 classes; a dataset whose labels are read only with the inputs is not
+    strata = on.run.meta["probe_strata"]
+    assert strata in (None, 10)
+    codes = class_strata(_digits(n_train)[1]) if strata else None
+    expect = np.sort(probe_permutation(on.run.meta["probe_seed"], n_train, codes)[:n])
     np.testing.assert_array_equal(on.probe_indices, expect)
     assert on.run.meta["probe_fingerprint"] == again.run.meta["probe_fingerprint"]
     for a, b in zip(on.run.epochs, again.run.epochs):

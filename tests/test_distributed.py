@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from losslens.recording.probe import probe_permutation  # noqa: E402
+from losslens.recording.probe import class_strata, probe_permutation  # noqa: E402
 from losslens.store import Store  # noqa: E402
 from losslens.torch import LossLens  # noqa: E402
 
@@ -112,7 +112,7 @@ def ddp_run(tmp_path_factory):
 def test_ddp_probe_losses_equal_one_process(ddp_run):
     """C and V per sample, gathered from 2 ranks, equal one process's losses with the same weights."""
     Xtr, ytr, Xva, yva = digits()
-    idx = np.sort(probe_permutation(0, 1000)[:300])
+    idx = np.sort(probe_permutation(0, 1000, class_strata(np.asarray(ytr)))[:300])
     for epoch in range(3):
         model = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
         model.load_state_dict(torch.load(ddp_run / f"weights_epoch{epoch}.pt"))

@@ -19,7 +19,7 @@ from torch import nn  # noqa: E402
 
 from losslens.diagnose import decompose  # noqa: E402
 from losslens.lightning import LossLens  # noqa: E402
-from losslens.recording.probe import probe_permutation  # noqa: E402
+from losslens.recording.probe import class_strata, probe_permutation  # noqa: E402
 from losslens.store import Store  # noqa: E402
 from losslens.torch import LossLens as TorchLossLens  # noqa: E402
 
@@ -114,8 +114,8 @@ def test_store_has_every_epoch_and_the_decomposition_identity(lit_runs):
         d = decompose(run)[e.index]
         assert d.total == pytest.approx(d.reported - d.validation, abs=1e-12)
     # the last epoch's C and V equal an independent computation with the final weights
-    idx = np.sort(probe_permutation(0, 800)[:256])
     Xtr, ytr, Xva, yva = digits()
+    idx = np.sort(probe_permutation(0, 800, class_strata(ytr.numpy()))[:256])
     on.eval()
     with torch.no_grad():
         c = nn.functional.cross_entropy(on(Xtr[idx]), ytr[idx], reduction="none").numpy()
@@ -203,7 +203,7 @@ def test_lightning_ddp_two_cpu_processes_equal_one_process(tmp_path):
     for e in run.epochs:
         assert e.n_samples == 800 and e.n_steps == 20  # 400 samples per rank, batches of 20
     Xtr, ytr, Xva, yva = digits()
-    idx = np.sort(probe_permutation(0, 800)[:256])
+    idx = np.sort(probe_permutation(0, 800, class_strata(ytr.numpy()))[:256])
     r0, r1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
     for e in range(3):
         model = Module()

@@ -28,6 +28,8 @@ from losslens.record import (  # noqa: E402
     VALIDATION,
     fingerprint_indices,
 )
+from losslens.recording.probe import class_strata, probe_permutation  # noqa: E402
+from losslens.report._model import run_facts  # noqa: E402
 from losslens.store import Store  # noqa: E402
 from losslens.torch import LossLens  # noqa: E402
 
@@ -113,9 +115,10 @@ def test_decomposition_terms_match_independent_computation(digits):
             sizes.append(len(yb))
         ep = lens.end_epoch()
 
-        # probe indices: the documented seeded subset
-        idx = np.sort(np.random.default_rng(0).permutation(len(ytr))[:320])
+        # probe indices: the documented seeded subset, stratified by the class labels
+        idx = np.sort(probe_permutation(0, len(ytr), class_strata(ytr.numpy()))[:320])
         np.testing.assert_array_equal(lens.probe_indices, idx)
+        assert lens.run.meta["probe_strata"] == 10
         assert lens.run.meta["probe_fingerprint"] == fingerprint_indices(idx, len(ytr))
 
         # independent recomputation with the end-of-epoch weights
@@ -396,7 +399,9 @@ class TripleDigits(torch.utils.data.Dataset):
 
 
 def _measure_once(model, probe, val, **kw):
-    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=probe, val_data=val, store=None, probe_size=150, **kw)
+    # the whole set: a form whose labels cannot be read without the inputs gets a simple random probe, the others
+    # a stratified one; over every sample the losses must be the same
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=probe, val_data=val, store=None, probe_size="all", **kw)
     lens.step(torch.tensor(1.0), batch_size=25)
     ep = lens.end_epoch()
     return ep.get(EVAL_CLEAN).values, ep.get(VALIDATION).values
@@ -435,6 +440,44 @@ def test_every_dataset_form_gives_the_same_losses(digits):
         forward=lambda m, inp: m(torch.cat(inp, dim=1)))
     np.testing.assert_allclose(c, ref_c, rtol=1e-6)
     np.testing.assert_allclose(v, ref_v, rtol=1e-6)
+
+
+class TargetsDigits(PlainDigits):
+    """A map-style dataset that keeps its labels in ``targets`` (torchvision's convention)."""
+
+    @property
+    def targets(self):
+        return self.y.tolist()
+
+
+def test_the_probe_is_stratified_when_the_labels_are_readable(digits):
+    Xtr, ytr, Xva, yva = digits
+    X, y = Xtr[:400], ytr[:400]
+    expect = np.sort(probe_permutation(0, 400, class_strata(y.numpy()))[:120])
+    forms = {
+        "tensors": ((X, y), {}, 10),
+        "torchvision-style targets": (TargetsDigits(X, y), {}, 10),
+        "map-style, labels only inside items": (PlainDigits(X, y), {}, None),
+        "custom unpacking": ((X, y), {"unpack": lambda b: (b[0], b[1])}, None),
+        "regression target": ((X, X[:, :1]), {}, None),
+    }
+    for name, (data, kw, strata) in forms.items():
+        lf = nn.MSELoss() if name == "regression target" else nn.CrossEntropyLoss()
+        net = nn.Linear(64, 1) if name == "regression target" else mlp(hidden=16)
+        lens = LossLens(net, lf, train_data=data, store=None, probe_size=120, **kw)
+        lens.step(torch.tensor(1.0), batch_size=40)
+        lens.end_epoch()
+        assert lens.run.meta["probe_strata"] == strata, name
+        probe_fact = dict(run_facts(lens.run))["probe set"]
+        assert ("stratified by 10 classes" in probe_fact) == bool(strata), probe_fact
+        if strata:
+            np.testing.assert_array_equal(lens.probe_indices, expect, err_msg=name)
+        else:
+            np.testing.assert_array_equal(lens.probe_indices, np.sort(probe_permutation(0, 400)[:120]), err_msg=name)
+        # every class in proportion: 120 of 400 is 30 %, within one sample per class
+        if strata:
+            got = np.bincount(y.numpy()[lens.probe_indices], minlength=10)
+            assert np.abs(got - 0.3 * np.bincount(y.numpy(), minlength=10)).max() < 2
 
 
 def test_bad_arguments_name_the_argument(digits, tmp_path):

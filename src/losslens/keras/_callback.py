@@ -16,7 +16,7 @@ from ..meta import FrameworkInfo, LossInfo, ProbeInfo, RunInfo, SplitInfo
 from ..record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
 from ..recording import ProbePlan, Recorder, auto_fingerprints, check_common_args, input_duplicates
 from ..recording.deprecations import deprecated_report, renamed_data_args
-from ..recording.probe import baseline_loss, default_eval_batch_size
+from ..recording.probe import baseline_loss, class_strata, default_eval_batch_size
 from ..recording.recorder import per_sample_check
 from ..sinks import as_sinks, write_live
 from ._data import (
@@ -257,7 +257,8 @@ class LossLens(keras.callbacks.Callback):
         self.eval_batch_size = int(self._eval_bs_arg or default_eval_batch_size(
             self.batch_size, _input_bytes(self._train_full[0]) / max(1, n_train)))
         # probe subset: a seeded permutation's prefix, so every smaller probe is part of a larger one
-        self._plan = ProbePlan(self.probe_size, self.probe_budget, self.probe_seed, n_train, self.val_size or None)
+        self._plan = ProbePlan(self.probe_size, self.probe_budget, self.probe_seed, n_train, self.val_size or None,
+                               _class_strata(self._train_full[1]))
         self._px = self._py = None
 
     def _inspect_layers(self) -> None:
@@ -357,6 +358,7 @@ class LossLens(keras.callbacks.Callback):
         self.run = self._rec.run
         fixed = self._plan.requested()
         if resume is not None and self.run.meta.get("probe_size"):
+            self._plan.match_design(self.run.meta)
             fixed = int(self.run.meta["probe_size"]), str(self.run.meta.get("probe_size_reason"))
         if fixed is not None and self._plan.enabled:
             self._fix_probe(*fixed)
@@ -632,3 +634,11 @@ class LossLens(keras.callbacks.Callback):
         if self.run is None or not self.run.epochs:
             raise RuntimeError("LossLens.diagnose(): no epoch recorded yet; call model.fit(..., callbacks=[lens])")
         return deprecated_report(self.run, "LossLens.diagnose()")
+
+
+def _class_strata(y: Any) -> np.ndarray | None:
+    """Class codes of the (first) training target for a stratified probe, or None (a simple random probe)."""
+    try:
+        return class_strata(_as_numpy(keras.tree.flatten(y)[0]))
+    except Exception:  # noqa: BLE001 - a target losslens cannot read as labels: a simple random probe
+        return None

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PROBE_CAP", "PROBE_MIN", "PILOT_SIZE", "TRAIN_STEP_FORWARDS", "probe_permutation", "probe_size_cap",
+__all__ = ["PROBE_CAP", "PROBE_MIN", "PILOT_SIZE", "TRAIN_STEP_FORWARDS", "probe_permutation", "class_strata",
+           "STRATA_MAX", "probe_size_cap",
            "budget_probe_size", "timed_probe_size", "inherited_probe_size", "baseline_loss",
            "EVAL_BATCH_MAX", "EVAL_BATCH_INPUT_BYTES", "default_eval_batch_size"]
 
@@ -75,15 +76,103 @@ def default_eval_batch_size(train_batch_size: int, input_bytes_per_sample: int |
     return int(max(1, int(train_batch_size), min(EVAL_BATCH_MAX, by_bytes)))
 
 
-def probe_permutation(seed: int, n_train: int) -> np.ndarray:
+def probe_permutation(seed: int, n_train: int, strata: np.ndarray | None = None) -> np.ndarray:
     """The seeded order from which probe sets are taken: a probe of size n is the
     sorted first n entries, so a larger probe contains every smaller one.
+
+    Without ``strata`` the order is a uniform random permutation (every probe is a simple random sample).
+    With ``strata`` (the class label of every training sample, :func:`class_strata`) it is a *proportionally
+    stratified* order: within each class the samples come in random order, and the classes are interleaved by
+    systematic keys ``(j + u_k) / N_k`` (``j``-th sample of class ``k``, ``N_k`` samples in it, a random phase
+    ``u_k`` in [0, 1)), so every prefix holds each class in proportion to its share of the training set, within
+    one sample. Every sample keeps the inclusion probability ``n / n_train``, so the probe mean stays unbiased,
+    and its variance is that of proportional stratified sampling, which never exceeds the simple random sample's
+    by more than ``O(1/n)`` and is smaller by the between-class part of the loss variance (Cochran, *Sampling
+    Techniques*, 3rd ed., 1977, §5.6 and §8.6 on systematic sampling within strata). The probe's standard error
+    is still computed as for a simple random sample, which is conservative for a stratified one. In a
+    classification run the loss differs by class, so a simple random probe that holds too many samples of a
+    hard class is off by that share (measured on a 4-class BERT whose per-sample loss was nearly a function of
+    the class: ``benchmarks/overhead.py``).
+
+    Parameters
+    ----------
+    seed : int
+    n_train : int
+    strata : numpy.ndarray of int, shape (n_train,), optional
+        Class code of each training sample (0 .. k-1).
 
     Returns
     -------
     numpy.ndarray of int64, shape (n_train,)
+
+    Raises
+    ------
+    ValueError
+        If ``strata`` is not a 1-D array of ``n_train`` non-negative integers.
     """
-    return np.random.default_rng(seed).permutation(n_train).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_train).astype(np.int64)
+    if strata is None:
+        return perm
+    codes = np.asarray(strata)
+    if codes.shape != (n_train,) or codes.dtype.kind not in "iu" or (codes.size and codes.min() < 0):
+        raise ValueError(f"strata: expected {n_train} non-negative integer class codes, got an array of shape "
+                         f"{codes.shape} and dtype {codes.dtype}")
+    c = codes[perm].astype(np.int64)
+    counts = np.bincount(c)
+    phase = rng.random(counts.size)
+    # rank of each sample within its class, in the random order
+    by_class = np.argsort(c, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(n_train, dtype=np.int64)
+    rank[by_class] = np.arange(n_train) - np.repeat(starts, counts)
+    key = (rank + phase[c]) / counts[c]
+    return perm[np.argsort(key, kind="stable")]
+
+
+#: Most classes for which the probe is stratified (:func:`class_strata`): with more, a probe of the minimum size
+#: holds less than one sample per class and stratifying gains little.
+STRATA_MAX = 1000
+
+
+def class_strata(targets: Any) -> np.ndarray | None:
+    """Class codes of the training targets for a stratified probe (:func:`probe_permutation`), or None.
+
+    Targets qualify when they are one class label per sample: integers, booleans or integer-valued floats of
+    shape ``(n,)`` or ``(n, 1)``, or one-hot rows of shape ``(n, k)``, with 2 to :data:`STRATA_MAX` classes, at
+    most half as many as samples. Regression targets, soft labels, token labels and anything else give None (a
+    simple random probe).
+
+    Parameters
+    ----------
+    targets : array-like, shape (n_train,), (n_train, 1) or (n_train, k)
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n_train,), or None
+    """
+    try:
+        t = np.asarray(targets)
+    except Exception:  # noqa: BLE001 - any unreadable target means: no strata
+        return None
+    if t.ndim == 2 and t.shape[1] == 1:
+        t = t[:, 0]                                  # Keras-style (n, 1) labels
+    elif t.ndim == 2 and t.shape[1] > 1 and t.dtype.kind in "iubf" and t.size:
+        # one-hot rows (categorical cross-entropy): the class is the hot column
+        if not (np.all((t == 0) | (t == 1)) and np.all(t.sum(axis=1) == 1)):
+            return None
+        t = t.argmax(axis=1)
+    if t.ndim != 1 or t.size < 2:
+        return None
+    if t.dtype.kind == "f":
+        if not np.all(np.isfinite(t)) or not np.all(t == np.round(t)):
+            return None
+    elif t.dtype.kind not in "iub":
+        return None
+    values, codes = np.unique(t, return_inverse=True)
+    if not 2 <= values.size <= min(STRATA_MAX, t.size // 2):
+        return None
+    return codes.astype(np.int64).reshape(-1)
 
 
 def probe_size_cap(n_train: int, n_val: int | None) -> tuple[int, str]:
@@ -187,7 +276,7 @@ def _bounded(cap: int, limit: str, by_budget: int, budget_name: str) -> tuple[in
 
 
 def inherited_probe_size(store: Any, experiment: str | None, run_id: int | None, n_train: int,
-                         probe_seed: int) -> tuple[int, str] | None:
+                         probe_seed: int, strata: int | None = None) -> tuple[int, str] | None:
     """The probe size of the experiment's first run, when this run can share its probe set.
 
     Two seeds of one configuration could otherwise get different probe sets
@@ -203,6 +292,9 @@ def inherited_probe_size(store: Any, experiment: str | None, run_id: int | None,
     run_id : int or None
         This run's id (earlier runs only are considered).
     n_train, probe_seed : int
+    strata : int or None
+        Classes this run's probe is stratified by (``run.meta["probe_strata"]``; None: a simple random probe).
+        Only a run with the same design draws the same samples.
 
     Returns
     -------
@@ -213,7 +305,7 @@ def inherited_probe_size(store: Any, experiment: str | None, run_id: int | None,
     for meta in store.experiment_metas(experiment, before=run_id):
         n = meta.get("probe_size")
         if (isinstance(n, int) and n > 0 and meta.get("train_size") == n_train
-                and meta.get("probe_seed") == probe_seed):
+                and meta.get("probe_seed") == probe_seed and meta.get("probe_strata") == strata):
             return n, (f"auto: the size of run {meta['id']}, the first of experiment {experiment!r}, so the runs "
                        "share their probe samples")
     return None

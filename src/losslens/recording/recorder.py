@@ -182,16 +182,26 @@ class ProbePlan:
         Training-set size (the population the probe is drawn from).
     n_val : int or None
         Validation-set size (caps the default probe: the probe need not be more precise than validation).
+    strata : numpy.ndarray of int, shape (n_train,), optional
+        Class code of every training sample (:func:`~losslens.recording.probe.class_strata`): the probe is then
+        stratified by class (:func:`~losslens.recording.probe.probe_permutation`).
 
     Attributes
     ----------
     indices : numpy.ndarray of int64 or None
         Sorted training-set indices of the probe, once fixed.
+    n_strata : int or None
+        Classes the probe is stratified by (None: a simple random sample).
     """
 
-    def __init__(self, size: int | str, budget: float, seed: int, n_train: int, n_val: int | None) -> None:
+    def __init__(self, size: int | str, budget: float, seed: int, n_train: int, n_val: int | None,
+                 strata: np.ndarray | None = None) -> None:
         self.size, self.budget, self.seed = size, float(budget), int(seed)
         self.n_train, self.n_val = int(n_train), n_val
+        if strata is not None and len(strata) != self.n_train:
+            strata = None
+        self._strata = strata
+        self.n_strata: int | None = int(strata.max()) + 1 if strata is not None else None
         self._perm: np.ndarray | None = None
         self.indices: np.ndarray | None = None
 
@@ -203,7 +213,7 @@ class ProbePlan:
     @property
     def permutation(self) -> np.ndarray:
         if self._perm is None:
-            self._perm = probe_permutation(self.seed, self.n_train)
+            self._perm = probe_permutation(self.seed, self.n_train, self._strata)
         return self._perm
 
     def first(self, n: int) -> np.ndarray:
@@ -233,7 +243,7 @@ class ProbePlan:
         fixed = self.requested()
         if fixed is not None:
             return fixed
-        inherited = inherited_probe_size(store, experiment, run_id, self.n_train, self.seed)
+        inherited = inherited_probe_size(store, experiment, run_id, self.n_train, self.seed, self.n_strata)
         if inherited is not None:
             return min(inherited[0], self.n_train), inherited[1]
         cap, limit = probe_size_cap(self.n_train, self.n_val)
@@ -255,7 +265,14 @@ class ProbePlan:
         meta["probe_size"] = int(len(self.indices))
         meta["probe_size_reason"] = reason
         meta["probe_fingerprint"] = fingerprint_indices(self.indices, self.n_train)
+        meta["probe_strata"] = self.n_strata
         return self.indices
+
+    def match_design(self, meta: dict[str, Any]) -> None:
+        """Use the probe design of a resumed run's metadata: a run recorded before probes were stratified
+        (``probe_strata`` absent or None) keeps its simple random probe."""
+        if meta.get("probe_strata") is None and self._strata is not None:
+            self._strata, self.n_strata, self._perm = None, None, None
 
 
 class Recorder:

@@ -108,7 +108,8 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
     p = info.probe
     if p.size is not None:
         facts.append(("probe set", f"{p.size} samples, fingerprint {short_fingerprint(p.fingerprint)}"
-                      + (f", seed {p.seed}" if p.seed is not None else "")))
+                      + (f", seed {p.seed}" if p.seed is not None else "")
+                      + (f", stratified by {p.strata} classes" if p.strata else "")))
     elif run.has("eval_clean"):
         facts.append(("probe set", "measured by the losslens callback (its size is in the store, not in the log)"))
     else:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..record import Measurement
+from ..recording.probe import class_strata
 
 __all__ = ["default_unpack", "default_forward", "per_sample_loss_fn", "Source", "batch_len", "loss_name",
            "check_torch_args", "train_mode_layers", "weight_decay_of",
@@ -169,6 +170,33 @@ class Source:
 
     def __len__(self) -> int:
         return self.n
+
+    def class_strata(self) -> np.ndarray | None:
+        """Class codes of every sample's target for a stratified probe
+        (:func:`losslens.recording.probe.class_strata`), when the targets are readable without reading the inputs:
+        the last tensor of tensor data (the target of the default unpacking), a dataset's ``targets`` list
+        (torchvision's convention), or the label column (:data:`TARGET_KEYS`) of a dataset with scalar integer
+        columns (a Hugging Face ``datasets.Dataset``). None otherwise (reading the labels would read every
+        sample): a simple random probe."""
+        try:
+            if self.tensors is not None:
+                return class_strata(self.tensors[-1].detach().cpu().numpy())
+            targets = getattr(self.dataset, "targets", None)      # torchvision's datasets keep their labels here
+            if targets is not None and not callable(targets) and len(targets) == self.n:
+                return class_strata(np.asarray(targets))
+            features = getattr(self.dataset, "features", None)
+            if features is None or not hasattr(self.dataset, "column_names"):
+                return None
+            for key in TARGET_KEYS:
+                if key in features:
+                    dtype = str(getattr(features[key], "dtype", ""))
+                    if dtype.startswith(("int", "uint", "bool")) or hasattr(features[key], "num_classes"):
+                        column = self.dataset[key]
+                        return class_strata(column.numpy() if isinstance(column, torch.Tensor) else column)
+                    return None
+        except Exception:  # noqa: BLE001 - targets losslens cannot read as labels: a simple random probe
+            return None
+        return None
 
     def batch(self, indices: np.ndarray) -> Any:
         if self.tensors is not None:

@@ -263,7 +263,9 @@ class LossLens:
                 raise ValueError(f"train_augmented: must index the same samples as train_data, but has "
                                  f"{len(self._train)} samples and train_data {len(self._probe)}")
         self._plan = ProbePlan(probe_size, probe_budget, probe_seed, len(self._probe) if self._probe else 0,
-                               len(self._val) if self._val is not None else None)
+                               len(self._val) if self._val is not None else None,
+                               # a custom unpacking may read the target elsewhere: then a simple random probe
+                               self._probe.class_strata() if self._probe is not None and unpack is None else None)
         self._probe_seed = int(probe_seed)
         self._penalty = penalty
         self._fixed_train_bs = int(train_batch_size) if train_batch_size is not None else None
@@ -322,6 +324,7 @@ class LossLens:
         self.run = self._rec.run
         self._epoch = self._rec.next_epoch
         if resume is not None and self.run.meta.get("probe_size"):
+            self._plan.match_design(self.run.meta)
             self._plan.fix(int(self.run.meta["probe_size"]), str(self.run.meta.get("probe_size_reason")),
                            self.run.meta)
 
