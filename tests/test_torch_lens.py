@@ -480,6 +480,41 @@ def test_the_probe_is_stratified_when_the_labels_are_readable(digits):
             assert np.abs(got - 0.3 * np.bincount(y.numpy(), minlength=10)).max() < 2
 
 
+class _Wrapped(nn.Module):
+    """A user-defined module: losslens cannot know how it behaves in train mode."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_train_mode_pass_uses_the_training_batch_only_where_batch_statistics_can_matter(digits):
+    """Dropout-only torch.nn models: the train-mode pass in eval-sized batches (cheaper); batch norm or a user module
+    keeps the training batch size, and T stays the train-mode loss of each sample."""
+    Xtr, ytr, Xva, yva = digits
+    X, y = Xtr[:600], ytr[:600]
+    cases = {"dropout only": (mlp(dropout=0.5, hidden=32), 256),
+             "batch norm": (mlp(dropout=0.5, bn=True, hidden=32), 20),
+             "user module": (_Wrapped(mlp(dropout=0.5, hidden=32)), 20)}
+    for name, (net, expect) in cases.items():
+        sizes = []
+        first = next(m for m in net.modules() if isinstance(m, nn.Linear))
+        first.register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]) if m.training else None)
+        lens = LossLens(net, nn.CrossEntropyLoss(), train_data=(X, y), store=None, probe_size=512,
+                        eval_batch_size=256)
+        net.train()
+        for i in range(0, 600, 20):
+            lens.step(torch.tensor(1.0), batch_size=20)
+        sizes.clear()
+        ep = lens.end_epoch()
+        assert max(sizes) == expect, (name, sizes)
+        t, c = ep.get(TRAIN_MODE), ep.get(EVAL_CLEAN)
+        assert t is not None and t.n == 512 and t.mean > c.mean    # dropout 0.5 raises the loss
+
+
 def test_bad_arguments_name_the_argument(digits, tmp_path):
     Xtr, ytr, Xva, yva = digits
     net = mlp()

@@ -161,7 +161,7 @@ def _numeric_row_hashes(arrays: list[np.ndarray], targets: list[np.dtype], tags:
         if sum(c.shape[1] for c in cols) >= WIDE_ROW_BYTES:
             out[start:stop] = wide_row_hashes(cols)[:, 0]
         else:
-            out[start:stop] = row_hashes(np.concatenate(cols, axis=1))[:, 0]
+            out[start:stop] = row_hashes(np.concatenate(cols, axis=1), lanes=1)[:, 0]
     return out
 
 

@@ -74,34 +74,36 @@ def wide_row_hashes(parts: list[np.ndarray]) -> np.ndarray:
     return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64).reshape(n, 2)
 
 
-def row_hashes(rows: np.ndarray) -> np.ndarray:
-    """128-bit hash of each row's bytes.
+def row_hashes(rows: np.ndarray, lanes: int = 2) -> np.ndarray:
+    """128-bit hash of each row's bytes (or its first 64 bits, ``lanes=1``, at half the cost).
 
     Parameters
     ----------
     rows : numpy.ndarray, shape (n, ...)
         Any fixed-width dtype; row ``i`` is ``rows[i]``'s bytes in C order. Make
         equal contents equal bytes first (canonical dtype, -0.0 → +0.0, one NaN).
+    lanes : {1, 2}
+        64-bit lanes computed: the first lane is the same either way.
 
     Returns
     -------
-    numpy.ndarray of uint64, shape (n, 2)
+    numpy.ndarray of uint64, shape (n, lanes)
     """
     a = np.ascontiguousarray(rows)
     n = a.shape[0] if a.ndim else 0
     if n == 0:
-        return np.empty((0, 2), np.uint64)
+        return np.empty((0, lanes), np.uint64)
     b = a.reshape(n, -1).view(np.uint8) if a.dtype != np.uint8 else a.reshape(n, -1)
     width = b.shape[1]
     if width >= WIDE_ROW_BYTES:
-        return wide_row_hashes([np.ascontiguousarray(b)])
+        return wide_row_hashes([np.ascontiguousarray(b)])[:, :lanes]
     pad = (-width) % 8
     if pad:
         b = np.concatenate([b, np.zeros((n, pad), np.uint8)], axis=1)
     words = np.ascontiguousarray(b).view("<u8")  # (n, m)
-    out = np.empty((n, 2), np.uint64)
+    out = np.empty((n, lanes), np.uint64)
     with np.errstate(over="ignore"):
-        for lane, seed in enumerate(_SEEDS):
+        for lane, seed in enumerate(_SEEDS[:lanes]):
             h = np.full(n, seed ^ np.uint64(width), dtype=np.uint64)
             for j in range(words.shape[1]):
                 h = _mix((h ^ _mix(words[:, j] + np.uint64(j + 1) * _PHI)) * _M)

@@ -26,6 +26,17 @@ __all__ = ["Passes", "CUDA_EVAL_BATCH"]
 CUDA_EVAL_BATCH = 8192
 
 
+def per_sample_train_mode(model: nn.Module) -> bool:
+    """Whether the model's train-mode loss of a sample is independent of the rest of its batch: every module is a
+    ``torch.nn`` built-in (whose train-mode behaviour is known: dropout draws per element) and none is a batch
+    norm. A module of any other class may use batch statistics in train mode, so it keeps the training batch
+    size."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or not type(m).__module__.startswith("torch.nn."):
+            return False
+    return True
+
+
 class Passes:
     """Per-sample losses of a model on indexed samples.
 
@@ -46,6 +57,10 @@ class Passes:
     train_flags : list of bool or None
         The modules' ``training`` flags during training (read by the recorder at an epoch's first step); the
         train-mode pass uses them, so frozen submodules stay frozen.
+    per_sample_train_mode : bool
+        Whether a sample's train-mode loss cannot depend on the other samples of its batch
+        (:func:`per_sample_train_mode`): the train-mode pass then runs in eval-sized batches, since only batch
+        statistics (batch norm) need the training batch size.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[..., torch.Tensor], unpack: Callable[[Any], Any],
@@ -56,6 +71,7 @@ class Passes:
         self.train_bs = 32          # the training batch size, set by the recorder before the first pass
         self.check: dict[str, Any] | None = None
         self.train_flags: list[bool] | None = None
+        self.per_sample_train_mode = per_sample_train_mode(model)
         #: Under torch.distributed with a sharded model (FSDP): every rank runs the same number of forward passes.
         self.pad_forwards = False
         self._warned_fallback = False
@@ -182,7 +198,8 @@ class Passes:
 
     def train_mode(self, src: Source, indices: np.ndarray, b_train: int, prot: Protect, run_t: bool, run_a: bool,
                    shard: tuple[int, int] | None = None) -> tuple[Any, ...]:
-        """T and A on the same augmented batches of the training batch size (sorted probe order).
+        """T and A on the same augmented batches of the training batch size (sorted probe order), or of the
+        eval batch size when train mode is per sample (:attr:`per_sample_train_mode`).
 
         A final batch smaller than half the training batch size is merged into the
         previous one (a batch of one sample cannot be normalised by batch norm).
@@ -191,7 +208,7 @@ class Passes:
         """
         device = self.device
         n = len(indices)
-        if not run_t:  # eval mode only: batch composition does not matter
+        if not run_t or self.per_sample_train_mode:  # batch composition does not matter
             if self.eval_bs is None:
                 self.eval_bs = self.default_eval_batch_size(self.unpack(src.batch(indices[:1]))[0])
             b_train = max(b_train, self.eval_bs)
