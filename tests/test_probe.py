@@ -134,3 +134,33 @@ def test_a_plan_records_its_design_and_a_resumed_simple_random_run_keeps_it():
     assert old["probe_strata"] is None
     # strata of the wrong length (a different training set) are not used
     assert ProbePlan(50, 0.03, 1, y.size + 1, None, codes).n_strata is None
+
+
+def test_exact_duplicates_and_fingerprints_are_found_across_hashing_chunks():
+    """The setup hashes a few MiB of rows at a time (losslens.recording.duplicates.canonical_row_hashes, the
+    fingerprints likewise): planted duplicates in different chunks, -0.0 against 0.0 and NaN against NaN, are all
+    found, and the per-row hashes do not depend on the chunking."""
+    from losslens.recording import duplicates as dup
+    from losslens.recording import fingerprint as fp
+    from losslens.recording.duplicates import array_duplicates
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(3000, 512)).astype(np.float32)       # 2 KiB rows: several 4 MiB chunks
+    val = rng.normal(size=(400, 512)).astype(np.float32)
+    planted = {0: 5, 1: 2047, 2: 2999, 3: 1500}                    # val row -> train row, across chunks
+    for v, t in planted.items():
+        val[v] = train[t]
+    train[1500, 7], val[3, 7] = 0.0, -0.0                          # equal values, different bits
+    train[2999, 0] = val[2, 0] = np.nan
+    res = array_duplicates(train, val)
+    assert sorted(map(tuple, res.pairs.tolist())) == sorted((t, v) for v, t in planted.items())
+    # the same hashes as one whole-array pass (the chunk size only bounds memory)
+    whole = dup.row_hashes(dup.canonical_numbers(train, np.dtype(np.float32)))
+    np.testing.assert_array_equal(dup.canonical_row_hashes(train, np.dtype(np.float32)), whole)
+    small = fp.sample_hashes((train, np.arange(3000)))
+    old = fp._CHUNK_BYTES
+    try:
+        fp._CHUNK_BYTES = 1 << 40
+        np.testing.assert_array_equal(fp.sample_hashes((train, np.arange(3000))), small)
+    finally:
+        fp._CHUNK_BYTES = old

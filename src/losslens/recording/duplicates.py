@@ -18,8 +18,8 @@ import numpy as np
 
 from .hashing import row_hashes
 
-__all__ = ["ExactDuplicates", "DUPLICATE_PAIRS_KEPT", "canonical_numbers", "match_hashes", "verify_rows",
-           "array_duplicates", "input_duplicates"]
+__all__ = ["ExactDuplicates", "DUPLICATE_PAIRS_KEPT", "canonical_numbers", "canonical_row_hashes", "match_hashes",
+           "verify_rows", "array_duplicates", "input_duplicates"]
 
 #: Index pairs kept in ``run.meta["split_exact_duplicates"]`` (the counts stay exact).
 DUPLICATE_PAIRS_KEPT = 100
@@ -93,6 +93,21 @@ def canonical_numbers(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out.reshape(len(out), -1)
 
 
+#: Canonical bytes converted and hashed at a time by :func:`canonical_row_hashes` (they stay in the CPU caches).
+_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def canonical_row_hashes(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """:func:`~losslens.recording.hashing.row_hashes` of ``canonical_numbers(a, dtype)``, computed a few MiB of
+    rows at a time, so a large array (images) is never converted as a whole (shape ``(n, 2)``, uint64)."""
+    n = len(a)
+    width = max(1, int(np.prod(a.shape[1:])) * np.dtype(dtype).itemsize)
+    chunk = max(1, _CHUNK_BYTES // width)
+    if n <= chunk:
+        return row_hashes(canonical_numbers(a, dtype))
+    return np.concatenate([row_hashes(canonical_numbers(a[i:i + chunk], dtype)) for i in range(0, n, chunk)])
+
+
 def verify_rows(a: np.ndarray, b: np.ndarray, ti: np.ndarray, vi: np.ndarray) -> np.ndarray:
     """Exact comparison of candidate row pairs (guards against hash collisions); NaN equals NaN."""
     ok = np.empty(len(ti), bool)
@@ -149,11 +164,12 @@ def array_duplicates(train: np.ndarray, val: np.ndarray, *, max_pairs: int = 1_0
     dtype = a.dtype if a.dtype == b.dtype else np.dtype(np.float64)
     if dtype.kind == "b":
         dtype = np.dtype(np.uint8)
-    a, b = canonical_numbers(a, dtype), canonical_numbers(b, dtype)
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     if a.shape[1:] != b.shape[1:]:
         raise ValueError(f"training samples have {a.shape[1]} values and validation samples {b.shape[1]}")
-    return match_hashes(row_hashes(a), row_hashes(b), lambda ti, vi: verify_rows(a, b, ti, vi),
-                        max_pairs=max_pairs, t0=t0)
+    # candidate rows are compared as values (NaN equals NaN, -0.0 equals 0.0), as their canonical bytes are
+    return match_hashes(canonical_row_hashes(a, dtype), canonical_row_hashes(b, dtype),
+                        lambda ti, vi: verify_rows(a, b, ti, vi), max_pairs=max_pairs, t0=t0)
 
 
 def _joined_rows(parts: list[np.ndarray], dtypes: list[np.dtype]) -> np.ndarray:

@@ -138,6 +138,11 @@ def _kind_tag(a: np.ndarray) -> bytes:
 #: Rows converted to the canonical dtype at a time (bounds the memory of widening, e.g. uint8 images to int64).
 _CHUNK_ROWS = 65_536
 
+#: Canonical bytes converted at a time: a chunk that stays in the CPU caches is widened, canonicalized and hashed
+#: in one sweep. With whole 65 536-row chunks, 20 000 float32 images of 32×32×3 were widened to 491 MB first and
+#: their fingerprints took 6.5 s on this machine under load; in 4 MiB chunks, see the commit that set this.
+_CHUNK_BYTES = 4 * 1024 * 1024
+
 
 def _numeric_row_hashes(arrays: list[np.ndarray], targets: list[np.dtype], tags: bytes, n: int) -> np.ndarray:
     """Vectorized path: canonical bytes of every part side by side, hashed with
@@ -149,14 +154,19 @@ def _numeric_row_hashes(arrays: list[np.ndarray], targets: list[np.dtype], tags:
     """
     tag_word = np.frombuffer(hashlib.sha256(tags).digest()[:8], dtype=np.uint8)
     out = np.empty(n, dtype=np.uint64)
-    for start in range(0, n, _CHUNK_ROWS):
-        stop = min(n, start + _CHUNK_ROWS)
+    row_bytes = 8 + sum(dt.itemsize * (int(np.prod(a.shape[1:])) if a.ndim > 1 else 1)
+                        for a, dt in zip(arrays, targets))
+    chunk = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // row_bytes))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
         cols = [np.broadcast_to(tag_word, (stop - start, 8))]
         for a, dt in zip(arrays, targets):
             r = np.ascontiguousarray(a[start:stop], dtype=dt).reshape(stop - start, -1)
             if dt.kind in "fc":
-                r = r + 0.0  # -0.0 -> +0.0, so the two zeros hash alike
-                r[np.isnan(r)] = np.nan  # one NaN bit pattern
+                r = r + 0.0  # -0.0 -> +0.0, so the two zeros hash alike (a copy: the caller's data is untouched)
+                nan = np.isnan(r)
+                if nan.any():
+                    r[nan] = np.nan  # one NaN bit pattern
             cols.append(r.view(np.uint8))
         if sum(c.shape[1] for c in cols) >= WIDE_ROW_BYTES:
             out[start:stop] = wide_row_hashes(cols)[:, 0]

@@ -117,7 +117,9 @@ class LossLens:
         batches cost more per sample on CPU); 8192 on CUDA, halved on CUDA out-of-memory errors.
     train_batch_size : int, optional
         Batch size of the train-mode probe pass (batch-norm batch statistics depend on it); default: the most
-        common ``batch_size`` given to :meth:`step` (without one, training-set size / steps per epoch).
+        common ``batch_size`` given to :meth:`step` (without one, training-set size / steps per epoch). A model
+        made only of ``torch.nn`` built-ins without batch norm runs it in eval-sized batches instead (a sample's
+        train-mode loss does not depend on its batch there).
     meta : dict, optional
         Extra metadata stored with the run (it overrides the keys losslens sets).
     fingerprint_split : bool
@@ -173,7 +175,8 @@ class LossLens:
     **Passes.** C and V run in eval mode in large batches. T runs in train mode
     in batches of the training batch size (the most common ``batch_size`` given
     to :meth:`step`; without one, ``N / steps per epoch``), because batch-norm
-    batch statistics depend on it, on the sorted probe indices; each augmented
+    batch statistics depend on it (in eval-sized batches for a model of ``torch.nn``
+    built-ins without batch norm), on the sorted probe indices; each augmented
     batch is read once and fed to T and A, so the two are paired. The module
     flags of training (read at the first :meth:`step` of each epoch, so frozen
     submodules stay frozen) are used for T. T is skipped when the model has no
