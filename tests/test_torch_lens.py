@@ -480,17 +480,6 @@ def test_the_probe_is_stratified_when_the_labels_are_readable(digits):
             assert np.abs(got - 0.3 * np.bincount(y.numpy(), minlength=10)).max() < 2
 
 
-class _Wrapped(nn.Module):
-    """A user-defined module: losslens cannot know how it behaves in train mode."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x)
-
-
 def test_train_mode_pass_uses_the_training_batch_only_where_batch_statistics_can_matter(digits):
     """Dropout-only torch.nn models: the train-mode pass in eval-sized batches (cheaper); batch norm or a user module
     keeps the training batch size, and T stays the train-mode loss of each sample."""
@@ -498,7 +487,8 @@ def test_train_mode_pass_uses_the_training_batch_only_where_batch_statistics_can
     X, y = Xtr[:600], ytr[:600]
     cases = {"dropout only": (mlp(dropout=0.5, hidden=32), 256),
              "batch norm": (mlp(dropout=0.5, bn=True, hidden=32), 20),
-             "user module": (_Wrapped(mlp(dropout=0.5, hidden=32)), 20)}
+             # a user-defined module: losslens cannot know how it behaves in train mode
+             "user module": (KwModel(mlp(dropout=0.5, hidden=32)), 20)}
     for name, (net, expect) in cases.items():
         sizes = []
         first = next(m for m in net.modules() if isinstance(m, nn.Linear))
