@@ -409,6 +409,43 @@ def test_a_trl_dpo_run_records_the_preference_loss_without_probes_and_says_why(t
     assert f is not None and "preference loss" in f.message
 
 
+@pytest.mark.parametrize("metric,chosen", [(None, "a"), ("eval_b_loss", "b")])
+def test_without_val_data_v_is_the_eval_set_the_best_model_is_chosen_by(tmp_path, metric, chosen):
+    """``eval_dataset={"a": ..., "b": ...}`` and no ``val_data``: V is measured on the set ``metric_for_best_model``
+    names, else the first; the report says which."""
+    from transformers import Trainer, TrainingArguments
+
+    from losslens.report._model import run_facts
+
+    train_ds, a, b = Varlen(48, 1), Varlen(24, 2), Varlen(16, 3)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=8,
+                             per_device_eval_batch_size=64, logging_steps=2, eval_strategy="epoch",
+                             save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+                             remove_unused_columns=False, metric_for_best_model=metric)
+    cb = LossLens(store=None, probe_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Trainer(model=gpt2(), args=args, train_dataset=train_ds, eval_dataset={"a": a, "b": b}, data_collator=pad,
+                callbacks=[cb]).train()
+    e = cb.lens.run.epochs[-1]
+    v = e.get("validation")
+    assert v is not None and v.n == len({"a": a, "b": b}[chosen])
+    assert v.mean == pytest.approx(e.metrics[f"eval_{chosen}_loss"], rel=0.1)
+    assert dict(run_facts(cb.lens.run))["validation set"] == f"eval_dataset[{chosen!r}]"
+
+
+def test_validation_set_name_follows_metric_for_best_model():
+    from losslens.transformers import validation_set_name
+
+    names = ["wiki", "wiki_long", "code"]
+    assert validation_set_name(names, None) == "wiki"
+    assert validation_set_name(names, "eval_code_loss") == "code"
+    assert validation_set_name(names, "eval_wiki_long_loss") == "wiki_long"     # the longest matching name
+    assert validation_set_name(names, "wiki_accuracy") == "wiki"
+    assert validation_set_name(names, "loss") == "wiki"
+    assert validation_set_name([], "eval_loss") is None
+
+
 def test_several_eval_datasets_go_into_the_same_recorded_epoch(tmp_path):
     """``eval_dataset={"a": ..., "b": ...}``: the Trainer evaluates each in turn at the same step; both sets'
     metrics land in that evaluation's epoch (in memory and in the store), V is the set passed as ``val_data``."""

@@ -108,6 +108,7 @@ META_KEYS = {
     "val_hashes_rate": "fraction of validation hashes kept by the subsample",
     "fingerprint_skipped": "sets not fingerprinted and why (not in memory, too large, not hashable)",
     "measurement_errors": "epochs whose probe/validation passes failed, with the error",
+    "validation_set": "which of several evaluation sets is the validation set V (Hugging Face eval_dataset dict)",
 }
 
 

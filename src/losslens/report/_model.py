@@ -105,6 +105,8 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
                          (info.split.val_size, "validation samples"), (info.framework.seed, "seed")):
         if value is not None:
             facts.append((label, fmt(value) if isinstance(value, float) else str(value)))
+    if run.meta.get("validation_set"):
+        facts.append(("validation set", str(run.meta["validation_set"])))
     p = info.probe
     if p.size is not None:
         facts.append(("probe set", f"{p.size} samples, fingerprint {short_fingerprint(p.fingerprint)}"

@@ -38,8 +38,8 @@ the mean over its counted tokens and every mean over samples is weighted by thos
 ``loss`` and ``eval_loss``. This module imports transformers and torch.
 """
 
-from ._callback import STATE_FILE, EarlyStoppingCallback, LossLens, logits_forward
+from ._callback import STATE_FILE, EarlyStoppingCallback, LossLens, logits_forward, validation_set_name
 from ._losses import HEADS, SequenceClassificationLoss, TokenCrossEntropy, default_loss, model_head
 
 __all__ = ["LossLens", "EarlyStoppingCallback", "logits_forward", "STATE_FILE", "TokenCrossEntropy",
-           "SequenceClassificationLoss", "default_loss", "model_head", "HEADS"]
+           "SequenceClassificationLoss", "default_loss", "model_head", "HEADS", "validation_set_name"]

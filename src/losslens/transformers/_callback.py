@@ -17,7 +17,8 @@ from ..store import Store
 from ..torch import LossLens as TorchLossLens
 from ._losses import default_loss, model_head
 
-__all__ = ["LossLens", "EarlyStoppingCallback", "logits_forward", "trainer_token_scale", "STATE_FILE"]
+__all__ = ["LossLens", "EarlyStoppingCallback", "logits_forward", "trainer_token_scale", "validation_set_name",
+           "STATE_FILE"]
 
 #: The recorder's state in a Trainer checkpoint folder (``{"run_id", "epochs"}``), read when training resumes.
 STATE_FILE = "losslens_state.json"
@@ -99,6 +100,19 @@ def trainer_token_scale(trainer: Any, head: str | None, probe: Any, unpack: Any 
     return predicted / counted if counted and predicted else 1.0
 
 
+def validation_set_name(names: list[str], metric_for_best_model: str | None) -> str | None:
+    """Which of several eval datasets (``Trainer(eval_dataset={name: dataset, ...})``) the callback measures as
+    ``V`` when no ``val_data`` is given: the one ``metric_for_best_model`` names (``"eval_<name>_loss"``,
+    ``"<name>_loss"``, ``"eval_<name>_accuracy"``, ...; the longest matching name wins), else the first (the
+    Trainer evaluates and logs them in this order). None without names."""
+    if not names:
+        return None
+    metric = str(metric_for_best_model or "")
+    metric = metric[len("eval_"):] if metric.startswith("eval_") else metric
+    named = [n for n in names if metric.startswith(f"{n}_")]
+    return max(named, key=len) if named else names[0]
+
+
 def _padding_free(data: Any) -> bool:
     """Whether ``data`` is a DataLoader whose collator flattens a batch into one row (``padding_free``, as TRL's
     ``DataCollatorForLanguageModeling`` with packing), possibly inside the Trainer's column-removing wrapper."""
@@ -154,8 +168,9 @@ class LossLens(TrainerCallback):
         training ``DataLoader`` (its dataset and data collator) at ``on_train_begin``.
         (Formerly ``probe``.)
     val_data : dataset, DataLoader or None
-        The validation set; None: the Trainer's evaluation ``DataLoader`` (of its ``eval_dataset``, when that
-        is one dataset; with several, pass the one to measure), else no ``V``. (Formerly ``val``.)
+        The validation set; None: the Trainer's evaluation ``DataLoader`` of its ``eval_dataset``; with several
+        (a dict), of the one ``metric_for_best_model`` names, else the first (:func:`validation_set_name`; the
+        choice is in ``run.meta["validation_set"]``); without an eval dataset, no ``V``. (Formerly ``val``.)
     loss_fn : callable, optional
         ``loss_fn(logits, labels) -> scalar tensor``. Default: the loss the model computes itself
         (:func:`losslens.transformers.default_loss`): for causal, sequence-to-sequence and masked language
@@ -237,12 +252,17 @@ class LossLens(TrainerCallback):
         if trainer is not None and getattr(trainer, "data_collator", None) is not None:
             # datasets given without a collator are collated as the Trainer collates (padding, masking)
             probe, val = (_with_collator(d, trainer.data_collator) for d in (probe, val))
-        if val is None and trainer is not None and getattr(trainer, "eval_dataset", None) is not None \
-                and not isinstance(trainer.eval_dataset, dict):   # several eval sets: which one is V is the user's
+        val_name = None
+        if val is None and trainer is not None and getattr(trainer, "eval_dataset", None) is not None:
+            sets = trainer.eval_dataset
             try:
-                val = trainer.get_eval_dataloader()
+                if isinstance(sets, dict):   # several eval sets: V is the one the best model is chosen by
+                    val_name = validation_set_name(list(sets), args.metric_for_best_model)
+                    val = trainer.get_eval_dataloader(sets[val_name]) if val_name is not None else None
+                else:
+                    val = trainer.get_eval_dataloader()
             except Exception:   # no usable eval set: the run is recorded without V
-                val = None
+                val, val_name = None, None
         if probe is None:
             raise ValueError("train_data: none given and the Trainer has no training DataLoader yet; "
                              "pass train_data=train_dataset to LossLens")
@@ -270,6 +290,8 @@ class LossLens(TrainerCallback):
                 "of it; their difference is the generalization gap of the objective plus the within-epoch drift, "
                 "but without per-sample losses it cannot be split into timing, dropout and generalization. Pass "
                 "loss_fn= and train_data= with labels to measure a language-model loss as well.")
+        if val_name is not None and val is not None:
+            meta["validation_set"] = f"eval_dataset[{val_name!r}]"
         meta.update(kw.pop("meta", None) or {})
         kw.setdefault("forward", logits_forward)
         head = model_head(model)
