@@ -188,6 +188,10 @@ def test_a_causal_lm_r_is_per_predicted_token_like_c(tmp_path):
     lab = pad([train_ds[i] for i in range(len(train_ds))])["labels"]
     if scale != 1.0:   # the ratio of predicted to counted labels over the training set
         assert scale == pytest.approx(float((lab[:, 1:] != -100).sum()) / float((lab != -100).sum()), rel=1e-9)
+        # the report says why V is above the Trainer's logged eval_loss
+        from losslens.report._model import run_facts
+
+        assert "first label" in dict(run_facts(run))["logged losses"]
     last = run.epochs[-1]
     r, t = last.train_loss, last.get("train_mode").mean
     assert abs(r - t) < 0.5 * abs(1 - 13 / 12) * t + 0.05 * t   # far below the uncorrected offset

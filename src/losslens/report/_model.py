@@ -105,6 +105,12 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
                          (info.split.val_size, "validation samples"), (info.framework.seed, "seed")):
         if value is not None:
             facts.append((label, fmt(value) if isinstance(value, float) else str(value)))
+    scale = run.meta.get("reported_loss_token_scale")
+    if isinstance(scale, (int, float)) and scale != 1.0:
+        facts.append(("logged losses", f"the Trainer's 'loss' and 'eval_loss' also count each row's first label, "
+                      f"which a causal language model never predicts: they read about x{scale:.4g} the model's "
+                      "per-token loss. R is divided by that ratio; V is the model's own loss, so it is above the "
+                      "logged eval_loss by about as much"))
     if run.meta.get("validation_set"):
         facts.append(("validation set", str(run.meta["validation_set"])))
     p = info.probe
