@@ -190,8 +190,6 @@ class ProbePlan:
     ----------
     indices : numpy.ndarray of int64 or None
         Sorted training-set indices of the probe, once fixed.
-    n_strata : int or None
-        Classes the probe is stratified by (None: a simple random sample).
     """
 
     def __init__(self, size: int | str, budget: float, seed: int, n_train: int, n_val: int | None,
@@ -201,9 +199,13 @@ class ProbePlan:
         if strata is not None and len(strata) != self.n_train:
             strata = None
         self._strata = strata
-        self.n_strata: int | None = int(strata.max()) + 1 if strata is not None else None
         self._perm: np.ndarray | None = None
         self.indices: np.ndarray | None = None
+
+    @property
+    def n_strata(self) -> int | None:
+        """Classes the probe is stratified by (None: a simple random sample)."""
+        return int(self._strata.max()) + 1 if self._strata is not None else None
 
     @property
     def enabled(self) -> bool:
@@ -272,7 +274,7 @@ class ProbePlan:
         """Use the probe design of a resumed run's metadata: a run recorded before probes were stratified
         (``probe_strata`` absent or None) keeps its simple random probe."""
         if meta.get("probe_strata") is None and self._strata is not None:
-            self._strata, self.n_strata, self._perm = None, None, None
+            self._strata, self._perm = None, None
 
 
 class Recorder:
