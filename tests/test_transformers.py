@@ -130,6 +130,15 @@ def test_a_model_without_a_known_head_needs_a_loss_fn(tmp_path):
     assert lens.lens is None
 
 
+@pytest.mark.parametrize("kw", ["model", "seed"])
+def test_arguments_the_trainer_owns_are_refused_when_the_callback_is_made(kw):
+    """The Trainer's model and ``args.seed`` are recorded; passing them to the callback is refused in one line
+    when it is constructed, not by a TypeError inside ``on_train_begin`` that stops training."""
+    with pytest.raises(TypeError, match=f"^{kw}: not an argument of LossLens"):
+        LossLens(store=None, **{kw: 0})
+    LossLens(store=None, probe_seed=3)      # the probe's own seed is the callback's to take
+
+
 TORCHRUN_SCRIPT = COMMON + textwrap.dedent(
     """
     import json, os, sys, warnings

@@ -413,6 +413,99 @@ def test_a_trl_dpo_run_records_the_preference_loss_without_probes_and_says_why(t
     assert f is not None and "preference loss" in f.message
 
 
+def preference_texts(n: int, rng):
+    """Prompts of 3 to 5 words with a good completion (each word's successor) and a bad one (7 words on)."""
+    p, c, r = [], [], []
+    for _ in range(n):
+        a = rng.integers(0, 30, int(rng.integers(3, 6)))
+        p.append(" ".join(f"w{i}" for i in a))
+        c.append(" " + " ".join(f"w{(i + 1) % 30}" for i in a))
+        r.append(" " + " ".join(f"w{(i + 7) % 30}" for i in a))
+    return p, c, r
+
+
+@pytest.mark.parametrize("kind", ["reward", "kto", "grpo"])
+def test_trl_trainers_with_their_own_objective_record_it_without_probes(tmp_path, kind):
+    """TRL's RewardTrainer (a pairwise loss on a one-logit sequence classifier), KTOTrainer (its batches carry a
+    per-row desirable/undesirable ``label``, not token labels) and GRPOTrainer (prompts only; it generates and
+    optimises a policy-gradient surrogate): each run trains to the end, records R and the trainer's eval_loss as V
+    without probes and without measurement errors, and says why. GRPO's loss is not judged as a fit
+    (``regime.surrogate_loss``, headline ``insufficient``)."""
+    pytest.importorskip("trl", minversion="0.20")
+    import copy
+
+    import trl
+    from datasets import Dataset
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    rng = np.random.default_rng(0)
+    cfg = dict(vocab_size=32, n_layer=1, n_head=2, n_embd=32, n_positions=64, bos_token_id=1, eos_token_id=1,
+               pad_token_id=0)
+    common = dict(output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=8,
+                  per_device_eval_batch_size=8, learning_rate=1e-3, logging_steps=3, eval_strategy="epoch",
+                  save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+    torch.manual_seed(0)
+    cb = LossLens(run=kind, store=tmp_path / "s.db")
+    if kind == "reward":
+        def data(n):
+            p, c, r = preference_texts(n, rng)
+            return Dataset.from_dict({"chosen": [a + b for a, b in zip(p, c)],
+                                      "rejected": [a + b for a, b in zip(p, r)]})
+        model = GPT2ForSequenceClassification(GPT2Config(num_labels=1, **cfg))
+        make = dict(args=trl.RewardConfig(**common))
+    elif kind == "kto":
+        def data(n):
+            p, c, r = preference_texts(n, rng)
+            good = [bool(x) for x in rng.integers(0, 2, n)]
+            return Dataset.from_dict({"prompt": p, "completion": [a if g else b for a, b, g in zip(c, r, good)],
+                                      "label": good})
+        model = GPT2LMHeadModel(GPT2Config(**cfg))
+        make = dict(args=trl.KTOConfig(**common), ref_model=copy.deepcopy(model))
+    else:
+        def data(n):
+            return Dataset.from_dict({"prompt": preference_texts(n, rng)[0]})
+
+        def reward(completions, **kw):
+            return [float(len(c)) for c in completions]
+        model = GPT2LMHeadModel(GPT2Config(**cfg))
+        make = dict(args=trl.GRPOConfig(num_generations=4, max_completion_length=8, **common), reward_funcs=reward)
+    trainer_cls = {"reward": trl.RewardTrainer, "kto": trl.KTOTrainer, "grpo": trl.GRPOTrainer}[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = trainer_cls(model=model, train_dataset=data(32), eval_dataset=data(8),
+                              processing_class=word_tokenizer(), callbacks=[cb], **make)
+        trainer.train()
+    run = cb.lens.run
+    assert trainer.state.global_step == trainer.state.max_steps > 0          # never interrupted
+    assert len(run.epochs) == 2 and not run.meta.get("measurement_errors")
+    assert trainer_cls.__name__ in run.meta["probes_off_reason"]
+    for e in run.epochs:
+        assert set(e.measurements) == {"validation"} and e.get("validation").source == "imported"
+        assert e.get("validation").mean == pytest.approx(e.metrics["eval_loss"])
+    result = diagnose(run)
+    if kind == "grpo":
+        assert run.meta["objective"] == "policy_gradient"
+        assert result.get("regime.surrogate_loss") is not None and result.verdict.code == "insufficient"
+        assert not [c for c in result.codes() if c.startswith("stability.") and c != "stability.non_finite"]
+    else:
+        assert "objective" not in run.meta and result.get("gap.not_measured") is not None
+
+
+def test_a_per_row_label_is_not_a_token_label():
+    """KTO's batches have a per-row boolean ``label``: a language model's loss cannot use it (no probes); a
+    sequence classifier's can."""
+    from losslens.transformers._callback import _has_labels
+
+    rows = [{"input_ids": torch.tensor([2, 3, 4]), "label": torch.tensor(True)},
+            {"input_ids": torch.tensor([5, 6, 7]), "label": torch.tensor(False)}]
+    assert not _has_labels(rows, "causal_lm") and _has_labels(rows, "sequence_classification")
+    tokens = [{"input_ids": torch.tensor([2, 3, 4]), "labels": torch.tensor([2, 3, 4])}] * 2
+    assert _has_labels(tokens, "causal_lm")
+    prompts = torch.utils.data.DataLoader([{"prompt": "w1 w2"}, {"prompt": "w3"}], batch_size=2,
+                                          collate_fn=lambda b: b)
+    assert not _has_labels(prompts, "causal_lm")       # raw examples the trainer prepares itself (GRPO)
+
+
 @pytest.mark.parametrize("metric,chosen", [(None, "a"), ("eval_b_loss", "b")])
 def test_without_val_data_v_is_the_eval_set_the_best_model_is_chosen_by(tmp_path, metric, chosen):
     """``eval_dataset={"a": ..., "b": ...}`` and no ``val_data``: V is measured on the set ``metric_for_best_model``

@@ -19,7 +19,7 @@ from ..findings import Finding
 from .checkpoints import checkpoint_findings
 from .gap import gap_findings
 from .label_noise import label_noise_findings
-from .regime import regime_findings
+from .regime import POLICY_GRADIENT, regime_findings
 from .registry import Context, register
 from .stability import stability_findings
 from .staircase import staircase_findings
@@ -29,7 +29,10 @@ __all__ = ["stability", "regime", "data", "stopping", "gap", "split", "recording
 
 @register("stability", order=10, description="non-finite losses and divergence")
 def stability(ctx: Context) -> list[Finding]:
-    return stability_findings(ctx.run)
+    found = stability_findings(ctx.run)
+    if ctx.run.meta.get("objective") == POLICY_GRADIENT:   # a surrogate's swings are not instability; NaN is
+        found = [f for f in found if f.code == "stability.non_finite"]
+    return found
 
 
 @register("regime", order=20, description="the fit regime: overfitting, converged, still improving, not learning")

@@ -40,7 +40,8 @@ from .label_noise import label_noise_share
 from .logged import judged_findings
 from .series import baseline_of, curve, relative, suggest_patience, train_curve
 
-__all__ = ["regime_findings", "suggest_patience", "MIN_EPOCHS", "MIN_SKILL", "MIN_EFFECT", "MIN_SUSTAINED"]
+__all__ = ["regime_findings", "surrogate_loss_finding", "POLICY_GRADIENT", "suggest_patience", "MIN_EPOCHS",
+           "MIN_SKILL", "MIN_EFFECT", "MIN_SUSTAINED"]
 
 #: Fewest epochs with a validation loss before a regime is judged: a trend and
 #: its scatter need at least four points (two second differences).
@@ -83,16 +84,43 @@ MAX_SKILL_OVER_REGULARIZED = 0.75
 MIN_REG_SHARE = 0.25
 
 
+#: ``run.meta["objective"]`` of a run whose logged loss is a policy-gradient surrogate (TRL's GRPO and RLOO
+#: trainers: the Hugging Face callback sets it when the trainer has ``reward_funcs``).
+POLICY_GRADIENT = "policy_gradient"
+
+
+def surrogate_loss_finding(run: Run) -> Finding | None:
+    """``regime.surrogate_loss`` when the run's loss is a policy-gradient surrogate, else None.
+
+    Such a loss is the advantage-weighted log-probability ratio plus a KL penalty: the advantages are normalized
+    within each group of generations, so it is near 0 by construction at every step, and its level and trend say
+    nothing about fit (Shao et al., 2024, *DeepSeekMath*, §4.1, the GRPO objective). The fit regime is not judged on
+    it."""
+    if run.meta.get("objective") != POLICY_GRADIENT:
+        return None
+    name = run.meta.get("trainer") or "The trainer"
+    return Finding(
+        "regime.surrogate_loss", "info", "The logged loss is a policy-gradient surrogate: the fit is not judged on it",
+        f"{name} optimises a policy-gradient objective: its loss is the advantage-weighted probability ratio (plus a "
+        "KL penalty), whose advantages are normalized within each group of generations, so it stays near 0 "
+        "whether or not the policy improves. Overfitting, convergence and learning cannot be read from it.",
+        "Judge the run by its reward (logged as `reward`) on held-out prompts and by the KL to the reference model.")
+
+
 def regime_findings(run: Run) -> list[Finding]:
     """The fit-regime finding of a run (a list of zero or one :class:`Finding`).
 
     Runs whose validation loss has per-sample values (recorded by an adapter) are judged with paired
     errors (module docstring); imported logs, and runs without a validation loss (on their training loss),
-    by :func:`losslens.diagnose.curves.judge_curve`.
+    by :func:`losslens.diagnose.curves.judge_curve`; a run whose loss is a policy-gradient surrogate is not judged
+    (:func:`surrogate_loss_finding`).
     """
     idx, pos, vms = curve(run, VALIDATION)
     if not run.epochs:
         return []
+    surrogate = surrogate_loss_finding(run)
+    if surrogate is not None:
+        return [surrogate]
     if not vms and not run.has(VALIDATION):
         return judged_findings(run, "training")
     if vms and all(m.values is None for m in vms):

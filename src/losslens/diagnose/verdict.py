@@ -47,6 +47,7 @@ FINDING_VERDICT: dict[str, str] = {
     "regime.not_learning": "not_learning",
     "regime.too_few_epochs": "insufficient",
     "regime.no_validation": "insufficient",
+    "regime.surrogate_loss": "insufficient",
     "regime.overfitting": "overfitting",
     "regime.still_improving": "still_improving",
     "regime.good_fit": "converged",

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from ..diagnose.regime import POLICY_GRADIENT
 from ..recording.deprecations import deprecated_report, renamed_data_args
 from ..recording.stopping import NoiseAwareStopper
 from ..store import Store
@@ -129,10 +130,16 @@ def _with_collator(data: Any, collate: Any) -> Any:
     return torch.utils.data.DataLoader(data, batch_size=1, collate_fn=collate)
 
 
-def _has_labels(data: Any) -> bool:
+#: Heads whose loss is over tokens: their labels have a sequence axis.
+_TOKEN_HEADS = ("causal_lm", "masked_lm", "seq2seq_lm", "token_classification")
+
+
+def _has_labels(data: Any, head: str | None = None) -> bool:
     """Whether the first collated items of ``data`` (a DataLoader or dataset) carry a target the default unpacking
-    finds (a dict with one of ``TARGET_KEYS``, or not a dict at all); a dataset that cannot be read counts as
-    labelled, so the recorder's own check names the problem."""
+    finds (a dict with one of ``TARGET_KEYS``, or not a dict at all) that can be the model's labels: for a token
+    head (``head`` in :data:`_TOKEN_HEADS`) a target with one value per row, such as KTO's desirable/undesirable
+    ``label``, is not. A dataset that cannot be read counts as labelled, so the recorder's own check names the
+    problem."""
     from ..torch._data import TARGET_KEYS, Source
 
     try:
@@ -140,7 +147,15 @@ def _has_labels(data: Any) -> bool:
         batch = src.batch(np.arange(min(2, len(src))))
     except Exception:
         return True
-    return not isinstance(batch, dict) or any(k in batch for k in TARGET_KEYS)
+    if isinstance(batch, (list, tuple)) and batch and all(isinstance(b, dict) for b in batch):
+        return False   # raw examples, which the trainer prepares itself (TRL's GRPO and RLOO: prompts to generate)
+    if not isinstance(batch, dict):
+        return True
+    key = next((k for k in TARGET_KEYS if k in batch), None)
+    if key is None:
+        return False
+    target = batch[key]
+    return not (head in _TOKEN_HEADS and isinstance(target, torch.Tensor) and target.ndim < 2)
 
 
 def _with_labels(batch: Any) -> tuple[Any, Any]:
@@ -222,6 +237,9 @@ class LossLens(TrainerCallback):
             raise TypeError(f"loss_fn: expected a callable loss, got {type(loss_fn).__name__}")
         if "model" in lens_kwargs:
             raise TypeError("model: not an argument of LossLens; the Trainer's model is recorded")
+        if "seed" in lens_kwargs:
+            raise TypeError("seed: not an argument of LossLens; the Trainer's args.seed is recorded "
+                            "(probe_seed= seeds the probe set)")
         self.loss_fn = loss_fn
         self.log_metrics = bool(lens_kwargs.pop("log_metrics", True))
         self._trainer: Any = None
@@ -246,7 +264,7 @@ class LossLens(TrainerCallback):
             raise ValueError("LossLens: the Trainer passed no model to on_train_begin")
         probe = self._probe if self._probe is not None else kwargs.get("train_dataloader")
         own_loss = self._probe is None and self.loss_fn is None and "unpack" not in self._kwargs \
-            and not _has_labels(probe)
+            and not _has_labels(probe, model_head(model))
         val = self._val if self._val is not None else kwargs.get("eval_dataloader")
         trainer = _calling_trainer()
         if trainer is not None and getattr(trainer, "data_collator", None) is not None:
@@ -267,8 +285,8 @@ class LossLens(TrainerCallback):
             raise ValueError("train_data: none given and the Trainer has no training DataLoader yet; "
                              "pass train_data=train_dataset to LossLens")
         if own_loss:
-            # the trainer's batches have no labels: its loss is its own objective (TRL's DPOTrainer, KTO, reward
-            # modelling), not the model's loss on labels, which the probes would measure. Recorded without probes.
+            # the trainer's batches have no labels for the model: its loss is its own objective (TRL's DPO, KTO,
+            # reward modelling), not the model's loss on labels, which the probes would measure. No probes.
             probe = val = None
         if self.loss_fn is not None:
             loss_fn = self.loss_fn
@@ -282,11 +300,20 @@ class LossLens(TrainerCallback):
         meta = {"framework": "transformers", "transformers_version": transformers.__version__,
                 "reported_loss_kind": "window_mean", "logging_steps": args.logging_steps,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps}
-        if own_loss:
+        if own_loss and getattr(trainer, "reward_funcs", None):
+            # an online RL trainer (GRPO, RLOO): its loss is a policy-gradient surrogate (regime.surrogate_loss)
+            meta["objective"], meta["trainer"] = POLICY_GRADIENT, type(trainer).__name__
+        if own_loss and meta.get("objective") == POLICY_GRADIENT:
+            meta["probes_off_reason"] = (
+                f"{type(trainer).__name__} generates its own completions and optimises a policy-gradient surrogate; "
+                "its batches are prompts without labels, so there is no per-sample loss to probe. R and V are the "
+                "surrogate as logged (train and eval); their difference is not a generalization gap.")
+        elif own_loss:
             name = type(trainer).__name__ if trainer is not None else "the trainer"
             meta["probes_off_reason"] = (
-                f"{name}'s batches carry no 'labels': it optimises its own objective (a preference loss such as "
-                "DPO's), not the model's loss on labels. R is that objective as logged and V the trainer's eval_loss "
+                f"{name}'s batches carry no labels for the model's own loss: it optimises its own objective (a "
+                "preference loss such as DPO's or KTO's, a reward model's pairwise loss), not the model's loss on "
+                "labels. R is that objective as logged and V the trainer's eval_loss "
                 "of it; their difference is the generalization gap of the objective plus the within-epoch drift, "
                 "but without per-sample losses it cannot be split into timing, dropout and generalization. Pass "
                 "loss_fn= and train_data= with labels to measure a language-model loss as well.")
