@@ -91,6 +91,64 @@ def test_with_probes_the_memorization_is_measured_against_validation():
     assert mem["gap_first"] == pytest.approx(exp[0]) and mem["gap_last"] == pytest.approx(exp[1])
     assert mem["growth"] == pytest.approx(exp[1] - exp[0]) and mem["growth"] > 3 * mem["growth_se"] > 0
     assert "Measured on the probe set" in f.message and "that growth is the memorization" in f.message
+    # the same measurements by passes over the training set (complete epochs: every probe sample seen e + 1 times)
+    assert [x["times_seen"] for x in mem["seen"]] == [1.0, 2.0, 3.0]
+    assert [x["train"] for x in mem["seen"]] == [e.get("eval_clean").mean for e in run.epochs]
+    assert [x["validation"] for x in mem["seen"]] == [e.get("validation").mean for e in run.epochs]
+    assert "after 1 pass:" in f.message and "3 passes:" in f.message
     run_without = _run(epochs=3, per_epoch=60, drop=0.1, noise=0.02, seed=2, val=[0.9, 0.92, 0.95])
     (g,) = staircase_findings(run_without)
     assert g.data["memorization"] is None and "Measured on the probe set" not in g.message
+
+
+# --- real fine-tunes (benchmarks/staircase.py measures the rates over many seeds) ---------------------------------
+
+@pytest.fixture(scope="module")
+def facts_bench():
+    """``benchmarks/staircase.py`` and a tiny GPT-2 pre-trained on facts (seed 0; about 30 s on one CPU core)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import staircase as bench
+
+    return bench, bench.pretrained(0)
+
+
+def test_a_3_epoch_fine_tune_that_memorizes_shows_the_staircase_and_the_measured_memorization(tmp_path,
+                                                                                                facts_bench):
+    """The Hugging Face Trainer fine-tunes the pre-trained model on the same 1 024 facts for 3 epochs, recorded by
+    ``losslens.transformers.LossLens``: the step loss steps down at both epoch boundaries, the finding says so with
+    the memorization measured on the probe set (V − C grows by many standard errors), and the validation loss
+    (unseen facts) rose, so the report says the drop does not carry over."""
+    bench, base = facts_bench
+    trainer, run = bench.fine_tune(base, repeating=True, seed=0, out=tmp_path)
+    assert trainer.state.global_step == bench.EPOCHS * bench.N_TRAIN // bench.BATCH     # never interrupted
+    f = diagnose(run).get("data.epoch_staircase")
+    assert f is not None and [int(j["boundary"]) for j in f.data["jumps"]] == [1, 2]
+    assert f.data["mean_jump"] < -3 * f.data["se"]
+    mem = f.data["memorization"]
+    assert mem["growth"] > 5 * mem["growth_se"] > 0 and mem["gap_last"] > mem["gap_first"]
+    # V − C at the last epoch is the validation mean minus the probe's eval-mode mean, as recorded
+    last = run.epochs[-1]
+    assert mem["gap_last"] == pytest.approx(last.get("validation").mean - last.get("eval_clean").mean, rel=1e-9)
+    assert f.data["validation_change"] > 0 and "does not carry over" in f.message
+    assert "Measured on the probe set" in f.message
+    # by passes: the probe samples' loss falls with each pass while the never-seen samples' loss does not
+    train = [x["train"] for x in mem["seen"]]
+    val = [x["validation"] for x in mem["seen"]]
+    assert [x["times_seen"] for x in mem["seen"]] == [1.0, 2.0, 3.0]
+    assert train[0] - train[-1] > 0.5 and val[-1] >= val[0]
+
+
+def test_the_same_fine_tune_on_a_non_repeating_stream_shows_no_staircase(tmp_path, facts_bench):
+    """The same schedule with new facts each epoch (no sample seen twice): no boundary effect, no finding, and the
+    probe's V − C does not grow beyond noise."""
+    bench, base = facts_bench
+    trainer, run = bench.fine_tune(base, repeating=False, seed=0, out=tmp_path)
+    assert trainer.state.global_step == bench.EPOCHS * bench.N_TRAIN // bench.BATCH
+    assert diagnose(run).get("data.epoch_staircase") is None
+    r = bench.summarize(run)
+    assert abs(r["z"]) < 3 and abs(r["memorization"]["growth"]) < 3 * r["memorization"]["growth_se"]

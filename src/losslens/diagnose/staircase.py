@@ -116,23 +116,31 @@ def measured_memorization(run: Run) -> dict[str, float] | None:
     dict or None
         ``first_epoch``, ``gap_first``, ``gap_first_se``, ``last_epoch``, ``gap_last``, ``gap_last_se`` (loss per
         sample or per token, as the run's measurements), ``growth`` (``gap_last − gap_first``) and ``growth_se``
-        (the two errors in quadrature).
+        (the two errors in quadrature); ``seen``: per evaluation at the end of a complete epoch, ``times_seen``
+        (the passes over the training set so far: every probe sample has been trained on that many times),
+        ``train`` and ``train_se`` (the probe's eval-mode loss), ``validation`` and ``validation_se`` (samples
+        never trained on).
     """
-    gaps = []
+    gaps, seen = [], []
     for e in run.epochs:
-        if e.get(EVAL_CLEAN) is None:
+        c = e.get(EVAL_CLEAN)
+        if c is None:
             continue
         d = decompose_epoch(e)
         g = d.generalization_gap if d is not None else None
         if g is not None and math.isfinite(g.value):
             gaps.append((e.index, g))
+            v = e.get(VALIDATION)
+            if v is not None and math.isfinite(e.position) and abs(e.position - round(e.position)) < 1e-6:
+                seen.append({"epoch": float(e.index), "times_seen": float(round(e.position)), "train": float(c.mean),
+                             "train_se": float(c.sem), "validation": float(v.mean), "validation_se": float(v.sem)})
     if not gaps:
         return None
     (i0, g0), (i1, g1) = gaps[0], gaps[-1]
     growth_se = math.hypot(g0.se, g1.se) if i1 != i0 and math.isfinite(g0.se) and math.isfinite(g1.se) else math.nan
     return {"first_epoch": float(i0), "gap_first": float(g0.value), "gap_first_se": float(g0.se),
             "last_epoch": float(i1), "gap_last": float(g1.value), "gap_last_se": float(g1.se),
-            "growth": float(g1.value - g0.value) if i1 != i0 else math.nan, "growth_se": growth_se}
+            "growth": float(g1.value - g0.value) if i1 != i0 else math.nan, "growth_se": growth_se, "seen": seen}
 
 
 def staircase_findings(run: Run) -> list[Finding]:
@@ -170,6 +178,11 @@ def staircase_findings(run: Run) -> list[Finding]:
                   f"epoch {int(mem['last_epoch'])}")
         v_txt += (f", from {mem['gap_first']:+.3g} ± {mem['gap_first_se']:.2g} at epoch {int(mem['first_epoch'])}: "
                   "that growth is the memorization." if math.isfinite(mem["growth"]) else ".")
+        if len(mem["seen"]) >= 2:
+            v_txt += (" Eval-mode loss of the probe samples after " + ", ".join(
+                f"{int(x['times_seen'])} pass{'es' if x['times_seen'] != 1 else ''}: {x['train']:.3g} ± "
+                f"{x['train_se']:.2g}" for x in mem["seen"][:6]) + "; of the never-seen validation samples: "
+                + ", ".join(f"{x['validation']:.3g} ± {x['validation_se']:.2g}" for x in mem["seen"][:6]) + ".")
     msg = (f"The training loss drops at each new epoch by {mean:+.3g} ± {se:.2g} per boundary on average "
            f"({100 * rel:+.1f} % of its level; {each}), a step no smooth trend explains (a line fitted on each side "
            f"meets the other {abs(mean) / se:.1f} standard errors apart). From the second epoch on every sample has "
