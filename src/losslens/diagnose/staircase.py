@@ -21,6 +21,7 @@ reported when the pooled jump is negative by more than :data:`Z_STAIRCASE` stand
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def _validation_change(run: Run, boundaries: list[float]) -> float | None:
     return after[-1] - before[-1]
 
 
-def measured_memorization(run: Run) -> dict[str, float] | None:
+def measured_memorization(run: Run) -> dict[str, Any] | None:
     """Where probes exist: the validation loss minus the eval-mode loss of seen training samples (the
     generalization gap of the decomposition, paired standard error) at the first and the last evaluation that
     has both; None without them.
@@ -121,7 +122,8 @@ def measured_memorization(run: Run) -> dict[str, float] | None:
         ``train`` and ``train_se`` (the probe's eval-mode loss), ``validation`` and ``validation_se`` (samples
         never trained on).
     """
-    gaps, seen = [], []
+    gaps: list[tuple[int, Any]] = []
+    seen: list[dict[str, float]] = []
     for e in run.epochs:
         c = e.get(EVAL_CLEAN)
         if c is None:
