@@ -6,8 +6,9 @@ followed by four answer tokens drawn at random from 16, so the answers of an uns
 (loss ``log 16`` per answer token at best) and the loss of a seen key falls only by memorizing it. A model trained
 from scratch does not memorize a fact from one exposure, so, like the language models users fine-tune, the model is
 first pre-trained (25 epochs on 1 024 other facts, a plain PyTorch loop), which teaches it to store a new key
-quickly. It is then fine-tuned with the Hugging Face ``Trainer`` and ``losslens.transformers.LossLens`` (batch 16,
-learning rate 3e-3, the step loss logged at every step, evaluated each epoch on 256 unseen facts) for 3 epochs on:
+quickly (AdamW, learning rate 3e-3, batch 16). It is then fine-tuned with the Hugging Face ``Trainer`` and
+``losslens.transformers.LossLens`` (batch 16, constant learning rate 1e-3, the step loss logged at every step,
+evaluated each epoch on 256 unseen facts) for 3 epochs on:
 
 * **repeating** data: the same 1 024 facts each epoch, reshuffled (the users' fine-tune: it memorizes);
 * **non-repeating** data: 1 024 new facts each epoch, the same schedule and the same number of steps (a shuffled,
@@ -103,7 +104,7 @@ def pretrained(seed: int) -> torch.nn.Module:
     return model
 
 
-def fine_tune(model: torch.nn.Module, *, repeating: bool, seed: int, out: Path, **training_args: Any) -> tuple[Any, Any]:
+def fine_tune(model: torch.nn.Module, *, repeating: bool, seed: int, out: Path) -> tuple[Any, Any]:
     """Fine-tune a copy of ``model`` for ``EPOCHS`` epochs with the Trainer and the losslens callback.
 
     Returns ``(trainer, run)``: ``run`` is the recorded :class:`~losslens.record.Run` (step losses at every step,
@@ -119,12 +120,11 @@ def fine_tune(model: torch.nn.Module, *, repeating: bool, seed: int, out: Path, 
         def on_epoch_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             train.set_epoch(round(state.epoch or 0.0))
 
-    kw: dict[str, Any] = dict(output_dir=str(out / "trainer"), num_train_epochs=EPOCHS,
-                              per_device_train_batch_size=BATCH, per_device_eval_batch_size=N_VAL,
-                              learning_rate=FINE_TUNE_LR, lr_scheduler_type="constant", weight_decay=0.0,
-                              warmup_steps=0, logging_steps=1, eval_strategy="epoch", save_strategy="no",
-                              report_to=[], use_cpu=True, disable_tqdm=True, seed=seed, dataloader_num_workers=0)
-    args = TrainingArguments(**{**kw, **training_args})
+    args = TrainingArguments(output_dir=str(out / "trainer"), num_train_epochs=EPOCHS,
+                             per_device_train_batch_size=BATCH, per_device_eval_batch_size=N_VAL,
+                             learning_rate=FINE_TUNE_LR, lr_scheduler_type="constant", weight_decay=0.0,
+                             warmup_steps=0, logging_steps=1, eval_strategy="epoch", save_strategy="no",
+                             report_to=[], use_cpu=True, disable_tqdm=True, seed=seed, dataloader_num_workers=0)
     lens = LossLens(run=f"facts-{'repeating' if repeating else 'stream'}-{seed}", store=out / "s.db",
                     probe_size=256, probe_seed=seed)
     with warnings.catch_warnings():
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = {True: 0, False: 0}
     n = a.pretrained * a.seeds
     t0 = time.process_time()
-    print(f"{'arm':<14} {'model':>5} {'seed':>4} {'drop ± SE':>17} {'z':>6} {'memorization V−C first → last':>34}  found")
+    print(f"{'arm':<14} {'model':>5} {'seed':>4} {'drop ± SE':>17} {'z':>6} "
+          f"{'memorization V−C first → last':>34}  found")
     with tempfile.TemporaryDirectory() as tmp:
         for p in range(a.pretrained):
             base = pretrained(p)

@@ -369,6 +369,17 @@ def test_a_peft_lora_run_records_the_adapted_model(tmp_path):
     assert c.mean == pytest.approx(adapted, rel=1e-5) and abs(adapted - plain) > 1e-3
 
 
+def preference_texts(n: int, rng):
+    """Prompts of 3 to 5 words with a good completion (each word's successor) and a bad one (7 words on)."""
+    p, c, r = [], [], []
+    for _ in range(n):
+        a = rng.integers(0, 30, int(rng.integers(3, 6)))
+        p.append(" ".join(f"w{i}" for i in a))
+        c.append(" " + " ".join(f"w{(i + 1) % 30}" for i in a))
+        r.append(" " + " ".join(f"w{(i + 7) % 30}" for i in a))
+    return p, c, r
+
+
 def test_a_trl_dpo_run_records_the_preference_loss_without_probes_and_says_why(tmp_path):
     """TRL's DPOTrainer: its batches carry no labels and its loss is the preference loss, which per-sample LM
     losses would not measure. The run records R (the logged preference loss) and V (the trainer's eval_loss),
@@ -383,12 +394,7 @@ def test_a_trl_dpo_run_records_the_preference_loss_without_probes_and_says_why(t
     rng = np.random.default_rng(0)
 
     def pairs(n):
-        p, c, r = [], [], []
-        for _ in range(n):
-            a = rng.integers(0, 30, int(rng.integers(3, 6)))
-            p.append(" ".join(f"w{i}" for i in a))
-            c.append(" " + " ".join(f"w{(i + 1) % 30}" for i in a))
-            r.append(" " + " ".join(f"w{(i + 7) % 30}" for i in a))
+        p, c, r = preference_texts(n, rng)
         return Dataset.from_dict({"prompt": p, "chosen": c, "rejected": r})
 
     torch.manual_seed(0)
@@ -411,17 +417,6 @@ def test_a_trl_dpo_run_records_the_preference_loss_without_probes_and_says_why(t
         assert e.train_loss == pytest.approx(np.mean(logged_losses(trainer, lo, lo + 1.0)), rel=1e-6)
     f = diagnose(run).get("gap.not_measured")
     assert f is not None and "preference loss" in f.message
-
-
-def preference_texts(n: int, rng):
-    """Prompts of 3 to 5 words with a good completion (each word's successor) and a bad one (7 words on)."""
-    p, c, r = [], [], []
-    for _ in range(n):
-        a = rng.integers(0, 30, int(rng.integers(3, 6)))
-        p.append(" ".join(f"w{i}" for i in a))
-        c.append(" " + " ".join(f"w{(i + 1) % 30}" for i in a))
-        r.append(" " + " ".join(f"w{(i + 7) % 30}" for i in a))
-    return p, c, r
 
 
 @pytest.mark.parametrize("kind", ["reward", "kto", "grpo"])
