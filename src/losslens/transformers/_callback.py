@@ -16,7 +16,7 @@ from ..recording.deprecations import deprecated_report, renamed_data_args
 from ..recording.stopping import NoiseAwareStopper
 from ..store import Store
 from ..torch import LossLens as TorchLossLens
-from ._losses import default_loss, model_head
+from ._losses import HEADS, default_loss, model_head
 
 __all__ = ["LossLens", "EarlyStoppingCallback", "logits_forward", "trainer_token_scale", "validation_set_name",
            "STATE_FILE"]
@@ -130,16 +130,12 @@ def _with_collator(data: Any, collate: Any) -> Any:
     return torch.utils.data.DataLoader(data, batch_size=1, collate_fn=collate)
 
 
-#: Heads whose loss is over tokens: their labels have a sequence axis.
-_TOKEN_HEADS = ("causal_lm", "masked_lm", "seq2seq_lm", "token_classification")
-
-
 def _has_labels(data: Any, head: str | None = None) -> bool:
     """Whether the first collated items of ``data`` (a DataLoader or dataset) carry a target the default unpacking
     finds (a dict with one of ``TARGET_KEYS``, or not a dict at all) that can be the model's labels: for a token
-    head (``head`` in :data:`_TOKEN_HEADS`) a target with one value per row, such as KTO's desirable/undesirable
-    ``label``, is not. A dataset that cannot be read counts as labelled, so the recorder's own check names the
-    problem."""
+    head (any of :data:`HEADS` but ``sequence_classification``, whose loss is over tokens) a target with one value
+    per row, such as KTO's desirable/undesirable ``label``, is not. A dataset that cannot be read counts as
+    labelled, so the recorder's own check names the problem."""
     from ..torch._data import TARGET_KEYS, Source
 
     try:
@@ -155,7 +151,8 @@ def _has_labels(data: Any, head: str | None = None) -> bool:
     if key is None:
         return False
     target = batch[key]
-    return not (head in _TOKEN_HEADS and isinstance(target, torch.Tensor) and target.ndim < 2)
+    token_head = head in HEADS and head != "sequence_classification"
+    return not (token_head and isinstance(target, torch.Tensor) and target.ndim < 2)
 
 
 def _with_labels(batch: Any) -> tuple[Any, Any]:
@@ -263,8 +260,9 @@ class LossLens(TrainerCallback):
         if model is None:
             raise ValueError("LossLens: the Trainer passed no model to on_train_begin")
         probe = self._probe if self._probe is not None else kwargs.get("train_dataloader")
+        head = model_head(model)
         own_loss = self._probe is None and self.loss_fn is None and "unpack" not in self._kwargs \
-            and not _has_labels(probe, model_head(model))
+            and not _has_labels(probe, head)
         val = self._val if self._val is not None else kwargs.get("eval_dataloader")
         trainer = _calling_trainer()
         if trainer is not None and getattr(trainer, "data_collator", None) is not None:
@@ -303,7 +301,6 @@ class LossLens(TrainerCallback):
         if own_loss and getattr(trainer, "reward_funcs", None):
             # an online RL trainer (GRPO, RLOO): its loss is a policy-gradient surrogate (regime.surrogate_loss)
             meta["objective"], meta["trainer"] = POLICY_GRADIENT, type(trainer).__name__
-        if own_loss and meta.get("objective") == POLICY_GRADIENT:
             meta["probes_off_reason"] = (
                 f"{type(trainer).__name__} generates its own completions and optimises a policy-gradient surrogate; "
                 "its batches are prompts without labels, so there is no per-sample loss to probe. R and V are the "
@@ -321,7 +318,6 @@ class LossLens(TrainerCallback):
             meta["validation_set"] = f"eval_dataset[{val_name!r}]"
         meta.update(kw.pop("meta", None) or {})
         kw.setdefault("forward", logits_forward)
-        head = model_head(model)
         if head is not None:
             meta["head"] = head
         if head == "seq2seq_lm":   # the decoder's inputs are the labels shifted right, built by the model itself
