@@ -1137,7 +1137,44 @@ def test_default_eval_batch_follows_the_training_batch_and_the_input_size(shape,
         lens.step(loss, batch_size=len(y[i:i + batch]))
     lens.end_epoch()
     assert lens._fw.eval_bs == expected == default_eval_batch_size(batch, X[0].numel() * 4)
+    assert lens.run.meta["eval_batch_size"] == expected
     with torch.no_grad():
         exact = F.cross_entropy(net(X[400:]), y[400:], reduction="none").numpy()
     np.testing.assert_allclose(lens.run.epochs[0].get("validation").values, exact, rtol=1e-5, atol=1e-6)
     assert default_eval_batch_size(64, 1) == 2048 and default_eval_batch_size(4096, 10 ** 9) == 4096
+
+
+def test_a_validation_loader_sets_the_eval_batch_on_cpu(tmp_path):
+    """With ``val_data=`` a DataLoader, the eval-mode passes (validation and C) run in its batches, as the user's own
+    validation pass did (benchmarks/overhead.py: smaller blocks than the user's make the training steps fault); the
+    batch size is stored with the run, and an explicit eval_batch_size= still wins."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(600, 3, 8, 8, generator=g)
+    y = torch.randint(0, 3, (600,), generator=g)
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X[400:], y[400:]), batch_size=96)
+    seen: dict[str, list[int]] = {}
+    for name, kw in (("loader", {}), ("explicit", {"eval_batch_size": 50})):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+        sizes: list[int] = []
+        net.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])) if not m.training else None)
+        lens = LossLens(net, nn.CrossEntropyLoss(), train_data=(X[:400], y[:400]), val_data=val_loader,
+                        store=str(tmp_path / f"{name}.db"), **kw)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        for i in range(0, 400, 16):
+            loss = F.cross_entropy(net(X[i:i + 16]), y[i:i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            lens.step(loss, batch_size=16)
+        lens.end_epoch()
+        lens.finish()
+        seen[name] = sizes
+        with Store(tmp_path / f"{name}.db") as st:
+            assert st.load_run(lens.run.name).meta["eval_batch_size"] == kw.get("eval_batch_size", 96)
+        with torch.no_grad():
+            exact = F.cross_entropy(net(X[400:]), y[400:], reduction="none").numpy()
+        np.testing.assert_allclose(lens.run.epochs[0].get("validation").values, exact, rtol=1e-5, atol=1e-6)
+    # 200 validation samples in batches of 96, then the probe's eval-mode pass in the same batches
+    assert seen["loader"][:3] == [96, 96, 8] and max(seen["loader"]) == 96
+    assert seen["explicit"][:4] == [50, 50, 50, 50] and max(seen["explicit"]) == 50

@@ -43,6 +43,8 @@ class ProbeInfo:
     strata : int or None
         Classes the probe is stratified by (:func:`losslens.recording.probe.probe_permutation`); None for a simple
         random sample (targets that are not one class label per sample, or not readable without the inputs).
+    eval_batch_size : int or None
+        Batch size (samples) of the eval-mode passes (validation and ``C``), set at the first epoch end.
     """
 
     size: int | None = None
@@ -52,6 +54,7 @@ class ProbeInfo:
     fingerprint: str | None = None
     cost_per_sample_s: float | None = None
     augmented: bool | None = None
+    eval_batch_size: int | None = None
     strata: int | None = None
 
 
@@ -149,7 +152,7 @@ META_FIELDS: dict[tuple[str, str], str] = {
     ("probe", "size"): "probe_size", ("probe", "seed"): "probe_seed", ("probe", "budget"): "probe_budget",
     ("probe", "size_reason"): "probe_size_reason", ("probe", "fingerprint"): "probe_fingerprint",
     ("probe", "cost_per_sample_s"): "probe_cost_per_sample_s", ("probe", "augmented"): "augmented_probe",
-    ("probe", "strata"): "probe_strata",
+    ("probe", "strata"): "probe_strata", ("probe", "eval_batch_size"): "eval_batch_size",
     ("loss", "name"): "loss", ("loss", "kind"): "loss_kind", ("loss", "baseline"): "baseline_loss",
     ("loss", "per_sample_method"): "per_sample_method", ("loss", "per_sample_check"): "per_sample_loss_check",
     ("loss", "reported_kind"): "reported_loss_kind", ("loss", "penalty_source"): "penalty_source",

@@ -313,7 +313,7 @@ class LossLens(keras.callbacks.Callback):
         # the label prior / target variance of the whole training part (the probe is not fixed yet)
         base = baseline_loss(kind, np.asarray(_as_numpy(keras.tree.flatten(self._train_full[1])[0])))
         meta = RunInfo(
-            probe=ProbeInfo(seed=self.probe_seed,
+            probe=ProbeInfo(seed=self.probe_seed, eval_batch_size=self.eval_batch_size,
                             budget=self.probe_budget if self.probe_size in ("auto", "timed") else None),
             loss=LossInfo(name=(_loss_name(loss) if self._loss_fn_arg is None
                                 else getattr(self._loss_fn_arg, "__name__", "loss_fn")),

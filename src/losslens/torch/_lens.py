@@ -112,8 +112,10 @@ class LossLens:
         an output object, with ``unpack=lambda b: ({k: v for k, v in b.items()
         if k != "labels"}, b["labels"])``.
     eval_batch_size : int, optional
-        Batch size of the eval-mode passes; None: on CPU the training batch size, or more samples while their
-        inputs fit in 32 KiB, at most 2048 (:func:`losslens.recording.probe.default_eval_batch_size`: larger
+        Batch size of the eval-mode passes; None: on CPU the batch size of ``val_data`` when it is a
+        ``DataLoader`` (the user's own validation batches: see :meth:`Passes.default_eval_batch_size` for the
+        measured reason), otherwise the training batch size, or more samples while their inputs fit in 32 KiB,
+        at most 2048 (:func:`losslens.recording.probe.default_eval_batch_size`: larger
         batches cost more per sample on CPU); 8192 on CUDA, halved on CUDA out-of-memory errors.
     train_batch_size : int, optional
         Batch size of the train-mode probe pass (batch-norm batch statistics depend on it); default: the most
@@ -259,6 +261,8 @@ class LossLens:
         self._probe = Source(train_data, "train_data") if train_data is not None else None
         self._train = Source(train_augmented, "train_augmented") if train_augmented is not None else None
         self._val = Source(val_data, "val_data") if val_data is not None else None
+        if isinstance(val_data, torch.utils.data.DataLoader) and val_data.batch_size:
+            self._fw.user_eval_bs = int(val_data.batch_size)     # the user's own validation batches (CPU)
         if self._train is not None:
             if self._probe is None:
                 raise ValueError("train_augmented: needs train_data (the same samples with clean transforms)")
@@ -580,6 +584,8 @@ class LossLens:
     def _note_check(self) -> None:
         if self._fw.check is not None and self.run.meta.get("per_sample_loss_check") is None:
             self.run.meta["per_sample_loss_check"] = self._fw.check
+        if self._fw.eval_bs is not None:
+            self.run.meta["eval_batch_size"] = int(self._fw.eval_bs)
 
     def _eval_pass(self, src: Source | None, indices: np.ndarray, collect_targets: bool,
                    pad: tuple[int, int] | None = None) -> tuple[np.ndarray, Any]:

@@ -21,7 +21,8 @@ from ._guard import Protect
 
 __all__ = ["Passes", "CUDA_EVAL_BATCH"]
 
-#: On CUDA the eval batch starts here (samples) and is halved on out-of-memory errors. On CPU it is
+#: On CUDA the eval batch starts here (samples) and is halved on out-of-memory errors. On CPU it is the batch size
+#: of the user's validation ``DataLoader`` when one is given, otherwise
 #: :func:`losslens.recording.probe.default_eval_batch_size` of the training batch size.
 CUDA_EVAL_BATCH = 8192
 
@@ -52,6 +53,9 @@ class Passes:
 
     Attributes
     ----------
+    user_eval_bs : int or None
+        The batch size of the validation ``DataLoader`` the user gave (``val_data=``; set by the recorder): the
+        default eval batch on CPU.
     check : dict or None
         The per-sample loss check on the first finite batch (:func:`losslens.recording.per_sample_check`).
     train_flags : list of bool or None
@@ -68,6 +72,7 @@ class Passes:
         self.model, self.loss_fn, self.unpack, self.forward = model, loss_fn, unpack, forward
         self.per_sample, self.method = per_sample_loss_fn(loss_fn)
         self.eval_bs = eval_batch_size
+        self.user_eval_bs: int | None = None
         self.train_bs = 32          # the training batch size, set by the recorder before the first pass
         self.check: dict[str, Any] | None = None
         self.train_flags: list[bool] | None = None
@@ -96,10 +101,21 @@ class Passes:
         return Protect(self.model, self.cuda_devices(), seed)
 
     def default_eval_batch_size(self, sample: Any) -> int:
-        """8192 on CUDA; on CPU :func:`losslens.recording.probe.default_eval_batch_size` of the training batch size
-        and the bytes of one sample's inputs."""
+        """8192 on CUDA. On CPU the batch size of the user's validation ``DataLoader`` (:attr:`user_eval_bs`) when
+        there is one, otherwise :func:`losslens.recording.probe.default_eval_batch_size` of the training batch size
+        and the bytes of one sample's inputs.
+
+        Why the user's batch on CPU: the recorder's passes replace the user's validation pass, and the size of the
+        blocks they allocate changes how fast the *training steps* run. On glibc, freeing a large block raises
+        malloc's dynamic mmap and trim thresholds (``mallopt(3)``); passes in smaller blocks than the user's leave
+        them low, and the training steps then return memory to the system and fault it back in at every step
+        (``benchmarks/overhead.py``, CNN: 330 000-430 000 page faults and 6 % more time per epoch of training steps
+        with eval batches of 64 than with the user's 256). Passes in the user's own batches leave the allocator as
+        the user's loop leaves it, and cost per sample what the user's pass costs."""
         if self.device.type == "cuda":
             return CUDA_EVAL_BATCH
+        if self.user_eval_bs:
+            return self.user_eval_bs
         per = input_bytes(sample) / max(1, batch_len(sample) or 1)
         return default_eval_batch_size(self.train_bs, per)
 
