@@ -18,7 +18,8 @@ process's CPU time) and run interleaved within each repetition, in an order that
 the next, so machine noise and the position in the sequence hit all of them:
 
 * ``plain``: the training loop with the user's own validation pass each epoch;
-* ``default``: ``LossLens(model, loss, train_data=..., val_data=...)`` with its defaults, the user's validation
+* ``default``: ``LossLens(model, loss, train_data=(X, y), val_data=val_loader)`` with its defaults, where
+  ``val_loader`` is the ``DataLoader`` of the user's validation pass (its batch size), and the user's validation
   pass removed (the recorder measures the validation loss);
 * ``step-only`` (MLP only): ``probe_size=0`` and no ``val_data``: ``lens.step`` every step, the user's pass stays;
 * ``full pass``: plain plus an eval-mode pass over the whole training set each epoch (what ``trueloss`` does);
@@ -39,6 +40,8 @@ Run::
     python benchmarks/overhead.py --workloads mlp --reps 3          # one workload
     python benchmarks/overhead.py --workloads cnn --reps 2 --json a.json   # save the runs...
     python benchmarks/overhead.py --merge a.json b.json             # ...and print the table of several
+
+    python benchmarks/overhead.py --pass-costs                      # training step vs probe pass, per sample
 
 (the CNN takes about 12 minutes of CPU per repetition; two processes with ``--first-rep`` can share two cores).
 ``--device cuda`` runs the same on a GPU and counts host-device synchronisations per step inside ``lens.step``
@@ -191,7 +194,8 @@ def run_once(workload: str, variant: str, data, seed: int, epochs: int, subset: 
     c1 = time.process_time()
     if variant == "default":
         # defaults, except the probe's seed: each repetition draws its own probe, so the coverage counts draws
-        lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), val_data=(Xva, yva), run=variant, store=store,
+        val_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xva, yva), batch_size=val_batch)
+        lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), val_data=val_loader, run=variant, store=store,
                         probe_seed=seed)
     elif variant == "step-only":
         lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), run=variant, store=store, probe_size=0)
@@ -266,6 +270,51 @@ def default_probe_size(workload: str, data, epochs: int, device: torch.device, s
     """The default probe size of this workload (fixed from sample counts at the first epoch end: one short run)."""
     r = run_once(workload, "default", data, 0, 1, 1, device, store_dir)
     return int(r["probe_size"])
+
+
+def pass_costs(workload: str, n: int = 4096, rounds: int = 3) -> dict:
+    """CPU time per sample (µs) of a training step and of the probe passes, and their ratios.
+
+    On ``n`` training samples (the first ones), the least of ``rounds`` repetitions: a training step (forward,
+    backward, update) in training batches; an eval-mode forward without gradients in the user's validation batches
+    (the recorder's default eval batch with ``val_data=`` a ``DataLoader``, see ``run_once``) and in training
+    batches; a train-mode forward without gradients in training batches (the ``T`` pass). The ratio of a training
+    sample to a probe-pass sample is what ``losslens.recording.probe.TRAIN_STEP_FORWARDS`` assumes.
+    """
+    make_data, make_model, make_opt, batch, val_batch, _, _ = WORKLOADS[workload]
+    Xtr, ytr, _, _ = make_data(0)
+    n = min(n, len(ytr))
+    torch.manual_seed(0)
+    model = make_model()
+    opt = make_opt(model.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train() -> None:
+        model.train()
+        for i in range(0, n, batch):
+            opt.zero_grad()
+            loss_fn(model(Xtr[i:i + batch]), ytr[i:i + batch]).backward()
+            opt.step()
+
+    def forward(bs: int, mode: bool) -> None:
+        model.train(mode)
+        with torch.no_grad():
+            for i in range(0, n, bs):
+                loss_fn(model(Xtr[i:i + bs]), ytr[i:i + bs])
+
+    def per_sample(fn) -> float:
+        spent = []
+        for _ in range(rounds):
+            c = time.process_time()
+            fn()
+            spent.append(time.process_time() - c)
+        return min(spent) / n * 1e6
+
+    out = {"workload": workload, "training step": per_sample(train),
+           f"eval mode, batch {val_batch}": per_sample(lambda: forward(val_batch, False)),
+           f"eval mode, batch {batch}": per_sample(lambda: forward(batch, False)),
+           f"train mode, batch {batch}": per_sample(lambda: forward(batch, True))}
+    return out
 
 
 # -- table ----------------------------------------------------------------------------------------------------
@@ -353,7 +402,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--redraws", type=int, default=REDRAWS, help="probe redraws per epoch for the redraw coverage")
     ap.add_argument("--json", default=None, help="write every run's numbers here")
     ap.add_argument("--merge", nargs="*", default=None, help="print the table of these --json files and exit")
+    ap.add_argument("--pass-costs", action="store_true",
+                    help="print the CPU time per sample of a training step and of each probe pass, and exit")
     a = ap.parse_args(argv)
+    if a.pass_costs:
+        torch.set_num_threads(1)
+        for w in a.workloads.split(","):
+            c = pass_costs(w)
+            step = c.pop("training step")
+            print(f"{c.pop('workload')}: training step {step:.1f} µs per sample; " + "; ".join(
+                f"{k} {v:.1f} µs (a training sample costs {step / v:.2f} of these)" for k, v in c.items()), flush=True)
+        return 0
     if a.merge is not None:
         print(table([r for f in a.merge for r in json.loads(Path(f).read_text())]))
         return 0

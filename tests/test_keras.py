@@ -333,7 +333,7 @@ def _budget_fit(budget=None, probe_size="auto", store=None, n=3000, epochs=2):
 def _expected_auto_size(meta, budget, passes=2):
     """The rule of the class docstring: 3 forward passes per training sample, ``passes`` per probe sample."""
     cap = min(meta["val_size"], 10_000, meta["train_size"])
-    by_budget = int(budget * 3 * meta["train_size"] / passes)
+    by_budget = int(budget * 1.5 * meta["train_size"] / passes)
     return min(cap, max(min(200, cap), by_budget))
 
 
@@ -347,7 +347,7 @@ def test_auto_probe_size_is_bounded_by_the_cost_budget(tmp_path, budget):
     n = meta["probe_size"]
     # the size follows from sample counts alone (no timing), and is below the validation size
     assert meta.get("probe_cost_per_sample_s") is None
-    assert n == _expected_auto_size(meta, b) == {0.03: 200, 0.2: 900}[b]
+    assert n == _expected_auto_size(meta, b) == {0.03: 200, 0.2: 450}[b]
     assert 200 <= n < meta["val_size"] == 3000
     assert meta["probe_size_reason"].startswith("auto: ")
     # the reason names the binding limit

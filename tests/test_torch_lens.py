@@ -694,13 +694,14 @@ def test_probe_size_auto_is_bounded_by_the_budget_and_fixed(digits):
         lens.end_epoch()
     meta = lens.run.meta
     n = meta["probe_size"]
-    # 1200 samples per epoch x 3 forwards x budget 1.0 / 2 passes (C, T) = 1800: capped at the validation size
+    # 1200 samples per epoch x 1.5 probe-pass samples each x budget 1.0 / 2 passes (C, T) = 900: capped at the
+    # validation size
     assert n == 300
     assert [e.get(EVAL_CLEAN).n for e in lens.run.epochs] == [n, n]
     assert "auto" in meta["probe_size_reason"] and meta["probe_budget"] == 1.0
     assert meta.get("probe_cost_per_sample_s") is None   # nothing was timed
-    # a budget that binds: 0.1 x 3 x 1200 / 2 = 180 -> the minimum 200; 0.2 -> 360 (cap 1200 without val)
-    for budget, expected in ((0.1, 200), (0.2, 360)):
+    # a budget that binds: 0.1 x 1.5 x 1200 / 2 = 90 -> the minimum 200; 0.5 -> 450 (cap 1200 without val)
+    for budget, expected in ((0.1, 200), (0.5, 450)):
         lb = LossLens(mlp(dropout=0.2, hidden=32), nn.CrossEntropyLoss(), train_data=(Xtr, ytr), store=None,
                   probe_budget=budget)
         for i in range(0, 1200, 16):

@@ -41,13 +41,15 @@ PROBE_MIN = 200
 #: Samples in the timed pilot pass of ``probe_size="timed"`` (:func:`timed_probe_size`).
 PILOT_SIZE = 256
 
-#: Cost of one training sample (forward + backward + update) in units of one
-#: inference forward pass of the same sample. The backward pass costs about two
-#: forward passes (Kaplan et al. 2020, "Scaling Laws for Neural Language Models",
-#: sec. 2.1: ~2N FLOPs per token forward, ~6N per token for training), so a
-#: training sample costs ~3 forwards. An inference pass without autograd is
-#: cheaper still, so the budget below is conservative.
-TRAIN_STEP_FORWARDS = 3.0
+#: Cost of one training sample (forward, backward, update) in units of one probe-pass sample (an eval-mode or
+#: train-mode forward without gradients). By FLOPs a training sample costs about three forwards (Kaplan et al. 2020,
+#: "Scaling Laws for Neural Language Models", sec. 2.1: ~2N FLOPs per token forward, ~6N for training), but measured
+#: CPU time says less: ``python benchmarks/overhead.py --pass-costs``, one thread, two runs, a training sample costs
+#: 1.70-1.90 eval-mode samples at the user's validation batch and 2.11 train-mode samples on the CNN, 1.67-2.11
+#: train-mode (dropout) samples and 4.4-5.3 eval-mode samples on the 2-layer BERT, 4.4 and 16.5 on the MLP. With 3 the
+#: CNN's probe passes cost 4.4 % of its training where the budget said 3 % (issue 18). 1.5 lies below every measured
+#: ratio, so the budget is an upper bound on these workloads.
+TRAIN_STEP_FORWARDS = 1.5
 
 #: Largest default eval-mode batch on CPU (samples).
 EVAL_BATCH_MAX = 2048
@@ -205,8 +207,8 @@ def budget_probe_size(cap: int, limit: str, budget: float, samples_per_epoch: in
 
     No quantity here is measured in seconds, so the same data, configuration and
     seed give the same probe on any machine and under any load (DESIGN.md,
-    Invariants). With the default 3 % budget and one pass the probe holds 9 % of
-    the samples an epoch trains on; with three passes, 3 %.
+    Invariants). With the default 3 % budget and one pass the probe holds 4.5 % of
+    the samples an epoch trains on; with three passes, 1.5 %.
 
     Parameters
     ----------
