@@ -56,6 +56,7 @@ import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -266,9 +267,52 @@ def count_syncs(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def default_probe_size(workload: str, data, epochs: int, device: torch.device, store_dir: Path) -> int:
+def workload_data(workload: str, scale: float):
+    """The workload's data (seed 0), its first ``scale`` share of each split (at least 64 samples)."""
+    return tuple(t[:max(64, int(scale * len(t)))] for t in WORKLOADS[workload][0](0))
+
+
+def run_fresh(workload: str, variant: str, seed: int, epochs: int, subset: int, device: torch.device,
+              store_dir: Path, scale: float, redraws: int = REDRAWS) -> dict:
+    """:func:`run_once` in a new Python process, which reports its numbers as JSON.
+
+    Every run starts from a fresh process, as a user's training run does: the C allocator keeps state from one run
+    to the next (glibc's dynamic mmap and trim thresholds, ``mallopt(3)``), and in one shared process a run's page
+    faults depended on which runs came before it (the plain loop faulted 75 times after one order, 3.1 million
+    times after another), which scattered the ratios by +-5 %. Data generation and the import of torch happen
+    before the run's clock starts.
+    """
+    spec = dict(workload=workload, variant=variant, seed=seed, epochs=epochs, subset=subset, device=str(device),
+                store_dir=str(store_dir), scale=scale, redraws=redraws)
+    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{workload} {variant} seed {seed} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one_run(spec: str) -> None:
+    """The child side of :func:`run_fresh`: one run, its numbers printed as one JSON line."""
+    a = json.loads(spec)
+    torch.set_num_threads(1)
+    data = workload_data(a["workload"], a["scale"])
+    # warm-up, before the clock: the first steps of a process initialise the kernels (a constant cost, about 2 s,
+    # that would otherwise dilute the ratios of short runs)
+    _, make_model, make_opt, batch = WORKLOADS[a["workload"]][:4]
+    torch.manual_seed(0)
+    model = make_model()
+    opt = make_opt(model.parameters())
+    for i in (0, batch):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data[0][i:i + batch]), data[1][i:i + batch]).backward()
+        opt.step()
+    del model, opt
+    print(json.dumps(run_once(a["workload"], a["variant"], data, a["seed"], a["epochs"], a["subset"],
+                              torch.device(a["device"]), Path(a["store_dir"]), a["redraws"])))
+
+
+def default_probe_size(workload: str, epochs: int, device: torch.device, store_dir: Path, scale: float) -> int:
     """The default probe size of this workload (fixed from sample counts at the first epoch end: one short run)."""
-    r = run_once(workload, "default", data, 0, 1, 1, device, store_dir)
+    r = run_fresh(workload, "default", 0, 1, 1, device, store_dir, scale)
     return int(r["probe_size"])
 
 
@@ -404,7 +448,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--merge", nargs="*", default=None, help="print the table of these --json files and exit")
     ap.add_argument("--pass-costs", action="store_true",
                     help="print the CPU time per sample of a training step and of each probe pass, and exit")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)    # one run in a fresh process (run_fresh)
     a = ap.parse_args(argv)
+    if a.one is not None:
+        one_run(a.one)
+        return 0
     if a.pass_costs:
         torch.set_num_threads(1)
         for w in a.workloads.split(","):
@@ -421,15 +469,13 @@ def main(argv: list[str]) -> int:
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in a.workloads.split(","):
-            make_data, _, _, _, _, epochs, variants = WORKLOADS[w]
+            epochs, variants = WORKLOADS[w][5:]
             epochs = a.epochs or epochs
-            full = make_data(0)
-            data = tuple(t[:max(64, int(a.scale * len(t)))] for t in full)
-            subset = default_probe_size(w, data, epochs, device, Path(tmp))     # also warms up
+            subset = default_probe_size(w, epochs, device, Path(tmp), a.scale)
             for rep in range(a.first_rep, a.first_rep + a.reps):
                 k = rep % len(variants)     # the order rotates, so no variant always runs first or last
                 for v in [v for v in variants[k:] + variants[:k] if not a.variants or v in a.variants.split(",")]:
-                    r = run_once(w, v, data, rep, epochs, subset, device, Path(tmp), a.redraws)
+                    r = run_fresh(w, v, rep, epochs, subset, device, Path(tmp), a.scale, a.redraws)
                     results.append(r)
                     print(f"{w} rep {rep} {v:<12} {r['cpu_seconds']:8.2f} s CPU", flush=True)
                 if a.json:
