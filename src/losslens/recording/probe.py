@@ -198,7 +198,7 @@ def budget_probe_size(cap: int, limit: str, budget: float, samples_per_epoch: in
                       passes: int) -> tuple[int, str]:
     """Probe size allowed by the cost budget, counted from sample counts (deterministic).
 
-    One epoch of training costs ``TRAIN_STEP_FORWARDS · S`` forward-pass units for
+    One epoch of training costs ``TRAIN_STEP_FORWARDS · S`` probe-pass units for
     ``S`` training samples seen per epoch; the probe passes cost ``passes · n``
     (each of C, and A/T where they run, is one forward pass per probe sample). The
     budget allows ``n_budget = floor(budget · TRAIN_STEP_FORWARDS · S / passes)``, and
@@ -233,7 +233,7 @@ def budget_probe_size(cap: int, limit: str, budget: float, samples_per_epoch: in
         by_budget = cap
     n, why = _bounded(cap, limit, by_budget, "cost budget")
     return n, (f"{why}; budget {100 * budget:g} % of an epoch's training compute: {int(samples_per_epoch)} "
-               f"samples x {TRAIN_STEP_FORWARDS:g} forward passes each, {passes} probe pass(es) per probe sample")
+               f"samples x {TRAIN_STEP_FORWARDS:g} probe-pass samples each, {passes} probe pass(es) per probe sample")
 
 
 def timed_probe_size(cap: int, limit: str, budget: float, epoch_seconds: float,
