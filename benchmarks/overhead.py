@@ -13,8 +13,9 @@ Workloads (one torch thread, generated data, seeded):
   classes, 50 000 training and 10 000 validation samples, an MLP 40-256-256-10 with dropout 0.2, batch 64, Adam,
   3 epochs. The user's validation pass: batches of 1024.
 
-Variants, each a whole run (construction, training, every epoch end) timed with ``time.process_time`` (this
-process's CPU time) and run interleaved within each repetition, in an order that rotates from one repetition to
+Variants, each a whole run (construction, training, every epoch end) in a fresh Python process (``run_fresh``),
+timed with ``time.process_time`` (that process's CPU time) after a warm-up, and run interleaved within each
+repetition, in an order that rotates from one repetition to
 the next, so machine noise and the position in the sequence hit all of them:
 
 * ``plain``: the training loop with the user's own validation pass each epoch;
