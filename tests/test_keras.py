@@ -331,7 +331,7 @@ def _budget_fit(budget=None, probe_size="auto", store=None, n=3000, epochs=2):
 
 
 def _expected_auto_size(meta, budget, passes=2):
-    """The rule of the class docstring: 3 forward passes per training sample, ``passes`` per probe sample."""
+    """The rule of docs/keras.md: a training sample counts as 1.5 probe-pass samples, ``passes`` per probe sample."""
     cap = min(meta["val_size"], 10_000, meta["train_size"])
     by_budget = int(budget * 1.5 * meta["train_size"] / passes)
     return min(cap, max(min(200, cap), by_budget))

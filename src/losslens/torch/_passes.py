@@ -109,8 +109,9 @@ class Passes:
         blocks they allocate changes how fast the *training steps* run. On glibc, freeing a large block raises
         malloc's dynamic mmap and trim thresholds (``mallopt(3)``); passes in smaller blocks than the user's leave
         them low, and the training steps then return memory to the system and fault it back in at every step
-        (``benchmarks/overhead.py``, CNN: 330 000-430 000 page faults and 6 % more time per epoch of training steps
-        with eval batches of 64 than with the user's 256). Passes in the user's own batches leave the allocator as
+        (the CNN of ``benchmarks/overhead.py`` on 5 000 images, ``resource.getrusage`` around each epoch's training
+        steps: 330 000-430 000 page faults and 6 % more time per epoch with eval batches of 64 than with the user's
+        256). Passes in the user's own batches leave the allocator as
         the user's loop leaves it, and cost per sample what the user's pass costs."""
         if self.device.type == "cuda":
             return CUDA_EVAL_BATCH
