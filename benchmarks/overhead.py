@@ -311,14 +311,14 @@ def one_run(spec: str) -> None:
                               torch.device(a["device"]), Path(a["store_dir"]), a["redraws"])))
 
 
-def default_probe_size(workload: str, epochs: int, device: torch.device, store_dir: Path, scale: float) -> int:
+def default_probe_size(workload: str, device: torch.device, store_dir: Path, scale: float) -> int:
     """The default probe size of this workload (fixed from sample counts at the first epoch end: one short run)."""
     r = run_fresh(workload, "default", 0, 1, 1, device, store_dir, scale)
     return int(r["probe_size"])
 
 
 def pass_costs(workload: str, n: int = 4096, rounds: int = 3) -> dict:
-    """CPU time per sample (µs) of a training step and of the probe passes, and their ratios.
+    """CPU time per sample (µs) of a training step and of the probe passes (``--pass-costs`` prints the ratios).
 
     On ``n`` training samples (the first ones), the least of ``rounds`` repetitions: a training step (forward,
     backward, update) in training batches; an eval-mode forward without gradients in the user's validation batches
@@ -355,11 +355,10 @@ def pass_costs(workload: str, n: int = 4096, rounds: int = 3) -> dict:
             spent.append(time.process_time() - c)
         return min(spent) / n * 1e6
 
-    out = {"workload": workload, "training step": per_sample(train),
+    return {"training step": per_sample(train),
            f"eval mode, batch {val_batch}": per_sample(lambda: forward(val_batch, False)),
            f"eval mode, batch {batch}": per_sample(lambda: forward(batch, False)),
            f"train mode, batch {batch}": per_sample(lambda: forward(batch, True))}
-    return out
 
 
 # -- table ----------------------------------------------------------------------------------------------------
@@ -459,7 +458,7 @@ def main(argv: list[str]) -> int:
         for w in a.workloads.split(","):
             c = pass_costs(w)
             step = c.pop("training step")
-            print(f"{c.pop('workload')}: training step {step:.1f} µs per sample; " + "; ".join(
+            print(f"{w}: training step {step:.1f} µs per sample; " + "; ".join(
                 f"{k} {v:.1f} µs (a training sample costs {step / v:.2f} of these)" for k, v in c.items()), flush=True)
         return 0
     if a.merge is not None:
@@ -472,7 +471,7 @@ def main(argv: list[str]) -> int:
         for w in a.workloads.split(","):
             epochs, variants = WORKLOADS[w][5:]
             epochs = a.epochs or epochs
-            subset = default_probe_size(w, epochs, device, Path(tmp), a.scale)
+            subset = default_probe_size(w, device, Path(tmp), a.scale)
             for rep in range(a.first_rep, a.first_rep + a.reps):
                 k = rep % len(variants)     # the order rotates, so no variant always runs first or last
                 for v in [v for v in variants[k:] + variants[:k] if not a.variants or v in a.variants.split(",")]:
