@@ -162,3 +162,20 @@ def test_bad_inputs_name_the_argument(digits):
         exact_duplicates({1: 2}, {3: 4})
     with pytest.raises(ValueError, match="kind must be"):
         exact_duplicates(x[:3], x[:3], kind="video")
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@given(arrays(np.uint64, st.tuples(st.integers(0, 30), st.just(2)), elements=st.integers(0, 3)),
+       arrays(np.uint64, st.tuples(st.integers(0, 30), st.just(2)), elements=st.integers(0, 3)))
+def test_the_hash_join_gives_every_equal_pair_and_no_other(ka, kb):
+    # keys from 4 values per word: many repeated keys and keys equal in one word only, the join's hard cases
+    from losslens.recording.duplicates import match_hashes
+
+    res = match_hashes(ka, kb, lambda ti, vi: np.ones(len(ti), bool))
+    want = sorted((j, i) for i in range(len(ka)) for j in range(len(kb)) if (ka[i] == kb[j]).all())
+    assert sorted((v, t) for t, v in res.pairs.tolist()) == want
+    assert res.n_pairs == len(want) and res.val_indices.tolist() == sorted({v for v, _ in want})

@@ -2,7 +2,8 @@
 
 Each sample is normalized, hashed once (a 128-bit hash: :func:`losslens.recording.hashing.row_hashes`
 for arrays, computed column-wise in NumPy; BLAKE2b-128 from :mod:`hashlib` for
-texts), the hashes of the two splits are joined (pandas inner merge)
+texts), the hashes of the two splits are joined (a sort-merge join in NumPy,
+:func:`losslens.recording.duplicates.match_hashes`)
 and every candidate pair is then verified by comparing the normalized contents,
 so a hash collision can never report a false pair.
 

@@ -118,6 +118,27 @@ def verify_rows(a: np.ndarray, b: np.ndarray, ti: np.ndarray, vi: np.ndarray) ->
     return ok
 
 
+def _equal_keys(ka: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every index pair ``(i, j)`` with ``ka[i] == kb[j]`` (whole rows of uint64), as two int64 arrays.
+
+    A sort-merge join in NumPy (a stable sort of the first table by its first word, a binary search of the
+    second's, the matching ranges expanded, the other words compared): O((n + m) log n + pairs), and no pandas
+    import (0.7 s) at the start of every recorded run.
+    """
+    order = np.argsort(ka[:, 0], kind="stable")
+    first = ka[order, 0]
+    lo = np.searchsorted(first, kb[:, 0], side="left")
+    hi = np.searchsorted(first, kb[:, 0], side="right")
+    counts = hi - lo
+    vi = np.repeat(np.arange(len(kb), dtype=np.int64), counts)
+    if not len(vi):
+        return np.empty(0, np.int64), vi
+    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)     # lo of each pair's validation row
+    ti = order[starts + np.arange(len(vi))].astype(np.int64)
+    same = (ka[ti, 1:] == kb[vi, 1:]).all(axis=1)
+    return ti[same], vi[same]
+
+
 def match_hashes(ka: np.ndarray, kb: np.ndarray, verify: Callable[[np.ndarray, np.ndarray], np.ndarray],
                  *, max_pairs: int = 1_000_000, t0: float | None = None) -> ExactDuplicates:
     """Join two tables of 128-bit sample hashes and keep the verified pairs.
@@ -131,12 +152,7 @@ def match_hashes(ka: np.ndarray, kb: np.ndarray, verify: Callable[[np.ndarray, n
         At most this many pairs are kept (``n_pairs`` stays exact).
     """
     t0 = time.perf_counter() if t0 is None else t0
-    import pandas as pd  # imported here: the diagnosis imports this module and never needs pandas
-
-    left = pd.DataFrame({"h0": ka[:, 0], "h1": ka[:, 1], "t": np.arange(len(ka), dtype=np.int64)})
-    right = pd.DataFrame({"h0": kb[:, 0], "h1": kb[:, 1], "v": np.arange(len(kb), dtype=np.int64)})
-    m = left.merge(right, on=["h0", "h1"], how="inner")
-    ti, vi = m["t"].to_numpy(np.int64), m["v"].to_numpy(np.int64)
+    ti, vi = _equal_keys(np.asarray(ka, np.uint64), np.asarray(kb, np.uint64))
     if len(ti):
         ok = verify(ti, vi)
         ti, vi = ti[ok], vi[ok]
