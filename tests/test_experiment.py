@@ -21,7 +21,7 @@ from losslens.experiment import (align, bands, bootstrap_band, combine_terms, co
                                  load_experiment, summarize_run)
 from losslens.experiment.bands import Aligned
 from losslens.experiment.cli import compare as compare_cmd
-from losslens.recording.fingerprint import split_fingerprints
+from losslens.recording.fingerprint import CONTENT_HASH_VERSION, split_fingerprints
 from losslens.report.experiment import save_experiment_html
 from losslens.record import Epoch, Measurement, Run, Steps
 from losslens.store import Store, StoreError
@@ -297,7 +297,7 @@ def test_runs_with_an_older_content_hash_are_not_compared(pool):
     assert "experiment.split_changed" not in found and "experiment.split_overlap" not in found
     unknown = found["experiment.split_unknown"]
     assert unknown.data["older_content_hash"] == [unknown.data["runs"][0]] and "older losslens" in unknown.message
-    assert pool[0].meta["content_hash"] == 2
+    assert pool[0].meta["content_hash"] == CONTENT_HASH_VERSION == 3
 
 
 

@@ -155,10 +155,40 @@ def test_wide_rows_hash_by_content_and_width_and_streaming_equals_the_concatenat
 
     X = rng.normal(size=(30, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 10, 30)
-    tags = b"|".join(fpm._kind_tag(a) for a in (X, y))
+    tags = b"|".join(fpm._kind_tag(a) for a in (X, y)) + b"|f4"      # float32 values: hashed as float32 (version 3)
     tag = np.broadcast_to(np.frombuffer(hashlib.sha256(tags).digest()[:8], np.uint8), (30, 8))
-    side_by_side = np.concatenate([tag, X.astype(np.float64).reshape(30, -1).view(np.uint8),
+    side_by_side = np.concatenate([tag, X.reshape(30, -1).view(np.uint8),
                                    y.astype(np.int64).reshape(30, -1).view(np.uint8)], axis=1)
     assert side_by_side.shape[1] >= WIDE_ROW_BYTES
     assert (fpm.sample_hashes((X, y)) == row_hashes(side_by_side)[:, 0]).all()
     assert (fpm.sample_hashes((torch.from_numpy(X), torch.from_numpy(y))) == fpm.sample_hashes((X, y))).all()
+
+
+@pytest.mark.parametrize("width", [8, 1024])          # the column-wise and the BLAKE2b paths
+def test_floats_hash_by_value_at_their_narrowest_exact_width(width):
+    """Content-hash version 3: a sample whose float values are all float32 values hashes the same from float16,
+    float32 or float64 arrays (and from torch), a float64 sample that float32 would round hashes differently from
+    its rounding, and in a chunk that mixes both kinds each row hashes as it does alone."""
+    rng = np.random.default_rng(0)
+    X32 = rng.normal(size=(40, width)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    ref = sample_hashes((X32, y))
+    assert (sample_hashes((X32.astype(np.float64), y)) == ref).all()
+    assert (sample_hashes((torch.from_numpy(X32).double(), torch.from_numpy(y))) == ref).all()
+    X16 = X32.astype(np.float16)
+    assert (sample_hashes((X16, y)) == sample_hashes((X16.astype(np.float64), y))).all()
+    mixed = X32.astype(np.float64)
+    mixed[::3, 0] += 1e-12                                    # not a float32 value any more
+    h = sample_hashes((mixed, y))
+    wide = np.arange(40) % 3 == 0
+    assert (h[~wide] == ref[~wide]).all() and (h[wide] != ref[wide]).all()
+    alone = np.array([sample_hashes((mixed[i:i + 1], y[i:i + 1]))[0] for i in range(40)])
+    assert (h == alone).all()
+    nan = X32.copy()
+    nan[0, 0], nan[1, 0] = np.nan, -0.0
+    nan64 = nan.astype(np.float64)
+    nan64[0, 0] = -np.nan
+    assert (sample_hashes(nan) == sample_hashes(nan64)).all()
+    pos = nan.copy()
+    pos[1, 0] = 0.0
+    assert sample_hashes(pos)[1] == sample_hashes(nan)[1], "-0.0 and 0.0 are the same value"
