@@ -1,7 +1,7 @@
 """Exact duplicates of validation inputs among the training inputs, for in-memory arrays.
 
 The check every adapter runs once when recording starts (``run.meta["split_exact_duplicates"]``), and the
-array path of :func:`losslens.audit.exact_duplicates`: one normalized copy of the inputs, a 128-bit hash per
+array path of :func:`losslens.audit.exact_duplicates`: one normalized copy of the inputs, a 64-bit hash per
 sample (:func:`losslens.recording.hashing.row_hashes`), a join of the two hash tables, and every candidate pair
 verified by comparing contents, so a hash collision can never report a false pair. Numbers: when the two
 splits have different dtypes both are cast to float64 (``uint8`` 3 equals ``float32`` 3.0); ``-0.0`` counts
@@ -79,7 +79,7 @@ class ExactDuplicates:
             "pairs": self.pairs[:max_pairs].tolist(), "pairs_truncated": bool(len(self.pairs) > max_pairs
                                                                               or self.truncated),
             "seconds": self.seconds,
-            "method": "128-bit hash of normalized content (losslens.recording.hashing), verified by comparison",
+            "method": "hash of normalized content (losslens.recording.hashing), every pair verified by comparison",
         }
 
 
@@ -97,15 +97,20 @@ def canonical_numbers(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
 _CHUNK_BYTES = 4 * 1024 * 1024
 
 
-def canonical_row_hashes(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def canonical_row_hashes(a: np.ndarray, dtype: np.dtype, lanes: int = 1) -> np.ndarray:
     """:func:`~losslens.recording.hashing.row_hashes` of ``canonical_numbers(a, dtype)``, computed a few MiB of
-    rows at a time, so a large array (images) is never converted as a whole (shape ``(n, 2)``, uint64)."""
+    rows at a time, so a large array (images) is never converted as a whole (shape ``(n, lanes)``, uint64).
+
+    One 64-bit lane by default: every candidate pair is verified by comparing contents, so a collision (about
+    ``n_train · n_val / 2**64`` of them expected) costs one comparison, never a false pair, and the narrow rows'
+    column-wise hash costs half of two lanes."""
     n = len(a)
     width = max(1, int(np.prod(a.shape[1:])) * np.dtype(dtype).itemsize)
     chunk = max(1, _CHUNK_BYTES // width)
     if n <= chunk:
-        return row_hashes(canonical_numbers(a, dtype))
-    return np.concatenate([row_hashes(canonical_numbers(a[i:i + chunk], dtype)) for i in range(0, n, chunk)])
+        return row_hashes(canonical_numbers(a, dtype), lanes)
+    return np.concatenate([row_hashes(canonical_numbers(a[i:i + chunk], dtype), lanes)
+                           for i in range(0, n, chunk)])
 
 
 def verify_rows(a: np.ndarray, b: np.ndarray, ti: np.ndarray, vi: np.ndarray) -> np.ndarray:
@@ -121,11 +126,11 @@ def verify_rows(a: np.ndarray, b: np.ndarray, ti: np.ndarray, vi: np.ndarray) ->
 def _equal_keys(ka: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every index pair ``(i, j)`` with ``ka[i] == kb[j]`` (whole rows of uint64), as two int64 arrays.
 
-    A sort-merge join in NumPy (a stable sort of the first table by its first word, a binary search of the
+    A sort-merge join in NumPy (a sort of the first table by its first word, a binary search of the
     second's, the matching ranges expanded, the other words compared): O((n + m) log n + pairs), and no pandas
     import (0.7 s) at the start of every recorded run.
     """
-    order = np.argsort(ka[:, 0], kind="stable")
+    order = np.argsort(ka[:, 0])
     first = ka[order, 0]
     lo = np.searchsorted(first, kb[:, 0], side="left")
     hi = np.searchsorted(first, kb[:, 0], side="right")
@@ -141,11 +146,12 @@ def _equal_keys(ka: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def match_hashes(ka: np.ndarray, kb: np.ndarray, verify: Callable[[np.ndarray, np.ndarray], np.ndarray],
                  *, max_pairs: int = 1_000_000, t0: float | None = None) -> ExactDuplicates:
-    """Join two tables of 128-bit sample hashes and keep the verified pairs.
+    """Join two tables of sample hashes and keep the verified pairs.
 
     Parameters
     ----------
-    ka, kb : numpy.ndarray of uint64, shape (n_train, 2) and (n_val, 2)
+    ka, kb : numpy.ndarray of uint64, shape (n_train, w) and (n_val, w)
+        Sample hashes of ``w`` 64-bit words (pairs must be equal in every word).
     verify : callable
         ``verify(train_indices, val_indices) -> bool array``: whether each candidate pair is truly identical.
     max_pairs : int
