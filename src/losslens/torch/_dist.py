@@ -119,7 +119,7 @@ def measure_distributed(lens: "LossLens", epoch_seconds: float, b_train: int) ->
                     local[TRAIN_MODE] = (tpos, t_vals)
                 if a_vals is not None:
                     local[EVAL_AUGMENTED] = (tpos, a_vals)
-    lens._note_check()
+    lens._note_pass_settings()
     parts: list[Any] = [None] * w
     torch.distributed.all_gather_object(parts, local)  # the one collective of the passes
     out: dict[str, Measurement] = {}

@@ -254,15 +254,15 @@ class LossLens:
 
         self.model = model
         self.loss_fn = loss_fn
+        user_eval_bs = (int(val_data.batch_size)           # the user's own validation batches (CPU)
+                        if isinstance(val_data, torch.utils.data.DataLoader) and val_data.batch_size else None)
         self._fw = Passes(model, loss_fn, unpack or default_unpack, forward or default_forward,
-                          int(eval_batch_size) if eval_batch_size is not None else None)
+                          int(eval_batch_size) if eval_batch_size is not None else None, user_eval_bs)
         # FSDP (fully_shard) gathers parameters inside every forward: the ranks' passes must match in number
         self._fw.pad_forwards = self._dist and is_sharded(model)
         self._probe = Source(train_data, "train_data") if train_data is not None else None
         self._train = Source(train_augmented, "train_augmented") if train_augmented is not None else None
         self._val = Source(val_data, "val_data") if val_data is not None else None
-        if isinstance(val_data, torch.utils.data.DataLoader) and val_data.batch_size:
-            self._fw.user_eval_bs = int(val_data.batch_size)     # the user's own validation batches (CPU)
         if self._train is not None:
             if self._probe is None:
                 raise ValueError("train_augmented: needs train_data (the same samples with clean transforms)")
@@ -578,10 +578,11 @@ class LossLens:
                         out[EVAL_AUGMENTED] = as_measurement(EVAL_AUGMENTED, a_vals)
                     if t_vals is not None:
                         out[TRAIN_MODE] = as_measurement(TRAIN_MODE, t_vals)
-        self._note_check()
+        self._note_pass_settings()
         return out
 
-    def _note_check(self) -> None:
+    def _note_pass_settings(self) -> None:
+        """Store the per-sample loss check (once) and the eval batch size the passes used in ``run.meta``."""
         if self._fw.check is not None and self.run.meta.get("per_sample_loss_check") is None:
             self.run.meta["per_sample_loss_check"] = self._fw.check
         if self._fw.eval_bs is not None:

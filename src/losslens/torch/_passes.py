@@ -50,12 +50,12 @@ class Passes:
         ``unpack(batch) -> (inputs, target)``, ``forward(model, inputs) -> outputs``.
     eval_batch_size : int or None
         Batch size of the eval-mode passes (None: :meth:`default_eval_batch_size`).
+    user_eval_bs : int or None
+        The batch size of the validation ``DataLoader`` the user gave (``val_data=``): the default eval batch on
+        CPU.
 
     Attributes
     ----------
-    user_eval_bs : int or None
-        The batch size of the validation ``DataLoader`` the user gave (``val_data=``; set by the recorder): the
-        default eval batch on CPU.
     check : dict or None
         The per-sample loss check on the first finite batch (:func:`losslens.recording.per_sample_check`).
     train_flags : list of bool or None
@@ -68,11 +68,12 @@ class Passes:
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[..., torch.Tensor], unpack: Callable[[Any], Any],
-                 forward: Callable[[nn.Module, Any], Any], eval_batch_size: int | None) -> None:
+                 forward: Callable[[nn.Module, Any], Any], eval_batch_size: int | None,
+                 user_eval_bs: int | None = None) -> None:
         self.model, self.loss_fn, self.unpack, self.forward = model, loss_fn, unpack, forward
         self.per_sample, self.method = per_sample_loss_fn(loss_fn)
         self.eval_bs = eval_batch_size
-        self.user_eval_bs: int | None = None
+        self.user_eval_bs = user_eval_bs
         self.train_bs = 32          # the training batch size, set by the recorder before the first pass
         self.check: dict[str, Any] | None = None
         self.train_flags: list[bool] | None = None
