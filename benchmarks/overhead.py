@@ -13,10 +13,11 @@ Workloads (one torch thread, generated data, seeded):
   classes, 50 000 training and 10 000 validation samples, an MLP 40-256-256-10 with dropout 0.2, batch 64, Adam,
   3 epochs. The user's validation pass: batches of 1024.
 
-Variants, each a whole run (construction, training, every epoch end) in a fresh Python process (``run_fresh``),
-timed with ``time.process_time`` (that process's CPU time) after a warm-up, and run interleaved within each
-repetition, in an order that rotates from one repetition to
-the next, so machine noise and the position in the sequence hit all of them:
+Variants, each a whole run (construction, training, every epoch end) in its own fresh Python process, timed with
+``time.process_time`` (that process's CPU time) after a warm-up. The variants of a repetition run in lockstep
+(``run_lockstep``): they take turns on one core every ``TURN_STEPS`` training steps (about 1-4 s) and at every epoch
+end, the others blocked on a pipe meanwhile, so the drifts of this shared machine's speed (the MLP's plain loop took
+5.6-8.3 s CPU in ten runs one after another) hit all of them alike:
 
 * ``plain``: the training loop with the user's own validation pass each epoch;
 * ``default``: ``LossLens(model, loss, train_data=(X, y), val_data=val_loader)`` with its defaults, where
@@ -44,7 +45,8 @@ Run::
 
     python benchmarks/overhead.py --pass-costs                      # training step vs probe pass, per sample
 
-(the CNN takes about 12 minutes of CPU per repetition; two processes with ``--first-rep`` can share two cores).
+(the CNN takes about 18 minutes of CPU per repetition; two processes with ``--first-rep`` can share two cores:
+each repetition's variants take turns with each other, so a steady load on the other core hits them alike).
 ``--device cuda`` runs the same on a GPU and counts host-device synchronisations per step inside ``lens.step``
 (``torch.cuda.set_sync_debug_mode``; goal: none).
 """
@@ -63,6 +65,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -166,6 +169,9 @@ def eval_pass(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch: int, de
 #: Probe redraws per epoch for the redraw coverage (as the issue's measurement: 2 000; ``--redraws``).
 REDRAWS = 2000
 
+#: Training steps per turn in lockstep (:func:`run_lockstep`): about 1-4 s of CPU on this machine's cores.
+TURN_STEPS = {"cnn": 25, "transformer": 25, "mlp": 100}
+
 
 def redraw_coverage(losses: np.ndarray, n: int, seed: int, strata: np.ndarray | None, redraws: int) -> float:
     """Share of ``redraws`` probes of ``n`` samples, drawn with the recorder's design (``probe_permutation`` with
@@ -180,7 +186,9 @@ def redraw_coverage(losses: np.ndarray, n: int, seed: int, strata: np.ndarray | 
 
 
 def run_once(workload: str, variant: str, data, seed: int, epochs: int, subset: int, device: torch.device,
-             store_dir: Path, redraws: int = REDRAWS) -> dict:
+             store_dir: Path, redraws: int = REDRAWS, turn: Callable[[], None] | None = None) -> dict:
+    """One whole run of ``variant``; ``turn()`` (lockstep, :func:`run_lockstep`) is called every
+    :data:`TURN_STEPS` training steps and after each epoch's end, at the same places in every variant."""
     make_data, make_model, make_opt, batch, val_batch, _, _ = WORKLOADS[workload]
     Xtr, ytr, Xva, yva = data
     c0 = time.process_time()
@@ -210,7 +218,9 @@ def run_once(workload: str, variant: str, data, seed: int, epochs: int, subset: 
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(ytr), generator=g)
-        for i in range(0, len(ytr), batch):
+        for j, i in enumerate(range(0, len(ytr), batch)):
+            if turn is not None and j and j % TURN_STEPS[workload] == 0:
+                turn()
             idx = order[i:i + batch]
             xb, yb = Xtr[idx].to(device), ytr[idx].to(device)
             opt.zero_grad()
@@ -238,6 +248,8 @@ def run_once(workload: str, variant: str, data, seed: int, epochs: int, subset: 
             c1 = time.process_time()
             lens.end_epoch()
             parts["epoch end"] += time.process_time() - c1
+        if turn is not None:
+            turn()
     if device.type == "cuda":
         torch.cuda.synchronize()
     out: dict = {"workload": workload, "variant": variant, "seed": seed, "redraws": redraws,
@@ -292,7 +304,8 @@ def run_fresh(workload: str, variant: str, seed: int, epochs: int, subset: int, 
 
 
 def one_run(spec: str) -> None:
-    """The child side of :func:`run_fresh`: one run, its numbers printed as one JSON line."""
+    """The child side of :func:`run_fresh` and :func:`run_lockstep`: one run, its numbers printed as one JSON line
+    (in lockstep, after "ready" and every "turn", it waits for a line on stdin)."""
     a = json.loads(spec)
     torch.set_num_threads(1)
     data = workload_data(a["workload"], a["scale"])
@@ -307,8 +320,63 @@ def one_run(spec: str) -> None:
         nn.functional.cross_entropy(model(data[0][i:i + batch]), data[1][i:i + batch]).backward()
         opt.step()
     del model, opt
+    turn = None
+    if a.get("lockstep"):
+        def turn() -> None:                  # hand the core to the next variant and wait for ours (no CPU time)
+            print("turn", flush=True)
+            sys.stdin.readline()
+
+        print("ready", flush=True)
+        sys.stdin.readline()
     print(json.dumps(run_once(a["workload"], a["variant"], data, a["seed"], a["epochs"], a["subset"],
-                              torch.device(a["device"]), Path(a["store_dir"]), a["redraws"])))
+                              torch.device(a["device"]), Path(a["store_dir"]), a["redraws"], turn)), flush=True)
+
+
+def run_lockstep(workload: str, variants: list[str], seed: int, epochs: int, subset: int, device: torch.device,
+                 store_dir: Path, scale: float, redraws: int = REDRAWS) -> list[dict]:
+    """The variants of one repetition as whole runs in their own processes (as :func:`run_fresh`), taking turns on one
+    core: each runs :data:`TURN_STEPS` training steps (or an epoch's end) while the others wait blocked on a pipe,
+    which costs no CPU time, then hands over; the order within a round rotates.
+
+    Why: on this shared virtual machine the speed of a core drifts over tens of seconds (the MLP's plain loop took
+    5.6-8.3 s CPU in ten runs one after another, with fewer than 3 000 page faults each), so whole runs one after
+    another compare different machine states. Runs that take turns every second or so see the same ones, and
+    each run still has its own process, allocator and caches (every turn starts with the caches the other
+    variants left, alike for all of them).
+    """
+    procs = {}
+    for v in variants:
+        spec = dict(workload=workload, variant=v, seed=seed, epochs=epochs, subset=subset, device=str(device),
+                    store_dir=str(store_dir), scale=scale, redraws=redraws, lockstep=True)
+        err = tempfile.TemporaryFile(mode="w+")
+        procs[v] = (subprocess.Popen([sys.executable, __file__, "--one", json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1), err)
+
+    def read(v: str) -> str:
+        line = procs[v][0].stdout.readline()
+        if not line:
+            procs[v][1].seek(0)
+            raise RuntimeError(f"{workload} {v} seed {seed} failed:\n{procs[v][1].read()[-3000:]}")
+        return line.strip()
+
+    for v in variants:
+        if read(v) != "ready":
+            raise RuntimeError(f"{workload} {v}: expected 'ready'")
+    results: dict[str, dict] = {}
+    active, k = list(variants), 0
+    while active:
+        for v in active[k % len(active):] + active[:k % len(active)]:
+            procs[v][0].stdin.write("go\n")
+            procs[v][0].stdin.flush()
+            line = read(v)
+            if line != "turn":
+                results[v] = json.loads(line)
+        active = [v for v in active if v not in results]
+        k += 1
+    for p, err in procs.values():
+        p.wait()
+        err.close()
+    return [results[v] for v in variants]
 
 
 def default_probe_size(workload: str, device: torch.device, store_dir: Path, scale: float) -> int:
@@ -472,12 +540,11 @@ def main(argv: list[str]) -> int:
             epochs, variants = WORKLOADS[w][5:]
             epochs = a.epochs or epochs
             subset = default_probe_size(w, device, Path(tmp), a.scale)
+            chosen = [v for v in variants if not a.variants or v in a.variants.split(",")]
             for rep in range(a.first_rep, a.first_rep + a.reps):
-                k = rep % len(variants)     # the order rotates, so no variant always runs first or last
-                for v in [v for v in variants[k:] + variants[:k] if not a.variants or v in a.variants.split(",")]:
-                    r = run_fresh(w, v, rep, epochs, subset, device, Path(tmp), a.scale, a.redraws)
+                for r in run_lockstep(w, chosen, rep, epochs, subset, device, Path(tmp), a.scale, a.redraws):
                     results.append(r)
-                    print(f"{w} rep {rep} {v:<12} {r['cpu_seconds']:8.2f} s CPU", flush=True)
+                    print(f"{w} rep {rep} {r['variant']:<12} {r['cpu_seconds']:8.2f} s CPU", flush=True)
                 if a.json:
                     Path(a.json).write_text(json.dumps(results))
     print(table(results))
