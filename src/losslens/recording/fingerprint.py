@@ -246,7 +246,9 @@ def sample_hashes(data: Any) -> np.ndarray:
     Returns
     -------
     numpy.ndarray of uint64, shape (n,)
-        The first 8 bytes of each sample's SHA-256, little-endian.
+        Each sample's 64-bit content hash: the first lane of :func:`losslens.recording.hashing.row_hashes` of its
+        canonical bytes for numbers (module docstring), the first 8 bytes of a SHA-256 (little-endian) for samples
+        with strings or objects.
 
     Raises
     ------
