@@ -186,7 +186,7 @@ def _numeric_row_hashes(arrays: list[np.ndarray], targets: list[np.dtype], tags:
             if not mask.any():
                 continue
             sel = slice(None) if mask.all() else np.flatnonzero(mask)
-            m = len(narrow) if isinstance(sel, slice) else len(sel)
+            m = int(mask.sum())
             cols = [np.broadcast_to(words[width], (m, 8))]
             for r, dt in zip(rows, targets):
                 c = np.ascontiguousarray(r[sel], dtype=width if dt.kind == "f" else dt)
