@@ -285,19 +285,20 @@ def workload_data(workload: str, scale: float):
     return tuple(t[:max(64, int(scale * len(t)))] for t in WORKLOADS[workload][0](0))
 
 
+def _child_argv(workload: str, variant: str, seed: int, epochs: int, subset: int, device: torch.device,
+                store_dir: Path, scale: float, redraws: int, lockstep: bool = False) -> list[str]:
+    """The command line of a child process that runs one variant (:func:`one_run`)."""
+    spec = dict(workload=workload, variant=variant, seed=seed, epochs=epochs, subset=subset, device=str(device),
+                store_dir=str(store_dir), scale=scale, redraws=redraws, lockstep=lockstep)
+    return [sys.executable, __file__, "--one", json.dumps(spec)]
+
+
 def run_fresh(workload: str, variant: str, seed: int, epochs: int, subset: int, device: torch.device,
               store_dir: Path, scale: float, redraws: int = REDRAWS) -> dict:
-    """:func:`run_once` in a new Python process, which reports its numbers as JSON.
-
-    Every run starts from a fresh process, as a user's training run does: the C allocator keeps state from one run
-    to the next (glibc's dynamic mmap and trim thresholds, ``mallopt(3)``), and in one shared process a run's page
-    faults depended on which runs came before it (the plain loop faulted 75 times after one order, 3.1 million
-    times after another), which scattered the ratios by +-5 %. Data generation and the import of torch happen
-    before the run's clock starts.
-    """
-    spec = dict(workload=workload, variant=variant, seed=seed, epochs=epochs, subset=subset, device=str(device),
-                store_dir=str(store_dir), scale=scale, redraws=redraws)
-    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+    """:func:`run_once` alone in a new Python process (:func:`one_run`), which reports its numbers as JSON; why each
+    run gets its own process: :func:`run_lockstep`."""
+    argv = _child_argv(workload, variant, seed, epochs, subset, device, store_dir, scale, redraws)
+    done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{workload} {variant} seed {seed} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -342,14 +343,17 @@ def run_lockstep(workload: str, variants: list[str], seed: int, epochs: int, sub
     5.6-8.3 s CPU in ten runs one after another, with fewer than 3 000 page faults each), so whole runs one after
     another compare different machine states. Runs that take turns every second or so see the same ones, and
     each run still has its own process, allocator and caches (every turn starts with the caches the other
-    variants left, alike for all of them).
+    variants left, alike for all of them). Own processes, because the C allocator keeps state from one run to the
+    next (glibc's dynamic mmap and trim thresholds, ``mallopt(3)``): in one shared process a run's page faults
+    depended on which runs came before it (the plain loop faulted 75 times after one order, 3.1 million times after
+    another), which scattered the ratios by +-5 %. Data generation and the import of torch happen before a run's
+    clock starts.
     """
     procs = {}
     for v in variants:
-        spec = dict(workload=workload, variant=v, seed=seed, epochs=epochs, subset=subset, device=str(device),
-                    store_dir=str(store_dir), scale=scale, redraws=redraws, lockstep=True)
+        argv = _child_argv(workload, v, seed, epochs, subset, device, store_dir, scale, redraws, lockstep=True)
         err = tempfile.TemporaryFile(mode="w+")
-        procs[v] = (subprocess.Popen([sys.executable, __file__, "--one", json.dumps(spec)], stdin=subprocess.PIPE,
+        procs[v] = (subprocess.Popen(argv, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1), err)
 
     def read(v: str) -> str:
