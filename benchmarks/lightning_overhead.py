@@ -24,10 +24,9 @@ import statistics
 import time
 import warnings
 
+import lightning.pytorch as L
 import torch
 from torch import nn
-
-import lightning.pytorch as L
 
 from losslens.lightning import LossLens
 

@@ -45,7 +45,8 @@ def curves(kind: int, epochs: int, rng: np.random.Generator) -> tuple[np.ndarray
     e = np.arange(epochs)
     noise = 0.003 * rng.normal(size=(2, epochs))
     if kind == 0:    # overfits
-        return 1.5 * np.exp(-e / 5) + 0.05 + noise[0], 0.9 * np.exp(-e / 5) + 0.5 + 0.02 * np.maximum(0, e - 12) ** 1.3 + noise[1]
+        return (1.5 * np.exp(-e / 5) + 0.05 + noise[0],
+                0.9 * np.exp(-e / 5) + 0.5 + 0.02 * np.maximum(0, e - 12) ** 1.3 + noise[1])
     if kind == 1:    # still improving
         return 2.0 - 0.04 * e + noise[0], 2.05 - 0.04 * e + noise[1]
     if kind == 2:    # converged

@@ -95,8 +95,8 @@ def _record(seed, model, opt, Xtr, ytr, Xva, yva, epochs, batch_size=32, aug=Non
     ds = aug if aug is not None else torch.utils.data.TensorDataset(Xtr, ytr)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True)
     loss_fn = nn.CrossEntropyLoss()
-    lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), train_augmented=aug, val_data=(Xva, yva), store=None, optimizer=opt,
-                penalty=penalty, seed=seed, **kw)
+    lens = LossLens(model, loss_fn, train_data=(Xtr, ytr), train_augmented=aug, val_data=(Xva, yva), store=None,
+                    optimizer=opt, penalty=penalty, seed=seed, **kw)
     for epoch in range(epochs):
         if lr_at is not None:
             for g in opt.param_groups:
