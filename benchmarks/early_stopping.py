@@ -112,15 +112,16 @@ def record_run(task: str, hidden: int, dropout: float, lr: float, train_fraction
     return np.array([m.mean for m in vs]), [m.values.astype(np.float64) for m in vs]
 
 
-def keras_rule(v: np.ndarray, patience: int, restore: bool = True) -> tuple[int, int]:
-    """(epochs trained, epoch kept) for Keras/Lightning-style patience on raw values (min_delta 0)."""
+def keras_rule(v: np.ndarray, patience: int, restore: bool = True, grow: float = 0.0) -> tuple[int, int]:
+    """(epochs trained, epoch kept) for Keras/Lightning-style patience on raw values (min_delta 0); with ``grow``,
+    the patience is ``max(patience, grow · best epoch)``."""
     best, wait = 0, 0
     for t in range(1, len(v)):
         if v[t] < v[best]:
             best, wait = t, 0
         else:
             wait += 1
-            if wait >= patience:
+            if wait >= max(patience, math.ceil(grow * best)):
                 return t + 1, best if restore else t
     return len(v), best if restore else len(v) - 1
 
@@ -196,15 +197,7 @@ def smoothed_patience(v, se, samples, p: int, m: int) -> tuple[int, int]:
 
 def growing_patience(v, se, samples, p: int, g: float) -> tuple[int, int]:
     """Patience ``max(p, g · best epoch)``."""
-    best, wait = 0, 0
-    for t in range(1, len(v)):
-        if v[t] < v[best]:
-            best, wait = t, 0
-        else:
-            wait += 1
-            if wait >= max(p, math.ceil(g * best)):
-                return t + 1, best
-    return len(v), best
+    return keras_rule(v, p, grow=g)
 
 
 def cusum_patience(v, se, samples, p: int, k: float, h: float) -> tuple[int, int]:
