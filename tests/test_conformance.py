@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
-import pytest
-
 import conformance as cf
+import pytest
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore:.*LeafSpec.*")]
 

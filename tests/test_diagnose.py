@@ -14,8 +14,7 @@ import pytest
 
 from losslens.diagnose import decompose, diagnose
 from losslens.diagnose.regime import suggest_patience
-from losslens.record import (EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run,
-                             Steps)
+from losslens.record import EVAL_AUGMENTED, EVAL_CLEAN, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
 
 
 def make_run(val_curve, train_curve=None, *, n_val=500, n_probe=500, seed=0, difficulty_sd=0.5, noise_sd=0.05,

@@ -31,8 +31,9 @@ def test_the_built_in_checks_run_in_registry_order():
     families = {c.name: c for c in reg.registered_checks()}
     d = diagnose(_run())
     position = {"stability": 0, "regime": 1, "data": 2, "stopping": 3, "gap": 4, "split": 5, "recording": 6}
-    fam = [position[{"regime": "regime", "stability": "stability", "data": "data", "stopping": "stopping", "gap": "gap", "split": "split",
-                     "recording": "recording"}[f.code.split(".")[0]]] for f in d.findings]
+    fam = [position[{"regime": "regime", "stability": "stability", "data": "data", "stopping": "stopping",
+                     "gap": "gap", "split": "split", "recording": "recording"}[f.code.split(".")[0]]]
+           for f in d.findings]
     assert fam == sorted(fam) and families["gap"].description
 
 

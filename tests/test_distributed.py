@@ -55,8 +55,8 @@ WORKER = textwrap.dedent(
         loader = torch.utils.data.DataLoader(ds, batch_size=25, sampler=sampler, drop_last=True)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
         lossf = nn.CrossEntropyLoss()
-        lens = LossLens(ddp, lossf, train_data=(Xtr, ytr), val_data=(Xva, yva), run="ddp", store=os.path.join(out, "runs.db"),
-                    probe_size=300)
+        lens = LossLens(ddp, lossf, train_data=(Xtr, ytr), val_data=(Xva, yva), run="ddp",
+                        store=os.path.join(out, "runs.db"), probe_size=300)
         local = []
         for epoch in range(3):
             sampler.set_epoch(epoch)
@@ -126,7 +126,8 @@ def test_ddp_probe_losses_equal_one_process(ddp_run):
         np.testing.assert_allclose(r0["validation"], v, rtol=1e-5, atol=1e-6)
         assert r0["train_mode"].shape == (300,)  # every probe sample once: no DistributedSampler padding
         # T too: the same training-size batches, the same per-batch random draws, as one process
-        ref = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size=300)
+        ref = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None,
+                       probe_size=300)
         for _ in range(epoch + 1):
             model.train()
             ref.step(torch.tensor(0.0), batch_size=25)

@@ -17,13 +17,21 @@ from scipy import stats
 from sklearn.datasets import load_digits
 
 from losslens.diagnose import diagnose
-from losslens.experiment import (align, bands, bootstrap_band, combine_terms, compare, experiment_verdicts,
-                                 load_experiment, summarize_run)
+from losslens.experiment import (
+    align,
+    bands,
+    bootstrap_band,
+    combine_terms,
+    compare,
+    experiment_verdicts,
+    load_experiment,
+    summarize_run,
+)
 from losslens.experiment.bands import Aligned
 from losslens.experiment.cli import compare as compare_cmd
+from losslens.record import Epoch, Measurement, Run, Steps
 from losslens.recording.fingerprint import CONTENT_HASH_VERSION, split_fingerprints
 from losslens.report.experiment import save_experiment_html
-from losslens.record import Epoch, Measurement, Run, Steps
 from losslens.store import Store, StoreError
 
 torch.set_num_threads(1)

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from losslens.recording.fingerprint import (auto_fingerprints, decode_hashes, encode_hashes, fingerprint_samples, overlap,
-                                              sample_hashes, split_fingerprints, stored_hashes)
+from losslens.recording.fingerprint import (
+    auto_fingerprints,
+    decode_hashes,
+    encode_hashes,
+    fingerprint_samples,
+    overlap,
+    sample_hashes,
+    split_fingerprints,
+    stored_hashes,
+)
 
 
 def _data(n=300, seed=0):

@@ -11,8 +11,8 @@ from losslens.cli import main
 
 def _keras_csv(path, losses, vals, extra=""):
     rows = ["epoch,loss,val_loss" + ("," + extra if extra else "")]
-    for e, (l, v) in enumerate(zip(losses, vals)):
-        rows.append(f"{e},{l},{v}" + (f",{l * 2}" if extra else ""))
+    for e, (loss, v) in enumerate(zip(losses, vals)):
+        rows.append(f"{e},{loss},{v}" + (f",{loss * 2}" if extra else ""))
     path.write_text("\n".join(rows) + "\n")
     return path
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from losslens.diagnose.timing import with_end_of_epoch_estimates
 from losslens.importers import LogFormatError, detect_format, load_log
 from losslens.importers.roles import assign_roles
-from losslens.diagnose.timing import with_end_of_epoch_estimates
 from losslens.record import END_OF_EPOCH_ESTIMATE, TRAIN_MODE, VALIDATION
 
 

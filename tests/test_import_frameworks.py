@@ -16,10 +16,10 @@ import warnings
 import numpy as np
 import pytest
 
-from losslens.importers.fastai import ema_lag
-from losslens.importers import load_log
 from losslens.diagnose.timing import with_end_of_epoch_estimates
-from losslens.record import EVAL_CLEAN, END_OF_EPOCH_ESTIMATE, VALIDATION
+from losslens.importers import load_log
+from losslens.importers.fastai import ema_lag
+from losslens.record import END_OF_EPOCH_ESTIMATE, EVAL_CLEAN, VALIDATION
 
 torch = pytest.importorskip("torch")
 
@@ -308,7 +308,6 @@ def test_keras_tf2_batch_running_means_become_batch_losses(tmp_path):
     from tensorboard.plugins.scalar import metadata
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
     from tensorboard.util import tensor_util
-
     from test_import_timing import _train_digits
 
     ep, pos, loss, end = _train_digits(epochs=3, seed=3)

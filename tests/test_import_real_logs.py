@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from losslens.importers import LogFormatError, load_log
-from losslens.report.tables import real_logs_table, table_in_doc
-from losslens.importers.tensorboard import load_scalars
 from losslens.diagnose.timing import with_end_of_epoch_estimates
+from losslens.importers import LogFormatError, load_log
+from losslens.importers.tensorboard import load_scalars
 from losslens.record import END_OF_EPOCH_ESTIMATE, TRAIN_MODE, VALIDATION
+from losslens.report.tables import real_logs_table, table_in_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real-logs"

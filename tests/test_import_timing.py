@@ -12,7 +12,7 @@ from losslens.diagnose.timing import (
     robust_line_at,
 )
 from losslens.importers.fastai import ema_lag
-from losslens.record import END_OF_EPOCH_ESTIMATE, TRAIN_MODE, VALIDATION, Epoch, Measurement, Run, Steps
+from losslens.record import END_OF_EPOCH_ESTIMATE, VALIDATION, Epoch, Measurement, Run, Steps
 
 
 def test_robust_line_recovers_a_line_despite_spikes_and_its_error_is_calibrated():
@@ -47,8 +47,8 @@ def test_robust_line_needs_three_points_and_spread():
 def _fastai_avg_smooth_loss(losses, beta):
     """fastai's AvgSmoothLoss: val = lerp(loss, val, beta); value = val / (1 - beta**count)."""
     val, out = 0.0, []
-    for k, l in enumerate(losses, start=1):
-        val = beta * val + (1 - beta) * l
+    for k, loss in enumerate(losses, start=1):
+        val = beta * val + (1 - beta) * loss
         out.append(val / (1 - beta ** k))
     return np.array(out)
 

@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 
 from losslens.diagnose import decompose  # noqa: E402
 from losslens.keras import LossLens, LossLensError, per_sample_loss  # noqa: E402
-from losslens.report import Report  # noqa: E402
 from losslens.record import EVAL_CLEAN, TRAIN_MODE, VALIDATION, fingerprint_indices  # noqa: E402
+from losslens.report import Report  # noqa: E402
 from losslens.store import Store  # noqa: E402
 
 # Several test processes share two cores; one intra-op thread avoids oversubscription (10x slower otherwise).

@@ -18,9 +18,9 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 from click.testing import CliRunner  # noqa: E402
+from test_cli_scripting import _runner  # noqa: E402  (stdout apart from stderr on every click)
 
 from losslens.cli import main  # noqa: E402
-from test_cli_scripting import _runner  # noqa: E402  (stdout apart from stderr on every click)
 from losslens.importers import LogFormatError  # noqa: E402
 from losslens.importers.mlflow_runs import load_mlflow  # noqa: E402
 

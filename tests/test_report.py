@@ -285,8 +285,8 @@ def test_loss_curves_place_series_at_their_real_time():
 def test_estimated_series_are_dashed_and_labelled():
     run = make_run(probes=False, n_epochs=3)
     for e in run.epochs:
-        e.measurements["end_of_epoch_estimate"] = Measurement("end_of_epoch_estimate", e.train_loss - 0.1, 0.02, 0, None,
-                                                              "estimated")
+        e.measurements["end_of_epoch_estimate"] = Measurement("end_of_epoch_estimate", e.train_loss - 0.1, 0.02, 0,
+                                                              None, "estimated")
     lines = _lines(figures.loss_curves(run))
     est = [ln for label, ln in lines.items() if "estimated" in label]
     assert len(est) == 1 and est[0].get_linestyle() == "--"

@@ -13,9 +13,9 @@ import subprocess
 
 import numpy as np
 import pytest
+from test_report import make_run  # tests/ is on sys.path (pytest rootdir)
 
 from losslens.report import Report
-from test_report import make_run  # tests/ is on sys.path (pytest rootdir)
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 

@@ -96,7 +96,8 @@ def test_decomposition_terms_match_independent_computation(digits):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     aug = ShiftedDigits(Xtr, ytr)
     lam = 1e-3
-    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), train_augmented=aug, val_data=(Xva, yva), store=None,
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), train_augmented=aug, val_data=(Xva, yva),
+                    store=None,
                 probe_size=320, optimizer=opt)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
@@ -161,7 +162,8 @@ def test_train_mode_pass_with_dropout_agrees_with_monte_carlo(digits):
     Xtr, ytr, Xva, yva = digits
     model = mlp(dropout=0.5, hidden=128)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size="all")
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None,
+                    probe_size="all")
     for _ in range(2):
         for i in range(0, 1200, 32):
             opt.zero_grad()
@@ -202,7 +204,8 @@ def _train_for_identity(X, y, use_lens, tmp_path=None, epochs=3):
     loader = torch.utils.data.DataLoader(train_ds, batch_size=50, shuffle=True)
     lens = None
     if use_lens:
-        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=torch.utils.data.TensorDataset(X, y), train_augmented=train_ds,
+        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=torch.utils.data.TensorDataset(X, y),
+                        train_augmented=train_ds,
                     val_data=(X[:200], y[:200]), store=str(tmp_path / "ident.db"), probe_size=300, optimizer=opt)
     for _ in range(epochs):
         model.train()
@@ -566,7 +569,8 @@ def test_store_round_trip_equals_lens_run(digits, tmp_path):
     model = mlp(dropout=0.3, bn=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     Xtr, ytr = Xtr[:400], ytr[:400]
-    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), train_augmented=NoisyDigits(Xtr, ytr), val_data=(Xva, yva),
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), train_augmented=NoisyDigits(Xtr, ytr),
+                    val_data=(Xva, yva),
                 run="roundtrip", store=tmp_path / "rt.db", experiment="exp", seed=3, optimizer=opt,
                 meta={"note": "round trip"})
     for _ in range(2):
@@ -632,7 +636,8 @@ def test_per_sample_losses_from_modules_functionals_and_plain_callables(digits):
     assert lens.run.meta["loss_kind"] == "cross_entropy" and lens.run.meta["per_sample_method"] == "reduction=none"
     assert lens.run.meta["baseline_loss"] == pytest.approx(-np.sum(prior[prior > 0] * np.log(prior[prior > 0])))
     # a plain callable without reduction: per-sample calls, with one warning
-    lens = LossLens(net, lambda out, y: F.cross_entropy(out, y), train_data=(X, ytr[:300]), store=None, probe_size="all")
+    lens = LossLens(net, lambda out, y: F.cross_entropy(out, y), train_data=(X, ytr[:300]), store=None,
+                    probe_size="all")
     lens.step(torch.tensor(0.0))
     with pytest.warns(UserWarning, match="one sample at a time"):
         ep = lens.end_epoch()
@@ -709,7 +714,8 @@ def test_probe_size_auto_is_bounded_by_the_budget_and_fixed(digits):
         lb.end_epoch()
         assert lb.run.meta["probe_size"] == expected, budget
     # a tiny budget still gives the documented minimum
-    lens2 = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_budget=1e-6)
+    lens2 = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None,
+                     probe_budget=1e-6)
     lens2.step(torch.tensor(1.0), batch_size=16)
     lens2.end_epoch()
     assert lens2.run.meta["probe_size"] == 200 and "minimum" in lens2.run.meta["probe_size_reason"]
@@ -762,7 +768,8 @@ def test_eval_batches_are_halved_on_out_of_memory(digits):
     Xtr, ytr, Xva, yva = digits
     net = mlp(hidden=16)
     model = _OOMAbove(net, limit=100)
-    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None, probe_size="all")
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), val_data=(Xva, yva), store=None,
+                    probe_size="all")
     lens.step(torch.tensor(1.0), batch_size=10)
     ep = lens.end_epoch()
     assert lens._fw.eval_bs <= 100
@@ -802,12 +809,14 @@ def test_frozen_batchnorm_stays_frozen_in_the_train_mode_pass(digits):
 def test_finish_and_metrics(digits, tmp_path):
     Xtr, ytr, Xva, yva = digits
     store = Store(tmp_path / "s.db")
-    lens = LossLens(mlp(), nn.CrossEntropyLoss(), train_data=(Xtr[:300], ytr[:300]), val_data=(Xva, yva), store=store, run="m")
+    lens = LossLens(mlp(), nn.CrossEntropyLoss(), train_data=(Xtr[:300], ytr[:300]), val_data=(Xva, yva), store=store,
+                    run="m")
     lens.step(torch.tensor(1.0), batch_size=10)
     with pytest.raises(TypeError, match="metrics"):
         lens.end_epoch(metrics={"acc": "high"})
     assert lens.end_epoch().n_steps == 1  # the bad call recorded nothing and lost nothing
-    lens2 = LossLens(mlp(), nn.CrossEntropyLoss(), train_data=(Xtr[:300], ytr[:300]), val_data=(Xva, yva), store=store, run="m2")
+    lens2 = LossLens(mlp(), nn.CrossEntropyLoss(), train_data=(Xtr[:300], ytr[:300]), val_data=(Xva, yva),
+                     store=store, run="m2")
     lens2.step(torch.tensor(1.0), batch_size=10)
     lens2.end_epoch(metrics={"acc": 0.75})
     assert lens2.finish().status == "finished"
@@ -825,7 +834,8 @@ def test_augmented_batches_are_shared_by_T_and_A_and_reproducible(digits):
     def one_run():
         model = mlp(bn=True, hidden=32)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), train_augmented=NoisyDigits(X, y, sigma=0.8), store=None,
+        lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), train_augmented=NoisyDigits(X, y, sigma=0.8),
+                        store=None,
                     probe_size="all")
         for i in range(0, 400, 40):
             opt.zero_grad()
@@ -964,7 +974,8 @@ def test_a_failing_measurement_never_stops_training(digits, tmp_path):
     model = mlp(hidden=16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     probe = _BrokenAfter(Xtr[:300], ytr[:300], ok_reads=10**9)
-    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=probe, val_data=(Xva[:100], yva[:100]), store=tmp_path / "s.db",
+    lens = LossLens(model, nn.CrossEntropyLoss(), train_data=probe, val_data=(Xva[:100], yva[:100]),
+                    store=tmp_path / "s.db",
                 run="broken", probe_size=100)
     for epoch in range(4):
         for i in range(0, 300, 50):
