@@ -48,7 +48,7 @@ import torch  # noqa: E402
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine  # noqa: E402
 from torch import nn  # noqa: E402
 
-from losslens.recording.stopping import NoiseAwareStopper, scatter_sigma  # noqa: E402
+from losslens.recording.stopping import MIN_CURVE_POINTS, NoiseAwareStopper, scatter_sigma  # noqa: E402
 from losslens.torch import LossLens  # noqa: E402
 
 
@@ -152,32 +152,27 @@ def paired_se(samples: list) -> np.ndarray:
     return np.sqrt(np.maximum(d[:, None] + d[None, :] - 2 * C, 0.0) / S.shape[1])
 
 
-def regret_curve(v: np.ndarray, se: np.ndarray) -> np.ndarray:
-    """Regret (in SE) of stopping after ``tau`` epochs and restoring the lowest value seen, for tau = 1 .. len(v)."""
-    b = int(np.argmin(v))
-    out = np.zeros(len(v))
-    k = 0
-    for t in range(len(v)):
-        if v[t] < v[k]:
-            k = t
-        out[t] = 0.0 if k == b or se[k, b] <= 0 else (v[k] - v[b]) / se[k, b]
-    return out
+def regret_curve(v: np.ndarray, samples: list) -> np.ndarray:
+    """:func:`regret` of stopping after ``tau`` epochs and restoring the lowest value seen, for tau = 1 .. len(v)."""
+    kept = [int(np.argmin(v[:tau])) for tau in range(1, len(v) + 1)]
+    by_epoch = {k: regret(v, samples, k) for k in set(kept)}
+    return np.array([by_epoch[k] for k in kept])
 
 
 def oracle(curves: list[np.ndarray], max_epochs: float) -> tuple[float, float]:
     """(mean regret, mean epochs) of the offline stops that minimise regret + λ·epochs per run, for the smallest λ on a
     log grid whose mean epochs are at most ``max_epochs``."""
-    best = (math.inf, math.inf)
     for lam in np.geomspace(1e-4, 10.0, 200):
         taus = [int(np.argmin(c + lam * np.arange(1, len(c) + 1))) for c in curves]
         eps = float(np.mean(taus)) + 1
         if eps <= max_epochs + 1e-9:
             return float(np.mean([c[t] for c, t in zip(curves, taus)])), eps
-    return best
+    return math.inf, math.inf
 
 
 def _scatter(v: np.ndarray) -> float:
-    return scatter_sigma(v) if len(v) >= 6 else 0.0
+    """The curve's scatter, as the stopper trusts it: 0 before ``MIN_CURVE_POINTS`` values."""
+    return scatter_sigma(v) if len(v) >= MIN_CURVE_POINTS else 0.0
 
 
 def smoothed_patience(v, se, samples, p: int, m: int) -> tuple[int, int]:
@@ -281,7 +276,7 @@ def main(argv: list[str]) -> int:
         print(f"{name:32s}{regs_a.mean():18.2f}{np.median(regs_a):8.2f}{np.mean(eps):16.1f}"
               f"{100 * np.mean(regs_a > 2):16.0f} %")
     ses = [paired_se(s) for _, s in runs]
-    curves = [regret_curve(v, se) for (v, _), se in zip(runs, ses)]
+    curves = [regret_curve(v, s) for v, s in runs]
     for p, (_, eps) in keras_at.items():
         r, e = oracle(curves, eps)
         print(f"{'oracle at keras p=' + str(p):32s}{r:18.2f}{'':8s}{e:16.1f}")
