@@ -97,8 +97,7 @@ def test_decomposition_terms_match_independent_computation(digits):
     aug = ShiftedDigits(Xtr, ytr)
     lam = 1e-3
     lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), train_augmented=aug, val_data=(Xva, yva),
-                    store=None,
-                probe_size=320, optimizer=opt)
+                    store=None, probe_size=320, optimizer=opt)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
     for epoch in range(3):
@@ -205,8 +204,8 @@ def _train_for_identity(X, y, use_lens, tmp_path=None, epochs=3):
     lens = None
     if use_lens:
         lens = LossLens(model, nn.CrossEntropyLoss(), train_data=torch.utils.data.TensorDataset(X, y),
-                        train_augmented=train_ds,
-                    val_data=(X[:200], y[:200]), store=str(tmp_path / "ident.db"), probe_size=300, optimizer=opt)
+                        train_augmented=train_ds, val_data=(X[:200], y[:200]), store=str(tmp_path / "ident.db"),
+                        probe_size=300, optimizer=opt)
     for _ in range(epochs):
         model.train()
         for xb, yb in loader:
@@ -570,9 +569,8 @@ def test_store_round_trip_equals_lens_run(digits, tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     Xtr, ytr = Xtr[:400], ytr[:400]
     lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(Xtr, ytr), train_augmented=NoisyDigits(Xtr, ytr),
-                    val_data=(Xva, yva),
-                run="roundtrip", store=tmp_path / "rt.db", experiment="exp", seed=3, optimizer=opt,
-                meta={"note": "round trip"})
+                    val_data=(Xva, yva), run="roundtrip", store=tmp_path / "rt.db", experiment="exp", seed=3,
+                    optimizer=opt, meta={"note": "round trip"})
     for _ in range(2):
         for i in range(0, 400, 64):
             opt.zero_grad()
@@ -835,8 +833,7 @@ def test_augmented_batches_are_shared_by_T_and_A_and_reproducible(digits):
         model = mlp(bn=True, hidden=32)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         lens = LossLens(model, nn.CrossEntropyLoss(), train_data=(X, y), train_augmented=NoisyDigits(X, y, sigma=0.8),
-                        store=None,
-                    probe_size="all")
+                        store=None, probe_size="all")
         for i in range(0, 400, 40):
             opt.zero_grad()
             loss = F.cross_entropy(model(X[i:i + 40]), y[i:i + 40])
@@ -975,8 +972,7 @@ def test_a_failing_measurement_never_stops_training(digits, tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     probe = _BrokenAfter(Xtr[:300], ytr[:300], ok_reads=10**9)
     lens = LossLens(model, nn.CrossEntropyLoss(), train_data=probe, val_data=(Xva[:100], yva[:100]),
-                    store=tmp_path / "s.db",
-                run="broken", probe_size=100)
+                    store=tmp_path / "s.db", run="broken", probe_size=100)
     for epoch in range(4):
         for i in range(0, 300, 50):
             opt.zero_grad()

@@ -65,9 +65,8 @@ Tokens, tiny_bert, args, Trainer = _ns["Tokens"], _ns["tiny_bert"], _ns["args"],
 def train(tmp, with_lens):
     train_ds, val_ds = Tokens(320, 1), Tokens(128, 2)
     model = tiny_bert()
-    cbs = [LossLens(train_data=train_ds, val_data=val_ds, run="bert", store=tmp / "runs.db",
-                    probe_size=160)] if with_lens \
-        else []
+    cbs = ([LossLens(train_data=train_ds, val_data=val_ds, run="bert", store=tmp / "runs.db", probe_size=160)]
+           if with_lens else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = Trainer(model=model, args=args(str(tmp / "out")), train_dataset=train_ds,
